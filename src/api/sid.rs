@@ -1,0 +1,170 @@
+//! SIDs: a two-letter prefix and 32 lowercase hex digits. Typed by kind so a media SID can never
+//! be passed where a service SID is expected.
+
+use std::cmp::Ordering;
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::marker::PhantomData;
+
+use rand::RngCore;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// What a SID names: its two-letter prefix and a human name for error messages.
+pub trait SidKind {
+    const PREFIX: &'static str;
+    const NAME: &'static str;
+}
+
+/// A Chat Service (`IS…`).
+pub enum Service {}
+/// A Media resource (`ME…`).
+pub enum MediaKind {}
+/// An Account (`AC…`).
+pub enum Account {}
+
+impl SidKind for Service {
+    const PREFIX: &'static str = "IS";
+    const NAME: &'static str = "service SID";
+}
+impl SidKind for MediaKind {
+    const PREFIX: &'static str = "ME";
+    const NAME: &'static str = "media SID";
+}
+impl SidKind for Account {
+    const PREFIX: &'static str = "AC";
+    const NAME: &'static str = "account SID";
+}
+
+pub type ServiceSid = Sid<Service>;
+pub type MediaSid = Sid<MediaKind>;
+pub type AccountSid = Sid<Account>;
+
+/// A checked SID of kind `K`.
+pub struct Sid<K> {
+    text: Box<str>,
+    kind: PhantomData<fn() -> K>,
+}
+
+const HEX_DIGITS: usize = 32;
+
+impl<K: SidKind> Sid<K> {
+    /// Accepts exactly `PREFIX` followed by 32 lowercase hex digits.
+    pub fn parse(text: &str) -> Option<Self> {
+        let digits = text.strip_prefix(K::PREFIX)?;
+        let well_formed = digits.len() == HEX_DIGITS
+            && digits
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        well_formed.then(|| Sid {
+            text: text.into(),
+            kind: PhantomData,
+        })
+    }
+
+    /// A fresh random SID of this kind.
+    pub fn generate() -> Self {
+        let mut bytes = [0u8; HEX_DIGITS / 2];
+        rand::thread_rng().fill_bytes(&mut bytes);
+        Sid {
+            text: format!("{}{}", K::PREFIX, hex::encode(bytes)).into(),
+            kind: PhantomData,
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+impl<K> Clone for Sid<K> {
+    fn clone(&self) -> Self {
+        Sid {
+            text: self.text.clone(),
+            kind: PhantomData,
+        }
+    }
+}
+impl<K> PartialEq for Sid<K> {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text
+    }
+}
+impl<K> Eq for Sid<K> {}
+impl<K> Hash for Sid<K> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.text.hash(state)
+    }
+}
+impl<K> PartialOrd for Sid<K> {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl<K> Ord for Sid<K> {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.text.cmp(&other.text)
+    }
+}
+impl<K> fmt::Display for Sid<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+impl<K> fmt::Debug for Sid<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+impl<K> Serialize for Sid<K> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.text)
+    }
+}
+impl<'de, K: SidKind> Deserialize<'de> for Sid<K> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Sid::parse(&text).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "expected a {} like \"{}0123456789abcdef0123456789abcdef\", got \"{}\"",
+                K::NAME,
+                K::PREFIX,
+                text
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_prefix_and_32_lowercase_hex() {
+        assert!(ServiceSid::parse("IS0123456789abcdef0123456789abcdef").is_some());
+        assert!(MediaSid::parse("ME0123456789abcdef0123456789abcdef").is_some());
+    }
+
+    #[test]
+    fn refuses_wrong_prefix_case_length_or_digits() {
+        for bad in [
+            "ME0123456789abcdef0123456789abcdef",  // wrong kind
+            "IS0123456789ABCDEF0123456789abcdef",  // upper case
+            "IS0123456789abcdef0123456789abcde",   // 31 digits
+            "IS0123456789abcdef0123456789abcdef0", // 33 digits
+            "IS0123456789abcdef0123456789abcdeg",  // not hex
+            "is0123456789abcdef0123456789abcdef",
+            "",
+            "IS",
+        ] {
+            assert!(ServiceSid::parse(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn generated_sids_parse_and_differ() {
+        let a = MediaSid::generate();
+        let b = MediaSid::generate();
+        assert!(MediaSid::parse(a.as_str()).is_some());
+        assert_ne!(a, b);
+    }
+}

@@ -1,0 +1,548 @@
+//! The typed configuration. Field names are the stable interface of spec/config.md: add keys,
+//! never rename them. Every struct refuses unknown keys, so a typo is an error, not a default.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::{ByteSize, ConfigError, HumanDuration, Secret};
+use crate::api::ServiceSid;
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: Server,
+    #[serde(default)]
+    pub upstream: Upstream,
+    pub credentials: Credentials,
+    #[serde(default)]
+    pub access: Access,
+    #[serde(default)]
+    pub uploads: Uploads,
+    #[serde(default)]
+    pub quotas: Quotas,
+    #[serde(default)]
+    pub cache: Cache,
+    #[serde(default)]
+    pub services: BTreeMap<ServiceSid, ServiceOverride>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Server {
+    #[serde(with = "socket_addr")]
+    pub listen: SocketAddr,
+    #[serde(with = "socket_addr")]
+    pub metrics_listen: SocketAddr,
+    pub threads: usize,
+    pub grace_period: HumanDuration,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9108)),
+            threads: 2,
+            grace_period: HumanDuration::secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Upstream {
+    pub url: UpstreamUrl,
+    pub connect_timeout: HumanDuration,
+    pub read_timeout: HumanDuration,
+    pub keepalive_pool: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for Upstream {
+    fn default() -> Self {
+        Upstream {
+            url: UpstreamUrl {
+                tls: true,
+                host: "mcs.us1.twilio.com".into(),
+                port: 443,
+            },
+            connect_timeout: HumanDuration::secs(3),
+            read_timeout: HumanDuration::secs(60),
+            keepalive_pool: 128,
+            ca_file: None,
+        }
+    }
+}
+
+/// `scheme://host[:port]` of the Media API; nothing after the authority.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamUrl {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+}
+
+impl UpstreamUrl {
+    pub fn parse(text: &str) -> Result<UpstreamUrl, String> {
+        let expected =
+            || format!(r#"expected a URL like "https://mcs.us1.twilio.com", got "{text}""#);
+        let uri: http::Uri = text.parse().map_err(|_| expected())?;
+        let tls = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return Err(expected()),
+        };
+        let authority = uri.authority().ok_or_else(expected)?;
+        if authority.as_str().contains('@') {
+            return Err(format!(
+                "\"{text}\": put credentials under `credentials:`, not in the URL"
+            ));
+        }
+        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+            return Err(format!(
+                "\"{text}\": give scheme://host[:port] only, the /v1 paths are added per request"
+            ));
+        }
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        Ok(UpstreamUrl {
+            tls,
+            host: host.to_string(),
+            port: authority.port_u16().unwrap_or(if tls { 443 } else { 80 }),
+        })
+    }
+
+    /// `host:port` as the Host header carries it (the port only when it is not the default).
+    pub fn authority(&self) -> String {
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        let default_port = if self.tls { 443 } else { 80 };
+        if self.port == default_port {
+            host
+        } else {
+            format!("{host}:{}", self.port)
+        }
+    }
+}
+
+impl fmt::Display for UpstreamUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = if self.tls { "https" } else { "http" };
+        write!(f, "{scheme}://{}", self.authority())
+    }
+}
+
+impl Serialize for UpstreamUrl {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for UpstreamUrl {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        UpstreamUrl::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// HTTP Basic credentials injected upstream: `password` or `password_file`, exactly one.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Credentials {
+    pub username: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<Secret>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+}
+
+impl Credentials {
+    /// The password, read from `password_file` during validation when that is how it was given.
+    pub fn password(&self) -> Option<&Secret> {
+        self.password.as_ref()
+    }
+
+    fn resolve(&mut self, key: &str) -> Result<(), ConfigError> {
+        if self.username.trim().is_empty() {
+            return Err(ConfigError(format!("{key}.username: must not be empty")));
+        }
+        match (&self.password, &self.password_file) {
+            (Some(_), Some(_)) => Err(ConfigError(format!(
+                "{key}: give password or password_file, not both"
+            ))),
+            (None, None) => Err(ConfigError(format!(
+                "{key}: expected password or password_file"
+            ))),
+            (Some(_), None) => Ok(()),
+            (None, Some(file)) => {
+                self.password = Some(read_password_file(file, key)?);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The first line of the file, trimmed.
+fn read_password_file(file: &Path, key: &str) -> Result<Secret, ConfigError> {
+    let text = std::fs::read_to_string(file).map_err(|e| {
+        ConfigError(format!(
+            "{key}.password_file: cannot read {}: {e}",
+            file.display()
+        ))
+    })?;
+    let first = text.lines().next().unwrap_or("").trim();
+    if first.is_empty() {
+        return Err(ConfigError(format!(
+            "{key}.password_file: {} has an empty first line",
+            file.display()
+        )));
+    }
+    Ok(Secret::new(first))
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Access {
+    pub tokens: Vec<AccessToken>,
+    pub allow_unlisted_services: bool,
+}
+
+impl Default for Access {
+    fn default() -> Self {
+        Access {
+            tokens: Vec::new(),
+            allow_unlisted_services: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessToken {
+    pub token: Secret,
+    /// The services this token may touch; left out: all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub services: Option<Vec<ServiceSid>>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Uploads {
+    pub max_size: ByteSize,
+    pub allowed_types: Vec<String>,
+    pub sniff: bool,
+    pub require_content_size: bool,
+}
+
+impl Default for Uploads {
+    fn default() -> Self {
+        Uploads {
+            max_size: ByteSize::mib(150),
+            allowed_types: [
+                "image/*",
+                "video/*",
+                "audio/*",
+                "application/pdf",
+                "text/plain",
+            ]
+            .map(String::from)
+            .to_vec(),
+            sniff: true,
+            require_content_size: false,
+        }
+    }
+}
+
+/// A service's `uploads:` block: every key optional, the defaults fill the rest.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UploadsOverride {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_size: Option<ByteSize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allowed_types: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sniff: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub require_content_size: Option<bool>,
+}
+
+impl Uploads {
+    /// These defaults with a service's overrides applied key by key.
+    pub fn with(&self, over: &UploadsOverride) -> Uploads {
+        Uploads {
+            max_size: over.max_size.unwrap_or(self.max_size),
+            allowed_types: over
+                .allowed_types
+                .clone()
+                .unwrap_or_else(|| self.allowed_types.clone()),
+            sniff: over.sniff.unwrap_or(self.sniff),
+            require_content_size: over
+                .require_content_size
+                .unwrap_or(self.require_content_size),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Quotas {
+    pub backend: QuotaBackend,
+    pub on_backend_error: OnBackendError,
+    /// 0: unlimited.
+    pub uploads_per_minute: u64,
+    /// 0: unlimited.
+    pub bytes_per_hour: ByteSize,
+    /// 0: unlimited.
+    pub concurrent_uploads: u64,
+}
+
+impl Default for Quotas {
+    fn default() -> Self {
+        Quotas {
+            backend: QuotaBackend::Memory,
+            on_backend_error: OnBackendError::Allow,
+            uploads_per_minute: 0,
+            bytes_per_hour: ByteSize(0),
+            concurrent_uploads: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotasOverride {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uploads_per_minute: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_per_hour: Option<ByteSize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub concurrent_uploads: Option<u64>,
+}
+
+impl Quotas {
+    /// These defaults with a service's overrides applied key by key.
+    pub fn with(&self, over: &QuotasOverride) -> Quotas {
+        Quotas {
+            backend: self.backend.clone(),
+            on_backend_error: self.on_backend_error,
+            uploads_per_minute: over.uploads_per_minute.unwrap_or(self.uploads_per_minute),
+            bytes_per_hour: over.bytes_per_hour.unwrap_or(self.bytes_per_hour),
+            concurrent_uploads: over.concurrent_uploads.unwrap_or(self.concurrent_uploads),
+        }
+    }
+}
+
+/// `memory`, or a `redis://` / `rediss://` URL shared by a fleet of sidecars.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QuotaBackend {
+    Memory,
+    Redis(String),
+}
+
+impl Serialize for QuotaBackend {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            QuotaBackend::Memory => serializer.serialize_str("memory"),
+            // A Redis URL may carry a password: show only where it points.
+            QuotaBackend::Redis(url) => serializer.serialize_str(&redact_url_password(url)),
+        }
+    }
+}
+
+fn redact_url_password(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            format!(
+                "{}://{}@{}",
+                &url[..scheme_end],
+                super::REDACTED,
+                &url[at + 1..]
+            )
+        }
+        _ => url.to_string(),
+    }
+}
+
+impl<'de> Deserialize<'de> for QuotaBackend {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        if text == "memory" {
+            Ok(QuotaBackend::Memory)
+        } else if text.starts_with("redis://") || text.starts_with("rediss://") {
+            Ok(QuotaBackend::Redis(text))
+        } else {
+            Err(serde::de::Error::custom(format!(
+                r#"expected "memory" or a URL like "redis://127.0.0.1:6379/0", got "{}""#,
+                redact_url_password(&text)
+            )))
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnBackendError {
+    Allow,
+    Deny,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Cache {
+    pub memory: ByteSize,
+    pub metadata_ttl: HumanDuration,
+    pub content_ttl: HumanDuration,
+    pub max_object: ByteSize,
+    pub follow_content_redirects: bool,
+}
+
+impl Default for Cache {
+    fn default() -> Self {
+        Cache {
+            memory: ByteSize::mib(256),
+            metadata_ttl: HumanDuration::secs(60),
+            content_ttl: HumanDuration::secs(24 * 3600),
+            max_object: ByteSize::mib(32),
+            follow_content_redirects: true,
+        }
+    }
+}
+
+/// Per-service overrides, keyed by Chat Service SID.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceOverride {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<Credentials>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uploads: Option<UploadsOverride>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quotas: Option<QuotasOverride>,
+}
+
+impl Config {
+    /// Checks what types alone cannot, and reads `password_file`s.
+    pub(super) fn validate(&mut self) -> Result<(), ConfigError> {
+        if self.server.threads == 0 {
+            return Err(ConfigError("server.threads: must be at least 1".into()));
+        }
+        if self.server.listen == self.server.metrics_listen {
+            return Err(ConfigError(
+                "server.metrics_listen: must differ from server.listen".into(),
+            ));
+        }
+        if let Some(ca) = &self.upstream.ca_file {
+            check_ca_file(ca)?;
+        }
+        self.credentials.resolve("credentials")?;
+        check_types("uploads.allowed_types", &self.uploads.allowed_types)?;
+        for (index, token) in self.access.tokens.iter().enumerate() {
+            if token.token.expose().trim().is_empty() {
+                return Err(ConfigError(format!(
+                    "access.tokens[{index}].token: must not be empty"
+                )));
+            }
+        }
+        for (sid, service) in &mut self.services {
+            let key = format!("services.{sid}");
+            if let Some(credentials) = &mut service.credentials {
+                credentials.resolve(&format!("{key}.credentials"))?;
+            }
+            if let Some(types) = service
+                .uploads
+                .as_ref()
+                .and_then(|u| u.allowed_types.as_ref())
+            {
+                check_types(&format!("{key}.uploads.allowed_types"), types)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The credentials injected for `service`: its own, else the defaults.
+    pub fn credentials_for(&self, service: &ServiceSid) -> &Credentials {
+        self.services
+            .get(service)
+            .and_then(|s| s.credentials.as_ref())
+            .unwrap_or(&self.credentials)
+    }
+
+    /// The upload policy for `service`: the defaults with its overrides.
+    pub fn uploads_for(&self, service: &ServiceSid) -> Uploads {
+        match self.services.get(service).and_then(|s| s.uploads.as_ref()) {
+            Some(over) => self.uploads.with(over),
+            None => self.uploads.clone(),
+        }
+    }
+
+    /// The quotas for `service`: the defaults with its overrides.
+    pub fn quotas_for(&self, service: &ServiceSid) -> Quotas {
+        match self.services.get(service).and_then(|s| s.quotas.as_ref()) {
+            Some(over) => self.quotas.with(over),
+            None => self.quotas.clone(),
+        }
+    }
+}
+
+/// A CA file must hold at least one PEM certificate; say so at start, not at the first request.
+fn check_ca_file(path: &Path) -> Result<(), ConfigError> {
+    let err = |why: String| ConfigError(format!("upstream.ca_file: {}: {why}", path.display()));
+    let pem = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+    let certs = rustls_pemfile::certs(&mut pem.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| err(format!("not a PEM certificate file: {e}")))?;
+    if certs.is_empty() {
+        return Err(err("holds no PEM certificate".into()));
+    }
+    Ok(())
+}
+
+/// MIME patterns: `type/subtype` or `type/*`.
+fn check_types(key: &str, types: &[String]) -> Result<(), ConfigError> {
+    for (index, pattern) in types.iter().enumerate() {
+        let well_formed = match pattern.split_once('/') {
+            Some((kind, sub)) => {
+                !kind.is_empty() && !sub.is_empty() && kind != "*" && !pattern.contains(' ')
+            }
+            None => false,
+        };
+        if !well_formed {
+            return Err(ConfigError(format!(
+                r#"{key}[{index}]: expected a MIME type like "image/png" or "image/*", got "{pattern}""#
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Socket addresses with an error message that shows the expected form.
+mod socket_addr {
+    use std::net::SocketAddr;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(addr: &SocketAddr, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(addr)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<SocketAddr, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(|_| {
+            serde::de::Error::custom(format!(
+                r#"expected an address like "127.0.0.1:8080", got "{text}""#
+            ))
+        })
+    }
+}

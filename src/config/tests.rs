@@ -1,0 +1,159 @@
+use super::*;
+use crate::api::ServiceSid;
+
+const MINIMAL: &str =
+    "credentials:\n  username: AC0123456789abcdef0123456789abcdef\n  password: hunter2\n";
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::from_yaml(text, &|name| match name {
+        "TWILIO_API_SECRET" => Some("from-env".to_string()),
+        _ => None,
+    })
+}
+
+fn error(text: &str) -> String {
+    match parse(text) {
+        Ok(_) => panic!("expected an error for:\n{text}"),
+        Err(ConfigError(e)) => e,
+    }
+}
+
+#[test]
+fn minimal_config_takes_the_documented_defaults() {
+    let config = parse(MINIMAL).unwrap();
+    assert_eq!(config.server.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(config.server.metrics_listen.to_string(), "127.0.0.1:9108");
+    assert_eq!(config.server.threads, 2);
+    assert_eq!(
+        config.upstream.url.to_string(),
+        "https://mcs.us1.twilio.com"
+    );
+    assert_eq!(config.uploads.max_size, ByteSize(157_286_400));
+    assert_eq!(config.cache.content_ttl, HumanDuration::secs(86_400));
+    assert!(config.access.allow_unlisted_services);
+    assert_eq!(config.quotas.backend, QuotaBackend::Memory);
+}
+
+#[test]
+fn unknown_key_is_named_with_its_path() {
+    let e = error(&format!("{MINIMAL}server:\n  listn: 127.0.0.1:1\n"));
+    assert!(e.starts_with("server.listn: unknown field `listn`"), "{e}");
+    let e = error(&format!("{MINIMAL}cahce: {{}}\n"));
+    assert!(e.contains("unknown field `cahce`"), "{e}");
+}
+
+#[test]
+fn bad_size_names_key_and_value() {
+    let e = error(&format!("{MINIMAL}quotas:\n  bytes_per_hour: lots\n"));
+    assert_eq!(
+        e,
+        r#"quotas.bytes_per_hour: expected a size like "10GiB", got "lots""#
+    );
+}
+
+#[test]
+fn bad_duration_and_address_name_their_keys() {
+    let e = error(&format!("{MINIMAL}upstream:\n  read_timeout: 60\n"));
+    assert!(
+        e.starts_with("upstream.read_timeout: expected a duration"),
+        "{e}"
+    );
+    let e = error(&format!("{MINIMAL}server:\n  listen: localhost\n"));
+    assert!(e.starts_with("server.listen: expected an address"), "{e}");
+    let e = error(&format!("{MINIMAL}upstream:\n  url: ftp://x\n"));
+    assert!(e.starts_with("upstream.url: expected a URL"), "{e}");
+}
+
+#[test]
+fn env_references_expand_and_missing_ones_are_named() {
+    let config = parse(
+        "credentials:\n  username: AC0123456789abcdef0123456789abcdef\n  password: ${TWILIO_API_SECRET}\n",
+    )
+    .unwrap();
+    assert_eq!(
+        config.credentials.password().map(Secret::expose),
+        Some("from-env")
+    );
+    let e = error("credentials:\n  username: ${TWILIO_API_KEY_SID}\n  password: x\n");
+    assert_eq!(
+        e,
+        "credentials.username: environment variable TWILIO_API_KEY_SID is not set"
+    );
+}
+
+#[test]
+fn credentials_need_exactly_one_password_source() {
+    assert!(error("credentials:\n  username: u\n").contains("expected password or password_file"));
+    let e = error("credentials:\n  username: u\n  password: a\n  password_file: /x\n");
+    assert!(e.contains("not both"), "{e}");
+    let e = error("credentials:\n  username: u\n  password_file: /nonexistent/secret\n");
+    assert!(
+        e.starts_with("credentials.password_file: cannot read /nonexistent/secret"),
+        "{e}"
+    );
+    assert!(error("server: {}\n").contains("missing field `credentials`"));
+}
+
+#[test]
+fn password_file_first_line_is_trimmed() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("secret");
+    std::fs::write(&file, "  s3cret  \nsecond line\n").unwrap();
+    let text = format!(
+        "credentials:\n  username: u\n  password_file: {}\n",
+        file.display()
+    );
+    let config = parse(&text).unwrap();
+    assert_eq!(
+        config.credentials.password().map(Secret::expose),
+        Some("s3cret")
+    );
+}
+
+#[test]
+fn redacted_yaml_hides_every_secret() {
+    let text = format!(
+        "{MINIMAL}access:\n  tokens:\n    - token: tok-abc\nquotas:\n  backend: redis://user:pw-xyz@127.0.0.1:6379/0\nservices:\n  IS0123456789abcdef0123456789abcdef:\n    credentials: {{username: SKx, password: other-pass}}\n"
+    );
+    let shown = parse(&text).unwrap().to_redacted_yaml();
+    for secret in ["hunter2", "tok-abc", "pw-xyz", "other-pass"] {
+        assert!(!shown.contains(secret), "{secret} leaked:\n{shown}");
+    }
+    assert!(shown.contains("***"));
+    // What is printed is itself a valid configuration shape.
+    assert!(shown.contains("listen: 127.0.0.1:8080"));
+}
+
+#[test]
+fn service_overrides_apply_key_by_key() {
+    let text = format!(
+        "{MINIMAL}services:\n  IS0123456789abcdef0123456789abcdef:\n    uploads: {{max_size: 20MiB}}\n    quotas: {{concurrent_uploads: 2}}\n"
+    );
+    let config = parse(&text).unwrap();
+    let listed = ServiceSid::parse("IS0123456789abcdef0123456789abcdef").unwrap();
+    let other = ServiceSid::parse("ISffffffffffffffffffffffffffffffff").unwrap();
+    let uploads = config.uploads_for(&listed);
+    assert_eq!(uploads.max_size, ByteSize::mib(20));
+    assert_eq!(uploads.allowed_types, config.uploads.allowed_types);
+    assert_eq!(config.quotas_for(&listed).concurrent_uploads, 2);
+    assert_eq!(config.uploads_for(&other).max_size, ByteSize::mib(150));
+    assert_eq!(
+        config.credentials_for(&listed).username,
+        config.credentials.username
+    );
+}
+
+#[test]
+fn service_keys_must_be_service_sids() {
+    let e = error(&format!("{MINIMAL}services:\n  ISbad: {{}}\n"));
+    assert!(e.contains("expected a service SID"), "{e}");
+}
+
+#[test]
+fn bad_mime_patterns_are_refused() {
+    let e = error(&format!("{MINIMAL}uploads:\n  allowed_types: [images]\n"));
+    assert!(
+        e.starts_with("uploads.allowed_types[0]: expected a MIME type"),
+        "{e}"
+    );
+}

@@ -1,0 +1,10 @@
+//! mediagate: a pingora sidecar in front of Twilio's Media API, and a local Media API to run it
+//! against. See DESIGN.md in the steering repository and the README.
+
+pub mod api;
+pub mod config;
+pub mod demo;
+pub mod metrics;
+pub mod origin;
+pub mod process;
+pub mod proxy;

@@ -1,0 +1,95 @@
+//! The operator's listener (`server.metrics_listen`): `/metrics`, `/healthz`, `/readyz`. It is
+//! never the client port, so nothing here is reachable by the chat server's users.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use http::{header, Response, StatusCode};
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+
+use crate::metrics;
+
+pub struct AdminApp {
+    /// The proxy's client listener: ready means it accepts connections.
+    proxy_listen: SocketAddr,
+}
+
+const READY_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+impl AdminApp {
+    pub fn new(proxy_listen: SocketAddr) -> AdminApp {
+        AdminApp { proxy_listen }
+    }
+
+    /// Ready when the configuration is loaded (it is, or this would not run) and the client
+    /// listener accepts. An upstream outage does not make the sidecar unready.
+    async fn readiness(&self) -> Result<(), String> {
+        let probe = reachable(self.proxy_listen);
+        match tokio::time::timeout(READY_PROBE_TIMEOUT, tokio::net::TcpStream::connect(probe)).await
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!(
+                "proxy listener {} not accepting: {e}",
+                self.proxy_listen
+            )),
+            Err(_) => Err(format!(
+                "proxy listener {} did not answer",
+                self.proxy_listen
+            )),
+        }
+    }
+}
+
+/// A wildcard listen address is probed through loopback.
+fn reachable(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port())
+        }
+        _ => addr,
+    }
+}
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let path = session.req_header().uri.path().to_string();
+        match path.as_str() {
+            "/metrics" => {
+                let (body, content_type) = metrics::render();
+                answer(StatusCode::OK, &content_type, body)
+            }
+            "/healthz" => json(StatusCode::OK, r#"{"status":"ok"}"#.into()),
+            "/readyz" => match self.readiness().await {
+                Ok(()) => json(StatusCode::OK, r#"{"status":"ready"}"#.into()),
+                Err(reason) => {
+                    let body = serde_json::json!({"status": "not_ready", "reason": reason});
+                    json(StatusCode::SERVICE_UNAVAILABLE, body.to_string())
+                }
+            },
+            _ => json(StatusCode::NOT_FOUND, r#"{"status":"not_found"}"#.into()),
+        }
+    }
+}
+
+fn json(status: StatusCode, body: String) -> Response<Vec<u8>> {
+    answer(status, "application/json", body.into_bytes())
+}
+
+fn answer(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+    let len = body.len();
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    if let Ok(value) = content_type.parse() {
+        response.headers_mut().insert(header::CONTENT_TYPE, value);
+    }
+    response
+        .headers_mut()
+        .insert(header::CONTENT_LENGTH, len.into());
+    response
+}

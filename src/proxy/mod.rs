@@ -1,0 +1,83 @@
+//! `mediagate proxy`: the sidecar. A pingora server with two services: the proxy on
+//! `server.listen` (see `gateway` for the phases) and the operator's listener on
+//! `server.metrics_listen` (see `admin`).
+
+mod access;
+mod admin;
+mod credentials;
+mod gateway;
+mod reject;
+mod upstream;
+
+use std::net::{SocketAddr, TcpListener};
+
+use pingora::apps::http_app::HttpServer;
+use pingora::server::configuration::ServerConf;
+use pingora::server::Server;
+use pingora::services::listening::Service;
+
+pub use gateway::Gateway;
+
+use crate::config::Config;
+
+/// How long pingora waits for runtimes to stop once the grace period is over.
+const RUNTIME_SHUTDOWN_SECS: u64 = 1;
+
+/// Builds the server and runs it until a signal ends it. Returns only on a start-up error.
+pub fn run(config: Config) -> Result<(), String> {
+    // pingora reports a busy port only in its log; check first so the error is plain.
+    ensure_can_listen(config.server.listen, "server.listen")?;
+    ensure_can_listen(config.server.metrics_listen, "server.metrics_listen")?;
+    let gateway = Gateway::new(&config)?;
+    crate::metrics::init();
+
+    let mut server = Server::new_with_opt_and_conf(None, server_conf(&config));
+    server.bootstrap();
+
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        gateway,
+        "mediagate proxy",
+    );
+    proxy.add_tcp(&config.server.listen.to_string());
+
+    let mut admin = Service::new(
+        "mediagate admin".to_string(),
+        HttpServer::new_app(admin::AdminApp::new(config.server.listen)),
+    );
+    admin.add_tcp(&config.server.metrics_listen.to_string());
+
+    server.add_service(proxy);
+    server.add_service(admin);
+    log::info!(
+        "mediagate proxy on {} → {}, metrics on {}",
+        config.server.listen,
+        config.upstream.url,
+        config.server.metrics_listen
+    );
+    server.run_forever()
+}
+
+fn server_conf(config: &Config) -> ServerConf {
+    ServerConf {
+        threads: config.server.threads,
+        // On SIGTERM pingora stops accepting, lets in-flight requests run for the grace period,
+        // then stops. Its default grace period is 300 s: always set ours.
+        grace_period_seconds: Some(config.server.grace_period.whole_secs_ceil()),
+        graceful_shutdown_timeout_seconds: Some(RUNTIME_SHUTDOWN_SECS),
+        upstream_keepalive_pool_size: config.upstream.keepalive_pool,
+        // With a CA file, only that CA is trusted for the upstream; otherwise the system roots.
+        ca_file: config
+            .upstream
+            .ca_file
+            .as_ref()
+            .map(|p| p.to_string_lossy().into_owned()),
+        ..ServerConf::default()
+    }
+}
+
+fn ensure_can_listen(addr: SocketAddr, key: &str) -> Result<(), String> {
+    TcpListener::bind(addr)
+        .map(drop)
+        .map_err(|e| format!("{key}: cannot listen on {addr}: {e}"))
+}
