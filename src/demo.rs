@@ -1,17 +1,18 @@
 //! `mediagate demo`: the local origin and the proxy on loopback, one media already uploaded,
 //! and three curl commands that work as printed. Ctrl-C stops all of it.
 
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{self, BufRead, BufReader, Write};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use rand::RngCore;
 
 use crate::api::Media;
+use crate::process::{self, http_request};
 
 pub struct DemoOptions {
     pub listen: SocketAddr,
@@ -75,7 +76,7 @@ pub fn run(options: DemoOptions) -> Result<(), String> {
     print_instructions(&options, &files, &media);
 
     runtime.block_on(wait_for_stop_signal(&mut servers));
-    println!("\nstopping the demo");
+    say("\nstopping the demo");
     Ok(())
 }
 
@@ -184,13 +185,9 @@ fn spawn_proxy(options: &DemoOptions, files: &DemoFiles, token: &str) -> Result<
         .map_err(|e| format!("cannot start the proxy: {e}"))
 }
 
-/// Polls `/readyz` until the proxy answers 200, or fails if a server exits first.
+/// Waits for the proxy's `/readyz`, failing early if a server exits.
 fn wait_until_ready(metrics: SocketAddr, servers: &mut Servers) -> Result<(), String> {
-    let deadline = Instant::now() + READY_DEADLINE;
-    loop {
-        if let Ok((200, _)) = http_request(metrics, "GET", "/readyz", &[], &[]) {
-            return Ok(());
-        }
+    process::wait_ready(metrics, READY_DEADLINE, || {
         for child in &mut servers.children {
             if let Ok(Some(status)) = child.try_wait() {
                 return Err(format!(
@@ -198,13 +195,8 @@ fn wait_until_ready(metrics: SocketAddr, servers: &mut Servers) -> Result<(), St
                 ));
             }
         }
-        if Instant::now() > deadline {
-            return Err(format!(
-                "the proxy was not ready on {metrics} within {READY_DEADLINE:?}"
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        Ok(())
+    })
 }
 
 fn upload_sample(proxy: SocketAddr, sample: &Path) -> Result<Media, String> {
@@ -230,26 +222,31 @@ fn upload_sample(proxy: SocketAddr, sample: &Path) -> Result<Media, String> {
 fn print_instructions(options: &DemoOptions, files: &DemoFiles, media: &Media) {
     let proxy = format!("http://{}", options.listen);
     let media_path = format!("/v1/Services/{DEMO_SERVICE}/Media/{}", media.sid);
-    println!("mediagate demo is running");
-    println!(
-        "  proxy:   {proxy}  (metrics: http://{}/metrics)",
-        options.metrics_listen
-    );
-    println!(
-        "  origin:  http://{}  (store: {})",
-        options.origin_listen,
-        files.store.display()
-    );
-    println!("  sample media {} is uploaded already.\n", media.sid);
-    println!("Try (the proxy adds the credentials):");
-    println!(
-        "  curl -sS -X POST -H 'Content-Type: image/png' --data-binary @{} {proxy}/v1/Services/{DEMO_SERVICE}/Media",
-        files.sample.display()
-    );
-    println!("  curl -sS {proxy}{media_path}");
-    println!("  curl -sSL -o copy.png {proxy}{media_path}/Content");
-    println!("\nPress Ctrl-C to stop.");
-    let _ = io::stdout().flush();
+    let sample = files.sample.display();
+    say(&format!(
+        "mediagate demo is running
+  proxy:   {proxy}  (metrics: http://{metrics}/metrics)
+  origin:  http://{origin}  (store: {store})
+  sample media {sid} is uploaded already.
+
+Try (the proxy adds the credentials):
+  curl -sS -X POST -H 'Content-Type: image/png' --data-binary @{sample} {proxy}/v1/Services/{DEMO_SERVICE}/Media
+  curl -sS {proxy}{media_path}
+  curl -sSL -o copy.png {proxy}{media_path}/Content
+
+Press Ctrl-C to stop.",
+        metrics = options.metrics_listen,
+        origin = options.origin_listen,
+        store = files.store.display(),
+        sid = media.sid,
+    ));
+}
+
+/// Prints a line; a closed standard output (the reader went away) is not the demo's failure.
+fn say(text: &str) {
+    let mut out = io::stdout().lock();
+    let _ = writeln!(out, "{text}");
+    let _ = out.flush();
 }
 
 async fn wait_for_stop_signal(servers: &mut Servers) {
@@ -274,38 +271,4 @@ async fn wait_for_stop_signal(servers: &mut Servers) {
             }
         }
     }
-}
-
-/// A one-shot HTTP/1.1 exchange over a fresh connection; enough for the demo's own calls.
-fn http_request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> io::Result<(u16, Vec<u8>)> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (name, value) in headers {
-        head.push_str(&format!("{name}: {value}\r\n"));
-    }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes())?;
-    stream.write_all(body)?;
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer)?;
-    let split = answer
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| io::Error::other("no complete answer"))?;
-    let status = std::str::from_utf8(&answer[..split])
-        .ok()
-        .and_then(|head| head.split(' ').nth(1))
-        .and_then(|code| code.parse().ok())
-        .ok_or_else(|| io::Error::other("no status line"))?;
-    Ok((status, answer[split + 4..].to_vec()))
 }

@@ -1,0 +1,535 @@
+//! The local Media API on its own: the contract of spec/media-api.md and a durable store.
+
+mod support;
+
+use std::io::Write;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::Value;
+use support::*;
+
+/// One origin for the tests that only add media under their own service SIDs.
+fn shared() -> &'static Origin {
+    static ORIGIN: OnceLock<Origin> = OnceLock::new();
+    ORIGIN.get_or_init(Origin::start)
+}
+
+fn media_url(origin: &Origin, service: &str) -> String {
+    format!("{}/v1/Services/{service}/Media", origin.url)
+}
+
+async fn upload_raw(origin: &Origin, service: &str, bytes: &[u8], content_type: &str) -> Value {
+    let response = client()
+        .post(media_url(origin, service))
+        .header("Authorization", origin.basic_auth())
+        .header("Content-Type", content_type)
+        .body(bytes.to_vec())
+        .send()
+        .await
+        .expect("upload");
+    assert_eq!(response.status(), StatusCode::CREATED);
+    response.json().await.expect("media JSON")
+}
+
+fn is_sid(value: &Value, prefix: &str) -> bool {
+    value.as_str().is_some_and(|s| {
+        s.len() == 34
+            && s.starts_with(prefix)
+            && s[2..]
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+/// `2022-03-14T13:10:38.897143+00:00`: microseconds and an offset.
+fn is_iso8601_micros(value: &Value) -> bool {
+    value.as_str().is_some_and(|s| {
+        chrono::DateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.6f%:z").is_ok()
+            && s.split('.')
+                .nth(1)
+                .is_some_and(|frac| frac.len() == "897143+00:00".len())
+    })
+}
+
+#[tokio::test]
+async fn a_raw_upload_answers_201_with_every_field_of_the_media_json() {
+    let origin = shared();
+    let service = new_service();
+    let bytes = png_bytes(2048);
+    let response = client()
+        .post(format!("{}?Filename=cat.png", media_url(origin, &service)))
+        .header("Authorization", origin.basic_auth())
+        .header("Content-Type", "image/png")
+        .header("Content-Size", bytes.len().to_string())
+        .body(bytes.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let media: Value = response.json().await.unwrap();
+    let sid = media["sid"].as_str().unwrap();
+    assert!(is_sid(&media["sid"], "ME"), "{media}");
+    assert_eq!(media["service_sid"], service.as_str());
+    assert_eq!(media["account_sid"], ACCOUNT);
+    for date in ["date_created", "date_upload_updated", "date_updated"] {
+        assert!(is_iso8601_micros(&media[date]), "{date}: {}", media[date]);
+    }
+    assert_eq!(media["channel_sid"], Value::Null);
+    assert_eq!(media["message_sid"], Value::Null);
+    assert_eq!(media["author"], "system");
+    assert_eq!(media["category"], "media");
+    assert_eq!(media["size"], 2048);
+    assert_eq!(media["content_type"], "image/png");
+    assert_eq!(media["filename"], "cat.png");
+    assert_eq!(media["url"], format!("/v1/Services/{service}/Media/{sid}"));
+    assert_eq!(media["is_multipart_upstream"], false);
+    assert_eq!(
+        media["links"]["content"],
+        format!("/v1/Services/{service}/Media/{sid}/Content")
+    );
+    // The create answer leaves the temporary URL out; GET has it.
+    assert!(media["links"].get("content_direct_temporary").is_none());
+}
+
+#[tokio::test]
+async fn multipart_uploads_take_type_filename_and_category_from_the_form() {
+    let origin = shared();
+    let service = new_service();
+    // Style 2: a part named `file` with its own filename and type, ?Category= in the query.
+    let (boundary, body) = multipart(&[(
+        "file",
+        Some("dog.jpg"),
+        Some("image/jpeg"),
+        b"\xff\xd8\xff\xe0jpeg",
+    )]);
+    let media: Value = client()
+        .post(format!("{}?Category=body", media_url(origin, &service)))
+        .header("Authorization", origin.basic_auth())
+        .header(
+            "Content-Type",
+            format!("multipart/form-data; boundary={boundary}"),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(media["content_type"], "image/jpeg");
+    assert_eq!(media["filename"], "dog.jpg");
+    assert_eq!(media["category"], "body");
+    assert_eq!(media["size"], 8);
+
+    // Style 3: a part named `Media` and a `FileName` text field (after the file, even).
+    let (boundary, body) = multipart(&[
+        ("Media", None, Some("application/pdf"), b"%PDF-1.7 tiny"),
+        ("FileName", None, None, b"report.pdf"),
+    ]);
+    let media: Value = client()
+        .post(media_url(origin, &service))
+        .header("Authorization", origin.basic_auth())
+        .header(
+            "Content-Type",
+            format!("multipart/form-data; boundary={boundary}"),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(media["content_type"], "application/pdf");
+    assert_eq!(media["filename"], "report.pdf");
+    assert_eq!(media["category"], "media");
+}
+
+#[tokio::test]
+async fn untyped_raw_uploads_and_missing_filenames() {
+    let origin = shared();
+    let service = new_service();
+    // curl's default form type means "not given".
+    let media = upload_raw(
+        origin,
+        &service,
+        b"hello",
+        "application/x-www-form-urlencoded",
+    )
+    .await;
+    assert_eq!(media["content_type"], "application/octet-stream");
+    assert_eq!(media["filename"], Value::Null);
+}
+
+#[tokio::test]
+async fn credentials_are_checked() {
+    let origin = shared();
+    let url = media_url(origin, &new_service());
+    for auth in [
+        None,
+        Some(basic(ACCOUNT, "wrong")),
+        Some(basic("ACffffffffffffffffffffffffffffffff", AUTH_TOKEN)),
+    ] {
+        let mut request = client().post(&url).body("x");
+        if let Some(auth) = auth {
+            request = request.header("Authorization", auth);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert!(response.headers().contains_key("www-authenticate"));
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(error["status"], 401);
+        assert_eq!(error["code"], 20003);
+        assert!(error["message"].is_string() && error["more_info"].is_string());
+    }
+}
+
+#[tokio::test]
+async fn malformed_sids_unknown_media_and_oversized_uploads_get_the_error_json() {
+    let origin = shared();
+    let service = new_service();
+    let get = |path: String| {
+        client()
+            .get(format!("{}{path}", origin.url))
+            .header("Authorization", origin.basic_auth())
+            .send()
+    };
+    let response = get(format!("/v1/Services/{service}/Media/MEnothex"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(
+        (error["code"].as_u64(), error["message"].as_str()),
+        (Some(4000), Some("Invalid URI parameter: Sid"))
+    );
+
+    let unknown = mediagate::api::MediaSid::generate();
+    let response = get(format!("/v1/Services/{service}/Media/{unknown}"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(
+        (error["code"].as_u64(), error["message"].as_str()),
+        (Some(4041), Some("Media not found"))
+    );
+
+    // A media of another service is as unknown as a missing one.
+    let media = upload_raw(origin, &service, b"mine", "text/plain").await;
+    let other = new_service();
+    let response = get(format!(
+        "/v1/Services/{other}/Media/{}",
+        media["sid"].as_str().unwrap()
+    ))
+    .await
+    .unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+
+    // Over 150 MB is refused from the declared length, before the body is sent.
+    let mut stream = open_upload(
+        origin.addr,
+        &format!("/v1/Services/{service}/Media"),
+        &[
+            ("Authorization", &origin.basic_auth()),
+            ("Content-Type", "video/mp4"),
+            ("Content-Length", "157286401"),
+        ],
+        b"",
+    );
+    let (status, body) = read_answer(&mut stream);
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["status"], 413);
+}
+
+#[tokio::test]
+async fn content_redirects_to_a_signed_url_that_serves_bytes_ranges_and_etags() {
+    let origin = shared();
+    let service = new_service();
+    let bytes = png_bytes(1000);
+    let media = upload_raw(origin, &service, &bytes, "image/png").await;
+    let sid = media["sid"].as_str().unwrap();
+    let content = client()
+        .get(format!(
+            "{}/v1/Services/{service}/Media/{sid}/Content",
+            origin.url
+        ))
+        .header("Authorization", origin.basic_auth())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(content.status(), StatusCode::FOUND);
+    let location = content.headers()["location"].to_str().unwrap().to_string();
+    assert!(
+        location.starts_with(&format!("{}/{sid}?Expires=", origin.url)),
+        "{location}"
+    );
+
+    // No credentials needed at the signed URL.
+    let whole = client().get(&location).send().await.unwrap();
+    assert_eq!(whole.status(), StatusCode::OK);
+    let etag = format!("\"{}\"", sha256_hex(&bytes));
+    assert_eq!(whole.headers()["etag"], etag.as_str());
+    assert_eq!(whole.headers()["content-type"], "image/png");
+    assert_eq!(whole.headers()["content-length"], "1000");
+    assert_eq!(whole.bytes().await.unwrap().as_ref(), bytes.as_slice());
+
+    let part = client()
+        .get(&location)
+        .header("Range", "bytes=10-19")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(part.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(part.headers()["content-range"], "bytes 10-19/1000");
+    assert_eq!(part.bytes().await.unwrap().as_ref(), &bytes[10..20]);
+
+    let tail = client()
+        .get(&location)
+        .header("Range", "bytes=-5")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(tail.bytes().await.unwrap().as_ref(), &bytes[995..]);
+
+    let beyond = client()
+        .get(&location)
+        .header("Range", "bytes=1000-")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(beyond.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(beyond.headers()["content-range"], "bytes */1000");
+
+    let cached = client()
+        .get(&location)
+        .header("If-None-Match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cached.status(), StatusCode::NOT_MODIFIED);
+
+    // The metadata carries a temporary URL of its own that works the same way.
+    let metadata: Value = client()
+        .get(format!("{}/v1/Services/{service}/Media/{sid}", origin.url))
+        .header("Authorization", origin.basic_auth())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let temporary = metadata["links"]["content_direct_temporary"]
+        .as_str()
+        .unwrap();
+    assert!(temporary.contains("Key-Pair-Id="), "{temporary}");
+    assert_eq!(
+        client()
+            .get(temporary)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap()
+            .as_ref(),
+        bytes.as_slice()
+    );
+}
+
+#[tokio::test]
+async fn forged_and_expired_signatures_are_refused() {
+    let origin = shared();
+    let media = upload_raw(origin, &new_service(), b"secret picture", "image/png").await;
+    let sid = media["sid"].as_str().unwrap();
+    let signer = mediagate::origin::Signer::load_or_create(&origin.data).unwrap();
+    let now = mediagate::origin::now_epoch();
+    let url = |expires: u64, signature: &str| {
+        format!(
+            "{}/{sid}?Expires={expires}&Signature={signature}",
+            origin.url
+        )
+    };
+
+    let valid = url(now + 60, &signer.signature_for(sid, now + 60));
+    assert_eq!(
+        client().get(&valid).send().await.unwrap().status(),
+        StatusCode::OK
+    );
+
+    let forged = url(now + 60, &"0".repeat(64));
+    let stretched = url(now + 6000, &signer.signature_for(sid, now + 60));
+    let expired = url(now - 1, &signer.signature_for(sid, now - 1));
+    for refused in [forged, stretched, expired, format!("{}/{sid}", origin.url)] {
+        let response = client().get(&refused).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::FORBIDDEN, "{refused}");
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(error["status"], 403);
+    }
+}
+
+#[tokio::test]
+async fn media_set_answers_the_known_media_of_the_service() {
+    let origin = shared();
+    let service = new_service();
+    let a = upload_raw(origin, &service, b"a", "text/plain").await;
+    let b = upload_raw(origin, &service, b"bb", "text/plain").await;
+    let unknown = mediagate::api::MediaSid::generate().to_string();
+    let list: Vec<Value> = [&a["sid"], &b["sid"], &Value::from(unknown)]
+        .iter()
+        .map(|sid| serde_json::json!({"media_sid": sid}))
+        .collect();
+    let response = client()
+        .post(format!("{}/v1/Services/{service}/MediaSet", origin.url))
+        .header("Authorization", origin.basic_auth())
+        .json(&serde_json::json!({"command": "get", "list": list}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let records: Vec<Value> = response.json().await.unwrap();
+    let sids: Vec<&str> = records
+        .iter()
+        .map(|r| r["media_record"]["sid"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        sids,
+        [a["sid"].as_str().unwrap(), b["sid"].as_str().unwrap()]
+    );
+    assert!(records[1]["media_record"]["links"]["content_direct_temporary"].is_string());
+
+    let bad = client()
+        .post(format!("{}/v1/Services/{service}/MediaSet", origin.url))
+        .header("Authorization", origin.basic_auth())
+        .json(&serde_json::json!({"command": "delete", "list": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn acknowledged_media_survive_kill_9_and_restart() {
+    let mut origin = Origin::start();
+    let service = new_service();
+    let first = png_bytes(10_000);
+    let second = b"second file".to_vec();
+    let a = upload_raw(&origin, &service, &first, "image/png").await;
+    let b = upload_raw(&origin, &service, &second, "text/plain").await;
+
+    origin.crash_and_restart();
+
+    for (media, bytes) in [(&a, &first), (&b, &second)] {
+        let sid = media["sid"].as_str().unwrap();
+        let metadata: Value = client()
+            .get(format!("{}/v1/Services/{service}/Media/{sid}", origin.url))
+            .header("Authorization", origin.basic_auth())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(metadata["size"], bytes.len());
+        let temporary = metadata["links"]["content_direct_temporary"]
+            .as_str()
+            .unwrap();
+        let body = client()
+            .get(temporary)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        assert_eq!(body.as_ref(), bytes.as_slice());
+    }
+}
+
+#[tokio::test]
+async fn identical_bytes_are_stored_once() {
+    let origin = Origin::start();
+    let service = new_service();
+    let a = upload_raw(&origin, &service, b"same bytes", "text/plain").await;
+    let b = upload_raw(&origin, &service, b"same bytes", "text/plain").await;
+    assert_ne!(a["sid"], b["sid"]);
+    assert_eq!(origin.files_in("content").len(), 1);
+}
+
+/// Waits until the origin has finished with every request for `service` it received.
+fn settled(origin: &Origin, service: &str, expected: usize) -> Vec<Value> {
+    let mut entries = Vec::new();
+    let done = wait_for(Duration::from_secs(10), || {
+        entries = origin.requests_for(service);
+        entries.len() == expected && entries.iter().all(|e| !e["status"].is_null())
+    });
+    assert!(done, "requests did not finish: {entries:?}");
+    entries
+}
+
+#[tokio::test]
+async fn short_aborted_or_over_long_bodies_store_nothing() {
+    let origin = Origin::start();
+    let service = new_service();
+    let path = format!("/v1/Services/{service}/Media");
+    let auth = origin.basic_auth();
+
+    // Declared 100 000 bytes, sent 1000, connection closed.
+    let stream = open_upload(
+        origin.addr,
+        &path,
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "image/png"),
+            ("Content-Length", "100000"),
+        ],
+        &png_bytes(1000),
+    );
+    drop(stream);
+
+    // A multipart upload cut off in the middle of its file part.
+    let (boundary, body) =
+        multipart(&[("file", Some("x.png"), Some("image/png"), &png_bytes(5000))]);
+    let content_type = format!("multipart/form-data; boundary={boundary}");
+    let mut stream = open_upload(
+        origin.addr,
+        &path,
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", &content_type),
+            ("Content-Length", &body.len().to_string()),
+        ],
+        &body[..2000],
+    );
+    stream.flush().unwrap();
+    drop(stream);
+
+    // Complete requests whose body disagrees with Content-Size: short and over-long.
+    for (declared, sent) in [(5000usize, 4000usize), (100, 4000)] {
+        let response = client()
+            .post(origin.url.clone() + &path)
+            .header("Authorization", &auth)
+            .header("Content-Type", "image/png")
+            .header("Content-Size", declared.to_string())
+            .body(png_bytes(sent))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    }
+
+    let entries = settled(&origin, &service, 4);
+    assert!(entries.iter().all(|e| e["status"] != 201), "{entries:?}");
+    assert!(
+        origin.files_in("content").is_empty(),
+        "{:?}",
+        origin.files_in("content")
+    );
+    assert!(
+        origin.files_in("tmp").is_empty(),
+        "{:?}",
+        origin.files_in("tmp")
+    );
+}

@@ -1,0 +1,536 @@
+//! The sidecar in front of a real origin: routes, credentials, access, upstream failures, TLS,
+//! metrics and draining.
+
+mod support;
+
+use std::net::TcpListener;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::Value;
+use support::*;
+
+/// One origin (with auth) for the tests that keep to their own service SIDs.
+fn origin() -> &'static Origin {
+    static ORIGIN: OnceLock<Origin> = OnceLock::new();
+    ORIGIN.get_or_init(Origin::start)
+}
+
+/// One proxy with the default configuration in front of it.
+fn proxy() -> &'static Proxy {
+    static PROXY: OnceLock<Proxy> = OnceLock::new();
+    PROXY.get_or_init(|| Proxy::start(ProxyConfig::to(&origin().url)))
+}
+
+fn upload_path(service: &str) -> String {
+    format!("/v1/Services/{service}/Media")
+}
+
+async fn json(response: reqwest::Response) -> Value {
+    response.json().await.expect("JSON body")
+}
+
+/// Reads a media's bytes the way a client does: `…/Content` through the proxy, then the
+/// redirect's signed URL.
+async fn read_content(proxy: &Proxy, service: &str, sid: &str) -> Vec<u8> {
+    let redirect = client()
+        .get(proxy.url(&format!("/v1/Services/{service}/Media/{sid}/Content")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(redirect.status(), StatusCode::FOUND);
+    let location = redirect.headers()["location"].to_str().unwrap().to_string();
+    client()
+        .get(location)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap()
+        .to_vec()
+}
+
+#[tokio::test]
+async fn uploads_in_all_three_styles_read_back_through_the_proxy() {
+    let proxy = proxy();
+    let service = new_service();
+    let raw = png_bytes(4096);
+    let (b1, form_file) = multipart(&[(
+        "file",
+        Some("a.jpg"),
+        Some("image/jpeg"),
+        b"\xff\xd8\xff\xe0 jpeg bytes",
+    )]);
+    let (b2, form_media) = multipart(&[
+        ("Media", None, Some("text/plain"), b"plain words"),
+        ("FileName", None, None, b"notes.txt"),
+    ]);
+    let uploads = [
+        (
+            String::new(),
+            "image/png".to_string(),
+            raw.clone(),
+            "image/png",
+            Value::Null,
+        ),
+        (
+            "?Category=body".into(),
+            format!("multipart/form-data; boundary={b1}"),
+            form_file,
+            "image/jpeg",
+            "a.jpg".into(),
+        ),
+        (
+            String::new(),
+            format!("multipart/form-data; boundary={b2}"),
+            form_media,
+            "text/plain",
+            "notes.txt".into(),
+        ),
+    ];
+    let expected_bytes: [&[u8]; 3] = [&raw, b"\xff\xd8\xff\xe0 jpeg bytes", b"plain words"];
+    let mut sids = Vec::new();
+    for ((query, content_type, body, media_type, filename), bytes) in
+        uploads.into_iter().zip(expected_bytes)
+    {
+        let response = client()
+            .post(proxy.url(&format!("{}{query}", upload_path(&service))))
+            .header("Content-Type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::CREATED);
+        let created = json(response).await;
+        assert_eq!(created["content_type"], media_type);
+        assert_eq!(created["filename"], filename);
+        let sid = created["sid"].as_str().unwrap().to_string();
+
+        let metadata = json(
+            client()
+                .get(proxy.url(&format!("{}/{sid}", upload_path(&service))))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(metadata["sid"], sid.as_str());
+        assert_eq!(metadata["size"], bytes.len());
+        assert!(metadata["links"]["content_direct_temporary"].is_string());
+        assert_eq!(read_content(proxy, &service, &sid).await, bytes);
+        sids.push(sid);
+    }
+
+    let list: Vec<Value> = sids
+        .iter()
+        .map(|s| serde_json::json!({"media_sid": s}))
+        .collect();
+    let set = client()
+        .post(proxy.url(&format!("/v1/Services/{service}/MediaSet")))
+        .json(&serde_json::json!({"command": "get", "list": list}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(set.status(), StatusCode::OK);
+    let records: Vec<Value> = set.json().await.unwrap();
+    assert_eq!(records.len(), 3);
+}
+
+#[tokio::test]
+async fn the_origin_sees_the_injected_credentials_and_never_the_clients() {
+    let proxy = proxy();
+    let service = new_service();
+    let response = client()
+        .post(proxy.url(&upload_path(&service)))
+        .header(
+            "Authorization",
+            basic("ACffffffffffffffffffffffffffffffff", "client-secret"),
+        )
+        .header("X-Twilio-Token", "client-jwt")
+        .header("Proxy-Authorization", "Basic Y2xpZW50OnNlY3JldA==")
+        .header("Content-Type", "text/plain")
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
+    // The origin only admits its own account: a 201 means the proxy's credentials went up.
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let seen = origin().requests_for(&service);
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0]["auth"], format!("basic:{ACCOUNT}"));
+    assert_eq!(seen[0]["twilio_token"], false);
+}
+
+#[tokio::test]
+async fn bearer_tokens_are_enforced_per_service() {
+    let allowed = new_service();
+    let other = new_service();
+    let proxy = Proxy::start(ProxyConfig::to(&origin().url).with(&format!(
+        "access:\n  tokens:\n    - token: all-services\n    - token: one-service\n      services: [{allowed}]\n"
+    )));
+    let send = |service: &str, token: Option<&str>| {
+        let mut request = client()
+            .post(proxy.url(&upload_path(service)))
+            .header("Content-Type", "text/plain")
+            .body("x");
+        if let Some(token) = token {
+            request = request.header("Authorization", format!("Bearer {token}"));
+        }
+        request.send()
+    };
+    for (service, token, status, reason) in [
+        (&allowed, None, 401, "unauthorized"),
+        (&allowed, Some("not-a-token"), 401, "unauthorized"),
+        (&other, Some("one-service"), 403, "forbidden_service"),
+    ] {
+        let response = send(service, token).await.unwrap();
+        assert_eq!(response.status().as_u16(), status);
+        assert_eq!(response.headers()["mediagate-reject"], reason);
+        let error = json(response).await;
+        assert_eq!(error["status"], status);
+        assert!(error["code"].as_u64().is_some() && error["message"].is_string());
+    }
+    assert!(origin().requests_for(&allowed).is_empty());
+    assert!(origin().requests_for(&other).is_empty());
+
+    assert_eq!(
+        send(&allowed, Some("one-service")).await.unwrap().status(),
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        send(&other, Some("all-services")).await.unwrap().status(),
+        StatusCode::CREATED
+    );
+    // The bearer token is the sidecar's, not the upstream's: it never goes up.
+    assert_eq!(
+        origin().requests_for(&allowed)[0]["auth"],
+        format!("basic:{ACCOUNT}")
+    );
+}
+
+#[tokio::test]
+async fn a_service_override_brings_its_own_credentials() {
+    let own = new_service();
+    let plain = new_service();
+    let proxy = Proxy::start(ProxyConfig::to(&origin().url).with(&format!(
+        "services:\n  {own}:\n    credentials: {{username: SK0123456789abcdef0123456789abcdef, password: key-secret}}\n"
+    )));
+    let upload = |service: &str| {
+        client()
+            .post(proxy.url(&upload_path(service)))
+            .header("Content-Type", "text/plain")
+            .body("x")
+            .send()
+    };
+    assert_eq!(upload(&plain).await.unwrap().status(), StatusCode::CREATED);
+    // The origin admits one account only, so the override's credentials are refused upstream.
+    let refused = upload(&own).await.unwrap();
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(json(refused).await["code"], 20003);
+    assert_eq!(
+        origin().requests_for(&own)[0]["auth"],
+        "basic:SK0123456789abcdef0123456789abcdef"
+    );
+}
+
+#[tokio::test]
+async fn bad_sids_and_unknown_paths_never_reach_the_origin() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(ProxyConfig::to(&origin.url));
+    let service = new_service();
+    let media = mediagate::api::MediaSid::generate();
+    let cases = [
+        (
+            "POST",
+            "/v1/Services/IS123/Media".to_string(),
+            400,
+            Some("bad_sid"),
+        ),
+        (
+            "GET",
+            format!("/v1/Services/{service}/Media/ME0123"),
+            400,
+            Some("bad_sid"),
+        ),
+        (
+            "GET",
+            format!("/v1/Services/{service}/Media/{service}/Content"),
+            400,
+            Some("bad_sid"),
+        ),
+        (
+            "GET",
+            format!("/v1/Services/{service}/Media/..%2F..%2Fetc"),
+            400,
+            Some("bad_sid"),
+        ),
+        ("GET", "/".to_string(), 404, None),
+        ("GET", "/_origin/requests".to_string(), 404, None),
+        ("GET", format!("/{media}"), 404, None),
+        ("GET", "/v1/Accounts".to_string(), 404, None),
+        (
+            "POST",
+            format!("/v1/Services/{service}/Channels"),
+            404,
+            None,
+        ),
+        ("GET", format!("/v2/Services/{service}/Media"), 404, None),
+        ("GET", format!("/v1/Services/{service}/Media"), 405, None),
+        (
+            "DELETE",
+            format!("/v1/Services/{service}/Media/{media}"),
+            405,
+            None,
+        ),
+    ];
+    for (method, path, status, reason) in &cases {
+        let response = client()
+            .request(method.parse().unwrap(), proxy.url(path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), *status, "{method} {path}");
+        assert_eq!(
+            response
+                .headers()
+                .get("mediagate-reject")
+                .map(|v| v.to_str().unwrap()),
+            *reason,
+            "{path}"
+        );
+        assert_eq!(json(response).await["status"], *status);
+    }
+    assert!(origin.journal().is_empty(), "{:?}", origin.journal());
+
+    let fine = client()
+        .get(proxy.url(&format!("/v1/Services/{service}/Media/{media}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fine.status(), StatusCode::NOT_FOUND);
+    assert_eq!(json(fine).await["code"], 4041);
+    assert_eq!(origin.journal().len(), 1);
+}
+
+#[tokio::test]
+async fn an_upstream_that_is_down_gives_502_json() {
+    let port = free_port();
+    let proxy = Proxy::start(ProxyConfig::to(&format!("http://127.0.0.1:{port}")));
+    let response = client()
+        .post(proxy.url(&upload_path(&new_service())))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    let error = json(response).await;
+    assert_eq!(error["status"], 502);
+    assert_eq!(error["code"], 91502);
+    assert_eq!(
+        proxy.metric("mediagate_upstream_errors_total", &[("kind", "connect")]),
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn an_upstream_that_does_not_answer_gives_504_json() {
+    // Accepts connections and never answers.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let mut config = ProxyConfig::to(&format!("http://127.0.0.1:{port}"));
+    config.read_timeout = "300ms";
+    let proxy = Proxy::start(config);
+    let service = new_service();
+    let response = client()
+        .get(proxy.url(&format!(
+            "{}/{}",
+            upload_path(&service),
+            mediagate::api::MediaSid::generate()
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+    let error = json(response).await;
+    assert_eq!(error["code"], 91504);
+    assert_eq!(
+        proxy.metric("mediagate_upstream_errors_total", &[("kind", "timeout")]),
+        Some(1.0)
+    );
+    drop(silent);
+}
+
+/// A CA and a certificate it signed for localhost and 127.0.0.1, as PEM files under `dir`.
+fn make_certificates(
+    dir: &std::path::Path,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca, &ca_key)
+        .unwrap();
+    let paths = (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    );
+    std::fs::write(&paths.0, ca.pem()).unwrap();
+    std::fs::write(&paths.1, leaf.pem()).unwrap();
+    std::fs::write(&paths.2, leaf_key.serialize_pem()).unwrap();
+    paths
+}
+
+#[tokio::test]
+async fn an_https_upstream_is_trusted_through_the_configured_ca() {
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = make_certificates(certs.path());
+    let origin = Origin::start_with(OriginOptions {
+        auth: true,
+        tls: Some((cert, key)),
+    });
+    assert!(origin.url.starts_with("https://localhost:"));
+    let service = new_service();
+
+    let proxy = Proxy::start(ProxyConfig::to(&origin.url).ca_file(&ca));
+    let created = client()
+        .post(proxy.url(&upload_path(&service)))
+        .header("Content-Type", "text/plain")
+        .body("over tls")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let sid = json(created).await["sid"].as_str().unwrap().to_string();
+    let metadata = json(
+        client()
+            .get(proxy.url(&format!("{}/{sid}", upload_path(&service))))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(metadata["links"]["content_direct_temporary"]
+        .as_str()
+        .unwrap()
+        .starts_with("https://localhost:"));
+
+    // The same upstream through an IP literal is verified against the IP SAN.
+    let by_ip = Proxy::start(
+        ProxyConfig::to(&format!("https://127.0.0.1:{}", origin.addr.port())).ca_file(&ca),
+    );
+    let response = client()
+        .get(by_ip.url(&format!("{}/{sid}", upload_path(&service))))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+
+    // Without the CA, the system roots do not trust the test certificate.
+    let untrusting = Proxy::start(ProxyConfig::to(&origin.url));
+    let refused = client()
+        .get(untrusting.url(&format!("{}/{sid}", upload_path(&service))))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::BAD_GATEWAY);
+}
+
+#[tokio::test]
+async fn metrics_count_requests_and_health_answers() {
+    let proxy = Proxy::start(ProxyConfig::to(&origin().url));
+    let service = new_service();
+    for _ in 0..2 {
+        let response = client()
+            .post(proxy.url(&upload_path(&service)))
+            .header("Content-Type", "text/plain")
+            .body("m")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::CREATED);
+    }
+    let missing = client()
+        .get(proxy.url(&format!(
+            "{}/{}",
+            upload_path(&service),
+            mediagate::api::MediaSid::generate()
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+
+    let requests = |labels: &[(&str, &str)]| proxy.metric("mediagate_requests_total", labels);
+    assert_eq!(
+        requests(&[
+            ("route", "upload"),
+            ("method", "POST"),
+            ("status", "201"),
+            ("service", "other")
+        ]),
+        Some(2.0)
+    );
+    assert_eq!(
+        requests(&[
+            ("route", "metadata"),
+            ("method", "GET"),
+            ("status", "404"),
+            ("service", "other")
+        ]),
+        Some(1.0)
+    );
+    assert_eq!(
+        proxy.metric(
+            "mediagate_request_duration_seconds_count",
+            &[("route", "upload")]
+        ),
+        Some(2.0)
+    );
+    assert_eq!(proxy.metric("mediagate_build_info", &[]), Some(1.0));
+
+    for path in ["/healthz", "/readyz"] {
+        let (status, body) =
+            mediagate::process::http_request(proxy.metrics, "GET", path, &[], &[]).unwrap();
+        assert_eq!(status, 200, "{path}");
+        assert!(serde_json::from_slice::<Value>(&body).is_ok());
+    }
+}
+
+#[tokio::test]
+async fn sigterm_lets_an_in_flight_upload_finish_then_exits_0() {
+    let origin = Origin::start();
+    let mut config = ProxyConfig::to(&origin.url);
+    config.grace_period = "3s";
+    let mut proxy = Proxy::start(config);
+    let service = new_service();
+    let body = png_bytes(64 * 1024);
+    let mut stream = open_upload(
+        proxy.listen,
+        &upload_path(&service),
+        &[
+            ("Content-Type", "image/png"),
+            ("Content-Length", &body.len().to_string()),
+        ],
+        &body[..1000],
+    );
+    // The upload is in flight once the origin has its head.
+    assert!(wait_for(Duration::from_secs(10), || !origin
+        .requests_for(&service)
+        .is_empty()));
+
+    signal(&proxy.child, nix::sys::signal::Signal::SIGTERM);
+    std::io::Write::write_all(&mut stream, &body[1000..]).unwrap();
+    let (status, answer) = read_answer(&mut stream);
+    assert_eq!(status, 201, "{answer}");
+
+    let exit = wait_exit(&mut proxy.child, Duration::from_secs(15))
+        .expect("the proxy exits after its grace period");
+    assert!(exit.success(), "{exit}");
+}

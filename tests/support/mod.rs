@@ -1,0 +1,471 @@
+//! Test support: real `mediagate` processes on 127.0.0.1 ports picked at run time.
+//!
+//! Every server is started from the binary cargo built, with `--exit-with-parent` so it ends
+//! when the test process does, and is stopped by its own PID. Readiness is awaited on what the
+//! server itself says (the origin's "listening on" line, the proxy's `/readyz`), never by sleeping.
+
+#![allow(dead_code)] // each test binary uses its own part of this module
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+pub const ACCOUNT: &str = "AC0123456789abcdef0123456789abcdef";
+pub const AUTH_TOKEN: &str = "origin-test-token";
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_mediagate")
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// A fresh random service SID, so tests sharing an origin never see each other's requests.
+pub fn new_service() -> String {
+    mediagate::api::ServiceSid::generate().to_string()
+}
+
+/// Waits for `condition`, polling, up to `limit`: for effects that have no event to wait on.
+pub fn wait_for(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    condition()
+}
+
+/// Sends `signal` to a child by its PID.
+pub fn signal(child: &Child, signal: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal)
+        .expect("signal the child");
+}
+
+/// Waits for a child to exit, up to `limit`.
+pub fn wait_exit(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn tied_to_us(command: &mut Command) -> &mut Command {
+    command
+        .arg("--exit-with-parent")
+        .stdin(Stdio::piped())
+        .env("RUST_LOG", "warn")
+}
+
+// ---------------------------------------------------------------------------------------------
+// The origin
+
+pub struct OriginOptions {
+    pub auth: bool,
+    pub tls: Option<(PathBuf, PathBuf)>,
+}
+
+impl Default for OriginOptions {
+    fn default() -> Self {
+        OriginOptions {
+            auth: true,
+            tls: None,
+        }
+    }
+}
+
+pub struct Origin {
+    child: Child,
+    pub addr: SocketAddr,
+    /// `http://127.0.0.1:port` (or `https://localhost:port` with TLS).
+    pub url: String,
+    pub data: PathBuf,
+    options: OriginOptions,
+    _dir: Option<TempDir>,
+}
+
+impl Origin {
+    /// A new origin on a port of its own, with a store in a fresh temporary directory.
+    pub fn start() -> Origin {
+        Origin::start_with(OriginOptions::default())
+    }
+
+    pub fn start_with(options: OriginOptions) -> Origin {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let data = dir.path().join("store");
+        let mut origin = Origin::spawn(&data, "127.0.0.1:0".parse().unwrap(), options);
+        origin._dir = Some(dir);
+        origin
+    }
+
+    fn spawn(data: &Path, listen: SocketAddr, options: OriginOptions) -> Origin {
+        let mut command = Command::new(binary());
+        command
+            .arg("origin")
+            .arg("--listen")
+            .arg(listen.to_string())
+            .arg("--data")
+            .arg(data)
+            .stdout(Stdio::piped());
+        if options.auth {
+            command.args(["--account-sid", ACCOUNT, "--auth-token", AUTH_TOKEN]);
+        }
+        if let Some((cert, key)) = &options.tls {
+            command
+                .arg("--tls-cert")
+                .arg(cert)
+                .arg("--tls-key")
+                .arg(key);
+        }
+        let mut child = tied_to_us(&mut command).spawn().expect("start the origin");
+        let stdout = child.stdout.take().expect("origin stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("origin output");
+        // "mediagate origin listening on http://127.0.0.1:PORT (store: …)"
+        let url = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http"))
+            .unwrap_or_else(|| panic!("origin did not start: {line:?}"))
+            .to_string();
+        let addr: SocketAddr = url
+            .rsplit("://")
+            .next()
+            .and_then(|a| a.parse().ok())
+            .expect("origin address");
+        let url = if options.tls.is_some() {
+            format!("https://localhost:{}", addr.port())
+        } else {
+            url
+        };
+        Origin {
+            child,
+            addr,
+            url,
+            data: data.to_path_buf(),
+            options,
+            _dir: None,
+        }
+    }
+
+    /// `kill -9`, then a new process on the same port and store.
+    pub fn crash_and_restart(&mut self) {
+        self.child.kill().expect("kill -9 the origin");
+        self.child.wait().expect("reap the origin");
+        let options = OriginOptions {
+            auth: self.options.auth,
+            tls: self.options.tls.clone(),
+        };
+        let restarted = Origin::spawn(&self.data, self.addr, options);
+        let old = std::mem::replace(self, restarted);
+        self._dir = old.into_dir();
+    }
+
+    fn into_dir(mut self) -> Option<TempDir> {
+        self._dir.take()
+    }
+
+    /// Every request the origin has received, oldest first.
+    pub fn journal(&self) -> Vec<Value> {
+        let (status, body) =
+            mediagate::process::http_request(self.addr, "GET", "/_origin/requests", &[], &[])
+                .expect("origin journal");
+        assert_eq!(status, 200);
+        serde_json::from_slice::<Vec<Value>>(&body).expect("journal JSON")
+    }
+
+    /// The journal entries whose path mentions `needle` (a service SID, say).
+    pub fn requests_for(&self, needle: &str) -> Vec<Value> {
+        self.journal()
+            .into_iter()
+            .filter(|e| e["path"].as_str().is_some_and(|p| p.contains(needle)))
+            .collect()
+    }
+
+    /// Files in a store subdirectory (`content`, `tmp`).
+    pub fn files_in(&self, sub: &str) -> Vec<PathBuf> {
+        std::fs::read_dir(self.data.join(sub))
+            .map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default()
+    }
+
+    pub fn basic_auth(&self) -> String {
+        basic(ACCOUNT, AUTH_TOKEN)
+    }
+}
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn basic(user: &str, password: &str) -> String {
+    use base64::Engine;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    format!("Basic {encoded}")
+}
+
+// ---------------------------------------------------------------------------------------------
+// The proxy
+
+pub struct Proxy {
+    pub child: Child,
+    pub listen: SocketAddr,
+    pub metrics: SocketAddr,
+    pub dir: TempDir,
+}
+
+/// The parts of a proxy configuration a test varies; `listen` and `metrics_listen` are added.
+pub struct ProxyConfig {
+    pub upstream: String,
+    pub grace_period: &'static str,
+    pub read_timeout: &'static str,
+    /// More keys of the `upstream:` block, e.g. `ca_file`.
+    pub upstream_extra: String,
+    /// Extra YAML appended as is (top-level keys other than server and upstream).
+    pub extra: String,
+}
+
+impl ProxyConfig {
+    /// A proxy in front of `upstream` with the test account's credentials.
+    pub fn to(upstream: &str) -> ProxyConfig {
+        ProxyConfig {
+            upstream: upstream.to_string(),
+            grace_period: "1s",
+            read_timeout: "5s",
+            upstream_extra: String::new(),
+            extra: format!("credentials:\n  username: {ACCOUNT}\n  password: {AUTH_TOKEN}\n"),
+        }
+    }
+
+    pub fn with(mut self, yaml: &str) -> ProxyConfig {
+        self.extra.push_str(yaml);
+        self
+    }
+
+    /// Trusts this CA file for the upstream.
+    pub fn ca_file(mut self, path: &Path) -> ProxyConfig {
+        self.upstream_extra
+            .push_str(&format!("  ca_file: {}\n", path.display()));
+        self
+    }
+
+    fn render(&self, listen: SocketAddr, metrics: SocketAddr) -> String {
+        format!(
+            "server:\n  listen: {listen}\n  metrics_listen: {metrics}\n  threads: 2\n  grace_period: {}\nupstream:\n  url: {}\n  connect_timeout: 1s\n  read_timeout: {}\n{}{}",
+            self.grace_period, self.upstream, self.read_timeout, self.upstream_extra, self.extra
+        )
+    }
+}
+
+impl Proxy {
+    /// Starts a proxy and waits for `/readyz`. A port taken between picking and binding is
+    /// retried on new ports.
+    pub fn start(config: ProxyConfig) -> Proxy {
+        let mut last_error = String::new();
+        for _ in 0..3 {
+            match Proxy::try_start(&config) {
+                Ok(proxy) => return proxy,
+                Err(e) => last_error = e,
+            }
+        }
+        panic!("the proxy did not start: {last_error}");
+    }
+
+    fn try_start(config: &ProxyConfig) -> Result<Proxy, String> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let config_path = dir.path().join("mediagate.yaml");
+        std::fs::write(&config_path, config.render(listen, metrics)).expect("write config");
+        let log = std::fs::File::create(dir.path().join("proxy.log")).expect("log file");
+        let mut command = Command::new(binary());
+        command
+            .arg("proxy")
+            .arg("--config")
+            .arg(&config_path)
+            .stderr(log)
+            .stdout(Stdio::null());
+        let mut child = tied_to_us(&mut command).spawn().expect("start the proxy");
+        let ready =
+            mediagate::process::wait_ready(metrics, Duration::from_secs(30), || {
+                match child.try_wait() {
+                    Ok(Some(status)) => Err(format!("exited with {status}")),
+                    _ => Ok(()),
+                }
+            });
+        let proxy = Proxy {
+            child,
+            listen,
+            metrics,
+            dir,
+        };
+        match ready {
+            Ok(()) => Ok(proxy),
+            Err(e) => Err(format!("{e}; log:\n{}", proxy.log())),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.listen)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("proxy.log")).unwrap_or_default()
+    }
+
+    /// `/metrics` as text.
+    pub fn metrics_text(&self) -> String {
+        let (status, body) =
+            mediagate::process::http_request(self.metrics, "GET", "/metrics", &[], &[])
+                .expect("scrape");
+        assert_eq!(status, 200);
+        String::from_utf8(body).expect("metrics text")
+    }
+
+    /// The value of one sample line, e.g. `mediagate_requests_total{…}`; labels in any order
+    /// are matched by listing them.
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        metric_value(&self.metrics_text(), name, labels)
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .find(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP
+
+/// A client that does not follow redirects, so tests see the 302 themselves.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("http client")
+}
+
+/// Sends a request head and `first` body bytes on a raw connection and leaves it open: for
+/// uploads the test cuts short or finishes later.
+pub fn open_upload(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    first: &[u8],
+) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    let mut head = format!("POST {path} HTTP/1.1\r\nHost: {addr}\r\n");
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).expect("send head");
+    stream.write_all(first).expect("send body");
+    stream.flush().expect("flush");
+    stream
+}
+
+/// Reads a whole HTTP/1.1 answer from a raw connection: status and body (Content-Length framed).
+pub fn read_answer(stream: &mut TcpStream) -> (u16, String) {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("read timeout");
+    let mut reader = BufReader::new(stream);
+    let mut status_line = String::new();
+    reader.read_line(&mut status_line).expect("status line");
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+    let mut length = 0usize;
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("header line");
+        if line == "\r\n" || line.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse().expect("content-length");
+            }
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).expect("body");
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// One part of a multipart form: name, filename, content type, bytes.
+pub type Part<'a> = (&'a str, Option<&'a str>, Option<&'a str>, &'a [u8]);
+
+/// A multipart/form-data body: (boundary, bytes).
+pub fn multipart(parts: &[Part]) -> (String, Vec<u8>) {
+    let boundary = "mediagate-test-boundary-7d3f".to_string();
+    let mut body = Vec::new();
+    for (name, filename, content_type, bytes) in parts {
+        body.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
+        let mut disposition = format!("Content-Disposition: form-data; name=\"{name}\"");
+        if let Some(filename) = filename {
+            disposition.push_str(&format!("; filename=\"{filename}\""));
+        }
+        body.extend_from_slice(disposition.as_bytes());
+        body.extend_from_slice(b"\r\n");
+        if let Some(content_type) = content_type {
+            body.extend_from_slice(format!("Content-Type: {content_type}\r\n").as_bytes());
+        }
+        body.extend_from_slice(b"\r\n");
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    (boundary, body)
+}
+
+/// Bytes that look like a PNG, `len` long.
+pub fn png_bytes(len: usize) -> Vec<u8> {
+    let mut bytes = b"\x89PNG\r\n\x1a\n".to_vec();
+    bytes.extend((0..len.saturating_sub(8)).map(|i| (i % 251) as u8));
+    bytes
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
