@@ -20,17 +20,45 @@ fn media_url(origin: &Origin, service: &str) -> String {
     format!("{}/v1/Services/{service}/Media", origin.url)
 }
 
-async fn upload_raw(origin: &Origin, service: &str, bytes: &[u8], content_type: &str) -> Value {
+/// POSTs an upload with the origin's credentials and expects 201 and the Media JSON.
+async fn create(origin: &Origin, url: String, content_type: &str, body: Vec<u8>) -> Value {
     let response = client()
-        .post(media_url(origin, service))
+        .post(url)
         .header("Authorization", origin.basic_auth())
         .header("Content-Type", content_type)
-        .body(bytes.to_vec())
+        .body(body)
         .send()
         .await
         .expect("upload");
     assert_eq!(response.status(), StatusCode::CREATED);
     response.json().await.expect("media JSON")
+}
+
+async fn upload_raw(origin: &Origin, service: &str, bytes: &[u8], content_type: &str) -> Value {
+    create(
+        origin,
+        media_url(origin, service),
+        content_type,
+        bytes.to_vec(),
+    )
+    .await
+}
+
+fn multipart_type(boundary: &str) -> String {
+    format!("multipart/form-data; boundary={boundary}")
+}
+
+/// GETs a Media API path with the origin's credentials and answers the JSON.
+async fn get_json(origin: &Origin, path: &str) -> Value {
+    client()
+        .get(format!("{}{path}", origin.url))
+        .header("Authorization", origin.basic_auth())
+        .send()
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("JSON")
 }
 
 fn is_sid(value: &Value, prefix: &str) -> bool {
@@ -104,20 +132,8 @@ async fn multipart_uploads_take_type_filename_and_category_from_the_form() {
         Some("image/jpeg"),
         b"\xff\xd8\xff\xe0jpeg",
     )]);
-    let media: Value = client()
-        .post(format!("{}?Category=body", media_url(origin, &service)))
-        .header("Authorization", origin.basic_auth())
-        .header(
-            "Content-Type",
-            format!("multipart/form-data; boundary={boundary}"),
-        )
-        .body(body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let url = format!("{}?Category=body", media_url(origin, &service));
+    let media = create(origin, url, &multipart_type(&boundary), body).await;
     assert_eq!(media["content_type"], "image/jpeg");
     assert_eq!(media["filename"], "dog.jpg");
     assert_eq!(media["category"], "body");
@@ -128,20 +144,8 @@ async fn multipart_uploads_take_type_filename_and_category_from_the_form() {
         ("Media", None, Some("application/pdf"), b"%PDF-1.7 tiny"),
         ("FileName", None, None, b"report.pdf"),
     ]);
-    let media: Value = client()
-        .post(media_url(origin, &service))
-        .header("Authorization", origin.basic_auth())
-        .header(
-            "Content-Type",
-            format!("multipart/form-data; boundary={boundary}"),
-        )
-        .body(body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let url = media_url(origin, &service);
+    let media = create(origin, url, &multipart_type(&boundary), body).await;
     assert_eq!(media["content_type"], "application/pdf");
     assert_eq!(media["filename"], "report.pdf");
     assert_eq!(media["category"], "media");
@@ -312,15 +316,7 @@ async fn content_redirects_to_a_signed_url_that_serves_bytes_ranges_and_etags() 
     assert_eq!(cached.status(), StatusCode::NOT_MODIFIED);
 
     // The metadata carries a temporary URL of its own that works the same way.
-    let metadata: Value = client()
-        .get(format!("{}/v1/Services/{service}/Media/{sid}", origin.url))
-        .header("Authorization", origin.basic_auth())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let metadata = get_json(origin, &format!("/v1/Services/{service}/Media/{sid}")).await;
     let temporary = metadata["links"]["content_direct_temporary"]
         .as_str()
         .unwrap();
@@ -423,15 +419,7 @@ async fn acknowledged_media_survive_kill_9_and_restart() {
 
     for (media, bytes) in [(&a, &first), (&b, &second)] {
         let sid = media["sid"].as_str().unwrap();
-        let metadata: Value = client()
-            .get(format!("{}/v1/Services/{service}/Media/{sid}", origin.url))
-            .header("Authorization", origin.basic_auth())
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let metadata = get_json(&origin, &format!("/v1/Services/{service}/Media/{sid}")).await;
         assert_eq!(metadata["size"], bytes.len());
         let temporary = metadata["links"]["content_direct_temporary"]
             .as_str()

@@ -27,6 +27,15 @@ fn upload_path(service: &str) -> String {
     format!("/v1/Services/{service}/Media")
 }
 
+/// The metadata path of a media nobody uploaded.
+fn unknown_media_path(service: &str) -> String {
+    format!(
+        "{}/{}",
+        upload_path(service),
+        mediagate::api::MediaSid::generate()
+    )
+}
+
 async fn json(response: reqwest::Response) -> Value {
     response.json().await.expect("JSON body")
 }
@@ -344,11 +353,7 @@ async fn an_upstream_that_does_not_answer_gives_504_json() {
     let proxy = Proxy::start(config);
     let service = new_service();
     let response = client()
-        .get(proxy.url(&format!(
-            "{}/{}",
-            upload_path(&service),
-            mediagate::api::MediaSid::generate()
-        )))
+        .get(proxy.url(&unknown_media_path(&service)))
         .send()
         .await
         .unwrap();
@@ -457,11 +462,7 @@ async fn metrics_count_requests_and_health_answers() {
         assert_eq!(response.status(), StatusCode::CREATED);
     }
     let missing = client()
-        .get(proxy.url(&format!(
-            "{}/{}",
-            upload_path(&service),
-            mediagate::api::MediaSid::generate()
-        )))
+        .get(proxy.url(&unknown_media_path(&service)))
         .send()
         .await
         .unwrap();

@@ -30,7 +30,7 @@ pub use service::Origin;
 pub use signing::{now_epoch, Signer};
 
 /// The account an origin uses when none is configured: it then accepts any credentials.
-pub const OPEN_ACCOUNT_SID: &str = "AC00000000000000000000000000000000";
+pub const OPEN_ACCOUNT_SID: &str = "AC0123456789abcdef0123456789abcdef";
 
 pub struct OriginOptions {
     pub listen: SocketAddr,
