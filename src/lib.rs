@@ -6,5 +6,6 @@ pub mod config;
 pub mod demo;
 pub mod metrics;
 pub mod origin;
+pub mod policy;
 pub mod process;
 pub mod proxy;

@@ -20,6 +20,8 @@ pub struct Metrics {
     pub requests: IntCounterVec,
     /// `route`.
     pub request_duration: HistogramVec,
+    /// `reason` (as in `Mediagate-Reject`), `service`.
+    pub rejections: IntCounterVec,
     /// `kind`: `connect`, `timeout`, `reset`, `status_5xx`.
     pub upstream_errors: IntCounterVec,
     pub build_info: IntGaugeVec,
@@ -40,6 +42,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
         LATENCY_BUCKETS.to_vec()
     )
     .expect("register mediagate_request_duration_seconds"),
+    rejections: register_int_counter_vec!(
+        "mediagate_rejections_total",
+        "Requests refused by mediagate, by reason (as in the Mediagate-Reject header).",
+        &["reason", "service"]
+    )
+    .expect("register mediagate_rejections_total"),
     upstream_errors: register_int_counter_vec!(
         "mediagate_upstream_errors_total",
         "Failures talking to the upstream, by kind.",

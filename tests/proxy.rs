@@ -329,6 +329,7 @@ async fn an_upstream_that_is_down_gives_502_json() {
     let proxy = Proxy::start(ProxyConfig::to(&format!("http://127.0.0.1:{port}")));
     let response = client()
         .post(proxy.url(&upload_path(&new_service())))
+        .header("Content-Type", "text/plain")
         .body("x")
         .send()
         .await

@@ -25,6 +25,22 @@ pub enum ErrorCode {
     MethodNotAllowed,
     /// 91413: the upload is larger than allowed.
     TooLarge,
+    /// 91420: an upload without a media type.
+    ContentTypeMissing,
+    /// 91421: an upload of a type the policy does not allow.
+    TypeNotAllowed,
+    /// 91422: an upload whose first bytes disagree with its declared type, or an executable.
+    SniffMismatch,
+    /// 91423: Content-Size and Content-Length disagree, are malformed, or the body does not match.
+    SizeMismatch,
+    /// 91429: the service's uploads per minute are used up.
+    QuotaUploads,
+    /// 91430: the service's bytes per hour are used up.
+    QuotaBytes,
+    /// 91431: the service has as many uploads in flight as it may.
+    QuotaConcurrency,
+    /// 91503: the quota backend cannot be reached and the configuration says deny.
+    QuotaBackend,
     /// 91410: a temporary URL whose signature is wrong or expired.
     UrlExpired,
     /// 91500: something failed inside mediagate.
@@ -47,6 +63,14 @@ impl ErrorCode {
             ErrorCode::ForbiddenService => 91403,
             ErrorCode::MethodNotAllowed => 91405,
             ErrorCode::TooLarge => 91413,
+            ErrorCode::ContentTypeMissing => 91420,
+            ErrorCode::TypeNotAllowed => 91421,
+            ErrorCode::SniffMismatch => 91422,
+            ErrorCode::SizeMismatch => 91423,
+            ErrorCode::QuotaUploads => 91429,
+            ErrorCode::QuotaBytes => 91430,
+            ErrorCode::QuotaConcurrency => 91431,
+            ErrorCode::QuotaBackend => 91503,
             ErrorCode::UrlExpired => 91410,
             ErrorCode::Internal => 91500,
             ErrorCode::UpstreamUnavailable => 91502,

@@ -3,11 +3,13 @@
 
 mod error;
 mod media;
+mod reject;
 mod route;
 mod sid;
 
 pub use error::{ApiError, ErrorCode};
 pub use media::{Links, Media, MediaSetItem, MediaSetRecord, MediaSetRequest};
+pub use reject::RejectReason;
 pub use route::{Route, RouteError, RouteKind};
 pub use sid::{AccountSid, MediaSid, ServiceSid, Sid, SidKind};
 

@@ -14,6 +14,7 @@ const KEEP: usize = 10_000;
 pub struct Entry {
     pub id: u64,
     pub method: String,
+    /// The path and query.
     pub path: String,
     /// `basic:<user>`, `bearer`, `other` or `none`.
     pub auth: String,

@@ -44,9 +44,10 @@ impl Origin {
         if req.uri().path() == JOURNAL_PATH {
             return Ok(json_response(StatusCode::OK, self.journal.to_json()));
         }
+        let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
         let pending = self
             .journal
-            .start(req.method().as_str(), req.uri().path(), req.headers());
+            .start(req.method().as_str(), target, req.headers());
         let response = self.route(req).await.unwrap_or_else(error_response);
         pending.answered(response.status().as_u16());
         Ok(response)

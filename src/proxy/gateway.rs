@@ -12,16 +12,20 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
+use bytes::Bytes;
+
 use super::access::AccessControl;
 use super::credentials::Injector;
 use super::reject::{self, Rejection};
 use super::upstream::UpstreamTarget;
-use crate::api::{ApiError, ErrorCode, Route, RouteKind, ServiceSid};
+use crate::api::{ApiError, ErrorCode, RejectReason, Route, RouteKind, ServiceSid};
 use crate::config::Config;
 use crate::metrics::metrics;
+use crate::policy::{self, UploadGuard, UploadPolicies};
 
 pub struct Gateway {
     access: AccessControl,
+    uploads: UploadPolicies,
     credentials: Injector,
     upstream: UpstreamTarget,
     /// Services named in the configuration: the only `service` label values besides `other`.
@@ -32,12 +36,19 @@ pub struct Gateway {
 pub struct RequestCtx {
     started: Instant,
     route: Option<Route>,
+    /// An upload's byte count and inspection, while its body streams.
+    upload: Option<UploadGuard>,
+    /// A refusal decided while the body was streaming, for `fail_to_proxy` to send.
+    refusal: Option<Rejection>,
+    /// Why the request was refused, if it was: for the metrics.
+    rejected: Option<RejectReason>,
 }
 
 impl Gateway {
     pub fn new(config: &Config) -> Result<Gateway, String> {
         Ok(Gateway {
             access: AccessControl::new(config),
+            uploads: UploadPolicies::new(config),
             credentials: Injector::new(config)?,
             upstream: UpstreamTarget::new(&config.upstream)?,
             listed_services: config.services.keys().cloned().collect(),
@@ -62,30 +73,76 @@ impl ProxyHttp for Gateway {
         RequestCtx {
             started: Instant::now(),
             route: None,
+            upload: None,
+            refusal: None,
+            rejected: None,
         }
     }
 
     /// Request head: only Media API routes with well-formed SIDs, and only for clients the
-    /// access rules admit, go on. Everything else is answered here and never reaches upstream.
+    /// access rules admit, go on; an upload must also pass its head checks and the inspection
+    /// of its first body chunk. Everything refused here is answered here and never reaches
+    /// the upstream.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let head = session.req_header();
         let route = match Route::parse(&head.method, head.uri.path()) {
             Ok(route) => route,
-            Err(e) => {
-                reject::send(session, &Rejection::from_route(e)).await?;
-                return Ok(true);
-            }
+            Err(e) => return refuse(session, ctx, Rejection::from_route(e)).await,
         };
         let authorization = head
             .headers
             .get(http::header::AUTHORIZATION)
             .map(|v| v.as_bytes());
         if let Err(rejection) = self.access.check(authorization, route.service()) {
-            reject::send(session, &rejection).await?;
-            return Ok(true);
+            return refuse(session, ctx, rejection).await;
+        }
+        if let Route::Upload { service } = &route {
+            let rules = self.uploads.for_service(service);
+            let head = session.req_header();
+            // Only needed when the parser may have dropped a Content-Length (see policy).
+            let raw_head = head
+                .headers
+                .contains_key(http::header::TRANSFER_ENCODING)
+                .then(|| session.as_http1().map(|h1| h1.get_headers_raw_bytes()))
+                .flatten();
+            let guard = match policy::check_head(rules, &head.headers, raw_head.as_deref()) {
+                Ok(guard) => guard,
+                Err(refusal) => return refuse(session, ctx, refusal.into()).await,
+            };
+            match inspect_first_chunk(session, guard).await? {
+                Ok(guard) => ctx.upload = Some(guard),
+                Err(rejection) => return refuse(session, ctx, rejection).await,
+            }
         }
         ctx.route = Some(route);
         Ok(false)
+    }
+
+    /// Each body chunk on its way upstream (the first one replayed from the retry buffer):
+    /// counted against the size limits and, while undecided, inspected. A refusal here fails
+    /// the request, which cuts the upstream's body short: the upstream stores nothing.
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let Some(guard) = &mut ctx.upload else {
+            return Ok(());
+        };
+        let chunk = body.as_deref().unwrap_or_default();
+        match guard.on_chunk(chunk, end_of_stream) {
+            Ok(()) => Ok(()),
+            Err(refusal) => {
+                let status = refusal.reason.status();
+                ctx.refusal = Some(refusal.into());
+                Error::e_explain(
+                    ErrorType::HTTPStatus(status),
+                    "upload refused while streaming",
+                )
+            }
+        }
     }
 
     async fn upstream_peer(
@@ -116,13 +173,26 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    /// No answer from upstream: the client gets the error JSON, 502 or 504.
+    /// No answer from upstream: a refusal decided while streaming, or the error JSON (502,
+    /// 504, …).
     async fn fail_to_proxy(
         &self,
         session: &mut Session,
         e: &Error,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> FailToProxy {
+        if let Some(rejection) = ctx.refusal.take() {
+            let status = rejection.error.status;
+            if session.response_written().is_none() {
+                if let Err(write_error) = refuse(session, ctx, rejection).await {
+                    log::debug!("cannot send the refusal: {write_error}");
+                }
+            }
+            return FailToProxy {
+                error_code: status,
+                can_reuse_downstream: false,
+            };
+        }
         let error = classify_failure(e);
         if let Some(kind) = upstream_error_kind(e) {
             metrics().upstream_errors.with_label_values(&[kind]).inc();
@@ -143,6 +213,11 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    /// mediagate logs its own refusals; pingora's error line would repeat them.
+    fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, _error: &Error) -> bool {
+        ctx.rejected.is_some()
+    }
+
     /// After the last byte: one place records the request in the metrics.
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
         let route = ctx.route.as_ref();
@@ -160,7 +235,54 @@ impl ProxyHttp for Gateway {
         m.request_duration
             .with_label_values(&[route_label])
             .observe(ctx.started.elapsed().as_secs_f64());
+        if let Some(reason) = ctx.rejected {
+            m.rejections
+                .with_label_values(&[reason.label(), self.service_label(route)])
+                .inc();
+        }
     }
+}
+
+/// Answers a refusal, logs it (never the body or a credential), and marks the request for the
+/// metrics. Returns pingora's "answered" for `request_filter`.
+async fn refuse(session: &mut Session, ctx: &mut RequestCtx, rejection: Rejection) -> Result<bool> {
+    ctx.rejected = rejection.reason;
+    let head = session.req_header();
+    log::info!(
+        "refused {} {}: {} {}",
+        head.method,
+        head.uri.path(),
+        rejection.error.status,
+        rejection.reason.map_or("", RejectReason::label),
+    );
+    reject::send(session, &rejection).await?;
+    reject::linger(session).await;
+    Ok(true)
+}
+
+/// Reads the upload's first body chunk before anything goes upstream, when its inspection
+/// needs it. pingora's retry buffer keeps the chunk and replays it upstream (through
+/// `request_body_filter`) once the upload is admitted; it holds 64 KiB, so exactly one chunk
+/// is read here. What one chunk cannot decide is decided while streaming.
+async fn inspect_first_chunk(
+    session: &mut Session,
+    mut guard: UploadGuard,
+) -> Result<Result<UploadGuard, Rejection>> {
+    if !guard.inspecting() {
+        return Ok(Ok(guard));
+    }
+    let (first, end) = if session.is_body_empty() || session.is_body_done() {
+        // Nothing will stream: decide on the empty body now, or it would go up complete.
+        (None, true)
+    } else {
+        session.enable_retry_buffering();
+        let first = session.read_request_body().await?;
+        (first, session.is_body_done())
+    };
+    Ok(guard
+        .inspect_early(first.as_deref().unwrap_or_default(), end)
+        .map(|()| guard)
+        .map_err(Rejection::from))
 }
 
 fn method_label(method: &Method) -> &'static str {

@@ -1,30 +1,15 @@
 //! Refusals the sidecar answers itself: the Media API's error JSON, the `Mediagate-Reject`
 //! header with the reason of spec/config.md, and a closed connection when the body went unread.
 
+use std::time::{Duration, Instant};
+
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::Result;
 
-use crate::api::{ApiError, ErrorCode, RouteError};
-
-/// The `Mediagate-Reject` reasons this build can give (spec/config.md lists the contract).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RejectReason {
-    Unauthorized,
-    ForbiddenService,
-    BadSid,
-}
-
-impl RejectReason {
-    pub fn label(self) -> &'static str {
-        match self {
-            RejectReason::Unauthorized => "unauthorized",
-            RejectReason::ForbiddenService => "forbidden_service",
-            RejectReason::BadSid => "bad_sid",
-        }
-    }
-}
+use crate::api::{ApiError, RejectReason, RouteError};
+use crate::policy::Refusal;
 
 /// A refusal: the error to send and, for policy refusals, the reason header.
 #[derive(Clone, Debug)]
@@ -44,25 +29,25 @@ impl Rejection {
         }
     }
 
-    pub fn unauthorized() -> Rejection {
+    /// A refusal for one of the contract's reasons, with its status and code.
+    pub fn because(reason: RejectReason, message: impl Into<String>) -> Rejection {
         Rejection::new(
-            ApiError::new(
-                401,
-                ErrorCode::Unauthorized,
-                "A valid bearer token for this sidecar is required",
-            ),
+            ApiError::new(reason.status(), reason.code(), message),
+            reason,
+        )
+    }
+
+    pub fn unauthorized() -> Rejection {
+        Rejection::because(
             RejectReason::Unauthorized,
+            "A valid bearer token for this sidecar is required",
         )
     }
 
     pub fn forbidden_service() -> Rejection {
-        Rejection::new(
-            ApiError::new(
-                403,
-                ErrorCode::ForbiddenService,
-                "This service may not be used through this sidecar",
-            ),
+        Rejection::because(
             RejectReason::ForbiddenService,
+            "This service may not be used through this sidecar",
         )
     }
 
@@ -80,6 +65,12 @@ impl Rejection {
                 allow: Some(allow),
             },
         }
+    }
+}
+
+impl From<Refusal> for Rejection {
+    fn from(refusal: Refusal) -> Rejection {
+        Rejection::because(refusal.reason, refusal.message)
     }
 }
 
@@ -115,4 +106,23 @@ pub async fn send(session: &mut Session, rejection: &Rejection) -> Result<()> {
         extra.push(("Allow", allow));
     }
     respond(session, &rejection.error, &extra).await
+}
+
+/// How much of an unread body is read and dropped after a refusal, and for how long at most.
+const LINGER_BYTES: usize = 1 << 20;
+const LINGER_TIME: Duration = Duration::from_secs(2);
+
+/// Reads and drops what is left of the request body, within bounds, before the connection is
+/// closed: closing on unread bytes makes the kernel send a reset, which can destroy the answer
+/// before the client has read it.
+pub async fn linger(session: &mut Session) {
+    let deadline = Instant::now() + LINGER_TIME;
+    let mut left = LINGER_BYTES;
+    while left > 0 && !session.is_body_done() {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(remaining, session.read_request_body()).await {
+            Ok(Ok(Some(chunk))) => left = left.saturating_sub(chunk.len()),
+            _ => break,
+        }
+    }
 }

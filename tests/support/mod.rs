@@ -401,8 +401,31 @@ pub fn open_upload(
     stream
 }
 
+/// An answer read off a raw connection.
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl RawResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
 /// Reads a whole HTTP/1.1 answer from a raw connection: status and body (Content-Length framed).
 pub fn read_answer(stream: &mut TcpStream) -> (u16, String) {
+    let response = read_response(stream);
+    (response.status, response.body)
+}
+
+/// Reads one HTTP/1.1 answer (Content-Length framed) from a raw connection.
+pub fn read_response(stream: &mut TcpStream) -> RawResponse {
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .expect("read timeout");
@@ -414,7 +437,7 @@ pub fn read_answer(stream: &mut TcpStream) -> (u16, String) {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
-    let mut length = 0usize;
+    let mut headers = Vec::new();
     loop {
         let mut line = String::new();
         reader.read_line(&mut line).expect("header line");
@@ -422,14 +445,24 @@ pub fn read_answer(stream: &mut TcpStream) -> (u16, String) {
             break;
         }
         if let Some((name, value)) = line.split_once(':') {
-            if name.eq_ignore_ascii_case("content-length") {
-                length = value.trim().parse().expect("content-length");
-            }
+            headers.push((name.trim().to_string(), value.trim().to_string()));
         }
     }
+    let response = RawResponse {
+        status,
+        headers,
+        body: String::new(),
+    };
+    let length: usize = response
+        .header("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     let mut body = vec![0; length];
     reader.read_exact(&mut body).expect("body");
-    (status, String::from_utf8_lossy(&body).into_owned())
+    RawResponse {
+        body: String::from_utf8_lossy(&body).into_owned(),
+        ..response
+    }
 }
 
 /// One part of a multipart form: name, filename, content type, bytes.
@@ -437,7 +470,12 @@ pub type Part<'a> = (&'a str, Option<&'a str>, Option<&'a str>, &'a [u8]);
 
 /// A multipart/form-data body: (boundary, bytes).
 pub fn multipart(parts: &[Part]) -> (String, Vec<u8>) {
-    let boundary = "mediagate-test-boundary-7d3f".to_string();
+    let boundary = "mediagate-test-boundary-7d3f";
+    (boundary.to_string(), multipart_with(boundary, parts))
+}
+
+/// A multipart/form-data body with the given boundary.
+pub fn multipart_with(boundary: &str, parts: &[Part]) -> Vec<u8> {
     let mut body = Vec::new();
     for (name, filename, content_type, bytes) in parts {
         body.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
@@ -455,7 +493,7 @@ pub fn multipart(parts: &[Part]) -> (String, Vec<u8>) {
         body.extend_from_slice(b"\r\n");
     }
     body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
-    (boundary, body)
+    body
 }
 
 /// Bytes that look like a PNG, `len` long.

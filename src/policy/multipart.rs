@@ -1,0 +1,249 @@
+//! Just enough of multipart/form-data to judge an upload from the start of its body: the
+//! boundary from the request's `Content-Type`, and the head of the file part (named `file` or
+//! `Media`) with its own `Content-Type`. Everything else streams through unparsed.
+
+/// The parameters of a header value such as `form-data; name="file"; filename="a b.png"`:
+/// names lower-cased, quoted values unquoted.
+pub fn parameters(value: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut rest = match value.split_once(';') {
+        Some((_, params)) => params,
+        None => return out,
+    };
+    loop {
+        rest = rest.trim_start_matches([' ', '\t', ';']);
+        let Some(eq) = rest.find('=') else { break };
+        let name = rest[..eq].trim().to_ascii_lowercase();
+        let after = &rest[eq + 1..];
+        let (value, remaining) = if let Some(quoted) = after.strip_prefix('"') {
+            unquote(quoted)
+        } else {
+            let end = after.find(';').unwrap_or(after.len());
+            (after[..end].trim().to_string(), &after[end..])
+        };
+        out.push((name, value));
+        rest = remaining;
+    }
+    out
+}
+
+/// Reads a quoted-string body (after the opening quote): the value and what follows it.
+fn unquote(text: &str) -> (String, &str) {
+    let mut value = String::new();
+    let mut chars = text.char_indices();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '"' => return (value, &text[i + 1..]),
+            '\\' => {
+                if let Some((_, escaped)) = chars.next() {
+                    value.push(escaped);
+                }
+            }
+            c => value.push(c),
+        }
+    }
+    (value, "")
+}
+
+/// The boundary of a multipart `Content-Type`, if it has a usable one (1 to 70 characters).
+pub fn boundary(content_type: &str) -> Option<String> {
+    parameters(content_type)
+        .into_iter()
+        .find(|(name, _)| name == "boundary")
+        .map(|(_, value)| value)
+        .filter(|b| !b.is_empty() && b.len() <= 70)
+}
+
+/// The head of the file part, once found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilePart {
+    /// The part's own `Content-Type` value, as sent.
+    pub content_type: Option<String>,
+    /// Where the part's bytes start in the scanned buffer.
+    pub body_start: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scan {
+    Found(FilePart),
+    /// The buffer ends before the file part's head does.
+    NeedMore,
+    /// The form ended without a part named `file` or `Media`.
+    NoFilePart,
+    Malformed(&'static str),
+}
+
+/// The part names the Media API takes the file from.
+const FILE_PART_NAMES: [&str; 2] = ["file", "Media"];
+
+/// Looks for the file part's head in `buf`, the start of a multipart body.
+pub fn find_file_part(buf: &[u8], boundary: &str) -> Scan {
+    let delimiter = format!("--{boundary}");
+    let delimiter = delimiter.as_bytes();
+    // The first delimiter may follow a preamble; later ones follow a CRLF.
+    let Some(first) = find(buf, delimiter, 0) else {
+        return Scan::NeedMore;
+    };
+    if first > 0 && !buf[..first].ends_with(b"\r\n") {
+        return Scan::Malformed("text before the first boundary");
+    }
+    let mut pos = first + delimiter.len();
+    loop {
+        // After a delimiter: `--` closes the form; otherwise padding, then CRLF and the part.
+        match buf.get(pos..pos + 2) {
+            None => return Scan::NeedMore,
+            Some(b"--") => return Scan::NoFilePart,
+            Some(_) => {}
+        }
+        while matches!(buf.get(pos), Some(b' ' | b'\t')) {
+            pos += 1;
+        }
+        match buf.get(pos..pos + 2) {
+            None => return Scan::NeedMore,
+            Some(b"\r\n") => pos += 2,
+            Some(_) => return Scan::Malformed("a boundary line with trailing text"),
+        }
+        let (headers, body_start) = if buf[pos..].starts_with(b"\r\n") {
+            ("", pos + 2)
+        } else {
+            match find(buf, b"\r\n\r\n", pos) {
+                Some(end) => match std::str::from_utf8(&buf[pos..end]) {
+                    Ok(text) => (text, end + 4),
+                    Err(_) => return Scan::Malformed("part headers are not text"),
+                },
+                None => return Scan::NeedMore,
+            }
+        };
+        let head = PartHead::parse(headers);
+        if head
+            .name
+            .as_deref()
+            .is_some_and(|n| FILE_PART_NAMES.contains(&n))
+        {
+            return Scan::Found(FilePart {
+                content_type: head.content_type,
+                body_start,
+            });
+        }
+        // Not the file: skip to the next delimiter.
+        let mut next = b"\r\n".to_vec();
+        next.extend_from_slice(delimiter);
+        match find(buf, &next, body_start) {
+            Some(at) => pos = at + next.len(),
+            None => return Scan::NeedMore,
+        }
+    }
+}
+
+struct PartHead {
+    name: Option<String>,
+    content_type: Option<String>,
+}
+
+impl PartHead {
+    fn parse(headers: &str) -> PartHead {
+        let mut head = PartHead {
+            name: None,
+            content_type: None,
+        };
+        for line in headers.split("\r\n") {
+            let Some((field, value)) = line.split_once(':') else {
+                continue;
+            };
+            let field = field.trim();
+            if field.eq_ignore_ascii_case("content-disposition") {
+                head.name = parameters(value)
+                    .into_iter()
+                    .find(|(name, _)| name == "name")
+                    .map(|(_, v)| v);
+            } else if field.eq_ignore_ascii_case("content-type") {
+                head.content_type = Some(value.trim().to_string());
+            }
+        }
+        head
+    }
+}
+
+/// The index of `needle` in `haystack` at or after `from`.
+pub fn find(haystack: &[u8], needle: &[u8], from: usize) -> Option<usize> {
+    if needle.is_empty() || from > haystack.len() {
+        return None;
+    }
+    haystack[from..]
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .map(|i| i + from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn boundaries_plain_and_quoted() {
+        assert_eq!(
+            boundary("multipart/form-data; boundary=abc").as_deref(),
+            Some("abc")
+        );
+        assert_eq!(
+            boundary("multipart/form-data; BOUNDARY=\"a b;c\"").as_deref(),
+            Some("a b;c")
+        );
+        assert_eq!(
+            boundary("multipart/form-data; charset=x; boundary=q1").as_deref(),
+            Some("q1")
+        );
+        assert_eq!(boundary("multipart/form-data"), None);
+        assert_eq!(boundary("multipart/form-data; boundary="), None);
+        assert_eq!(
+            boundary(&format!("multipart/form-data; boundary={}", "x".repeat(71))),
+            None
+        );
+    }
+
+    const FORM: &[u8] = b"--XyZ\r\nContent-Disposition: form-data; name=\"FileName\"\r\n\r\nreport.pdf\r\n--XyZ\r\nContent-Disposition: form-data; name=\"Media\"; filename=\"r.pdf\"\r\nContent-Type: application/pdf\r\n\r\n%PDF-1.7 body\r\n--XyZ--\r\n";
+
+    #[test]
+    fn finds_the_file_part_after_other_fields() {
+        match find_file_part(FORM, "XyZ") {
+            Scan::Found(part) => {
+                assert_eq!(part.content_type.as_deref(), Some("application/pdf"));
+                assert!(FORM[part.body_start..].starts_with(b"%PDF-1.7"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_head_cut_anywhere_asks_for_more() {
+        let head_end = find(FORM, b"%PDF", 0).unwrap();
+        for cut in 0..head_end {
+            assert_eq!(
+                find_file_part(&FORM[..cut], "XyZ"),
+                Scan::NeedMore,
+                "cut at {cut}"
+            );
+        }
+        assert!(matches!(
+            find_file_part(&FORM[..head_end], "XyZ"),
+            Scan::Found(_)
+        ));
+    }
+
+    #[test]
+    fn forms_without_a_file_part_or_with_junk() {
+        let no_file = b"--b\r\nContent-Disposition: form-data; name=\"x\"\r\n\r\n1\r\n--b--\r\n";
+        assert_eq!(find_file_part(no_file, "b"), Scan::NoFilePart);
+        assert!(matches!(
+            find_file_part(b"junk--b\r\n", "b"),
+            Scan::Malformed(_)
+        ));
+        assert!(matches!(
+            find_file_part(b"--bzzz\r\n", "b"),
+            Scan::Malformed(_)
+        ));
+        // A preamble ending in CRLF is allowed.
+        let preamble = b"ignored\r\n--b\r\nContent-Disposition: form-data; name=file\r\n\r\nx";
+        assert!(matches!(find_file_part(preamble, "b"), Scan::Found(_)));
+    }
+}
