@@ -686,6 +686,9 @@ fn every_upload_rule_through_the_proxy() {
             {
                 problems.push(format!("error body {}", response.body));
             }
+            if !case.body.is_empty() && response.header("connection") != Some("close") {
+                problems.push("the connection stays open after a refusal".into());
+            }
             if seen.iter().any(|e| e["status"] == 201) {
                 problems.push("the origin created a media".into());
             }
@@ -754,5 +757,36 @@ async fn unlisted_services_can_be_refused() {
         upload(DEFAULT.to_string()).await.unwrap().status().as_u16(),
         201
     );
+    assert_eq!(origin.journal().len(), 1);
+}
+
+#[test]
+fn expect_100_continue_is_answered_before_the_body_is_read() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(policy_config(&origin));
+    let path = format!("/v1/Services/{DEFAULT}/Media");
+    let body = bytes(b"\x89PNG\r\n\x1a\n", 90_000, 99);
+    let length = body.len().to_string();
+
+    let head = [
+        ("Content-Type", "image/png"),
+        ("Content-Length", length.as_str()),
+        ("Expect", "100-continue"),
+    ];
+    let mut stream = open_upload(proxy.listen, &path, &head, b"");
+    assert_eq!(read_response(&mut stream).status, 100);
+    stream.write_all(&body).unwrap();
+    assert_eq!(read_response(&mut stream).status, 201);
+
+    // Refused on its head: the final answer comes at once and the body is never sent.
+    let head = [
+        ("Content-Type", "application/zip"),
+        ("Content-Length", length.as_str()),
+        ("Expect", "100-continue"),
+    ];
+    let mut stream = open_upload(proxy.listen, &path, &head, b"");
+    let refused = read_response(&mut stream);
+    assert_eq!(refused.status, 415);
+    assert_eq!(refused.header("mediagate-reject"), Some("type_not_allowed"));
     assert_eq!(origin.journal().len(), 1);
 }

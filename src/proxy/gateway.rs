@@ -42,6 +42,8 @@ pub struct RequestCtx {
     refusal: Option<Rejection>,
     /// Why the request was refused, if it was: for the metrics.
     rejected: Option<RejectReason>,
+    /// Whether mediagate answered the client's `Expect: 100-continue` itself.
+    continued: bool,
 }
 
 impl Gateway {
@@ -53,6 +55,50 @@ impl Gateway {
             upstream: UpstreamTarget::new(&config.upstream)?,
             listed_services: config.services.keys().cloned().collect(),
         })
+    }
+
+    /// An upload's head checks, then the inspection of its first body chunk when that is
+    /// needed. pingora's retry buffer keeps the chunk and replays it upstream (through
+    /// `request_body_filter`) once the upload is admitted; it holds 64 KiB, so exactly one
+    /// chunk is read here. What one chunk cannot decide is decided while streaming.
+    async fn admit_upload(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        service: &ServiceSid,
+    ) -> Result<Result<UploadGuard, Rejection>> {
+        let rules = self.uploads.for_service(service);
+        let head = session.req_header();
+        // Only needed when the parser may have dropped a Content-Length (see policy).
+        let raw_head = head
+            .headers
+            .contains_key(http::header::TRANSFER_ENCODING)
+            .then(|| session.as_http1().map(|h1| h1.get_headers_raw_bytes()))
+            .flatten();
+        let mut guard = match policy::check_head(rules, &head.headers, raw_head.as_deref()) {
+            Ok(guard) => guard,
+            Err(refusal) => return Ok(Err(refusal.into())),
+        };
+        if !guard.inspecting() {
+            return Ok(Ok(guard));
+        }
+        let (first, end) = if session.is_body_empty() || session.is_body_done() {
+            // Nothing will stream: decide on the empty body now, or it would go up complete.
+            (None, true)
+        } else {
+            if expects_continue(session) {
+                // The client waits for this before sending the body we are about to read.
+                session.write_continue_response().await?;
+                ctx.continued = true;
+            }
+            session.enable_retry_buffering();
+            let first = session.read_request_body().await?;
+            (first, session.is_body_done())
+        };
+        Ok(guard
+            .inspect_early(first.as_deref().unwrap_or_default(), end)
+            .map(|()| guard)
+            .map_err(Rejection::from))
     }
 
     fn service_label<'a>(&self, route: Option<&'a Route>) -> &'a str {
@@ -76,6 +122,7 @@ impl ProxyHttp for Gateway {
             upload: None,
             refusal: None,
             rejected: None,
+            continued: false,
         }
     }
 
@@ -97,19 +144,7 @@ impl ProxyHttp for Gateway {
             return refuse(session, ctx, rejection).await;
         }
         if let Route::Upload { service } = &route {
-            let rules = self.uploads.for_service(service);
-            let head = session.req_header();
-            // Only needed when the parser may have dropped a Content-Length (see policy).
-            let raw_head = head
-                .headers
-                .contains_key(http::header::TRANSFER_ENCODING)
-                .then(|| session.as_http1().map(|h1| h1.get_headers_raw_bytes()))
-                .flatten();
-            let guard = match policy::check_head(rules, &head.headers, raw_head.as_deref()) {
-                Ok(guard) => guard,
-                Err(refusal) => return refuse(session, ctx, refusal.into()).await,
-            };
-            match inspect_first_chunk(session, guard).await? {
+            match self.admit_upload(session, ctx, service).await? {
                 Ok(guard) => ctx.upload = Some(guard),
                 Err(rejection) => return refuse(session, ctx, rejection).await,
             }
@@ -169,6 +204,10 @@ impl ProxyHttp for Gateway {
             );
         };
         self.credentials.apply(request, route.service());
+        if ctx.continued {
+            // The client has its 100 Continue; the upstream's would be a second one.
+            request.remove_header(&http::header::EXPECT);
+        }
         request.insert_header(http::header::HOST, self.upstream.host_header().clone())?;
         Ok(())
     }
@@ -256,33 +295,20 @@ async fn refuse(session: &mut Session, ctx: &mut RequestCtx, rejection: Rejectio
         rejection.reason.map_or("", RejectReason::label),
     );
     reject::send(session, &rejection).await?;
-    reject::linger(session).await;
+    // A client still waiting for 100 Continue sends no body: nothing to linger for.
+    if ctx.continued || !expects_continue(session) {
+        reject::linger(session).await;
+    }
     Ok(true)
 }
 
-/// Reads the upload's first body chunk before anything goes upstream, when its inspection
-/// needs it. pingora's retry buffer keeps the chunk and replays it upstream (through
-/// `request_body_filter`) once the upload is admitted; it holds 64 KiB, so exactly one chunk
-/// is read here. What one chunk cannot decide is decided while streaming.
-async fn inspect_first_chunk(
-    session: &mut Session,
-    mut guard: UploadGuard,
-) -> Result<Result<UploadGuard, Rejection>> {
-    if !guard.inspecting() {
-        return Ok(Ok(guard));
-    }
-    let (first, end) = if session.is_body_empty() || session.is_body_done() {
-        // Nothing will stream: decide on the empty body now, or it would go up complete.
-        (None, true)
-    } else {
-        session.enable_retry_buffering();
-        let first = session.read_request_body().await?;
-        (first, session.is_body_done())
-    };
-    Ok(guard
-        .inspect_early(first.as_deref().unwrap_or_default(), end)
-        .map(|()| guard)
-        .map_err(Rejection::from))
+/// Whether the client waits for `100 Continue` before it sends the body.
+fn expects_continue(session: &Session) -> bool {
+    session
+        .req_header()
+        .headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
 }
 
 fn method_label(method: &Method) -> &'static str {
