@@ -1,10 +1,13 @@
 //! Micro-benchmarks of the per-request work that runs before any byte goes upstream.
 //! Run: `cargo bench --bench micro`.
 
+use std::sync::Arc;
+
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
-use http::Method;
+use http::{HeaderMap, Method};
 use mediagate::api::{Route, ServiceSid};
-use mediagate::config::Config;
+use mediagate::config::{Config, Uploads};
+use mediagate::policy::{check_head, UploadRules};
 
 fn route_parsing(c: &mut Criterion) {
     let path = "/v1/Services/IS0123456789abcdef0123456789abcdef/Media/ME0123456789abcdef0123456789abcdef/Content";
@@ -35,5 +38,53 @@ fn config_loading(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, route_parsing, sid_parsing, config_loading);
+/// The policy's per-upload work before anything goes upstream: the head checks and the sniff of
+/// a first chunk of 64 KiB, raw and multipart.
+fn upload_policy(c: &mut Criterion) {
+    let rules = Arc::new(UploadRules::new(&Uploads::default()));
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    png.resize(64 * 1024, 7);
+    let mut raw = HeaderMap::new();
+    raw.insert("content-type", "image/png".parse().unwrap());
+    raw.insert("content-length", "10485760".parse().unwrap());
+    c.bench_function("policy_raw_head_and_sniff_64k", |b| {
+        b.iter(|| {
+            let mut guard = check_head(&rules, black_box(&raw), None).unwrap();
+            guard.inspect_early(black_box(&png), false).unwrap();
+        })
+    });
+
+    let mut form = b"--bnd\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\nContent-Type: image/png\r\n\r\n".to_vec();
+    form.extend_from_slice(&png[..64 * 1024 - form.len()]);
+    let mut multipart = HeaderMap::new();
+    multipart.insert(
+        "content-type",
+        "multipart/form-data; boundary=bnd".parse().unwrap(),
+    );
+    c.bench_function("policy_multipart_head_and_sniff_64k", |b| {
+        b.iter(|| {
+            let mut guard = check_head(&rules, black_box(&multipart), None).unwrap();
+            guard.inspect_early(black_box(&form), false).unwrap();
+        })
+    });
+
+    let mut text = "plain words, ünïcödé ".repeat(4000).into_bytes();
+    text.truncate(64 * 1024);
+    let mut plain = HeaderMap::new();
+    plain.insert("content-type", "text/plain".parse().unwrap());
+    c.bench_function("policy_text_utf8_check_64k", |b| {
+        b.iter(|| {
+            let mut guard = check_head(&rules, black_box(&plain), None).unwrap();
+            let _ = guard.inspect_early(black_box(&text), false);
+        })
+    });
+}
+
+criterion_group!(
+    benches,
+    route_parsing,
+    sid_parsing,
+    config_loading,
+    upload_policy
+);
 criterion_main!(benches);

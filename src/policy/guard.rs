@@ -52,10 +52,16 @@ impl Inspector {
 
     /// Adds the next bytes of the body; `end` when the body is complete.
     pub fn feed(&mut self, bytes: &[u8], end: bool) -> Verdict {
-        let room = INSPECT_LIMIT - self.start.len();
+        // A raw body is sniffed on its first bytes; a form's file head may come later.
+        let limit = if self.raw_type.is_some() {
+            sniff::WINDOW
+        } else {
+            INSPECT_LIMIT
+        };
+        let room = limit.saturating_sub(self.start.len());
         self.start
             .extend_from_slice(&bytes[..bytes.len().min(room)]);
-        let full = self.start.len() == INSPECT_LIMIT;
+        let full = self.start.len() >= limit;
         let content = match (&self.raw_type, &self.boundary) {
             (Some(essence), _) => Content {
                 declared: essence.clone(),
@@ -109,6 +115,7 @@ impl Inspector {
             return Err(Refusal::type_not_allowed(&declared));
         }
         let rest = &self.start[part.body_start..];
+        let rest = &rest[..rest.len().min(sniff::WINDOW)];
         // The part ends at the next delimiter, if it is already in view.
         let closing = format!("\r\n--{boundary}");
         let (bytes, complete) = match multipart::find(rest, closing.as_bytes(), 0) {

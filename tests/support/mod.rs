@@ -107,6 +107,15 @@ impl Origin {
         Origin::start_with(OriginOptions::default())
     }
 
+    /// A new origin with its store at `data` (which the caller cleans up).
+    pub fn start_in(data: PathBuf) -> Origin {
+        Origin::spawn(
+            &data,
+            "127.0.0.1:0".parse().unwrap(),
+            OriginOptions::default(),
+        )
+    }
+
     pub fn start_with(options: OriginOptions) -> Origin {
         let dir = tempfile::tempdir().expect("temp dir");
         let data = dir.path().join("store");
