@@ -647,7 +647,9 @@ fn chunked(body: &[u8], sizes: &[usize]) -> Vec<u8> {
 #[test]
 fn every_upload_rule_through_the_proxy() {
     let origin = Origin::start();
-    let proxy = Proxy::start(policy_config(&origin));
+    let mut config = policy_config(&origin);
+    config.log_level = "info";
+    let proxy = Proxy::start(config);
     let cases = cases();
     assert!(cases.len() >= 40);
     let mut failures = Vec::new();
@@ -734,8 +736,24 @@ fn every_upload_rule_through_the_proxy() {
             .sum();
         assert_eq!(counted as usize, expected, "{reason}");
     }
-    // Nothing of a refused body is logged.
-    assert!(!proxy.log().contains("ELF"), "{}", proxy.log());
+    // One line per refusal, with the reason; never a body or a credential.
+    let log = proxy.log();
+    let refusals = cases.iter().filter(|c| c.reason.is_some()).count();
+    assert_eq!(
+        log.lines().filter(|l| l.contains("refused POST")).count(),
+        refusals,
+        "{log}"
+    );
+    assert!(log.contains("415 sniff_mismatch"), "{log}");
+    for never in [
+        "ELF",
+        "PNG",
+        "%PDF",
+        AUTH_TOKEN,
+        &basic(ACCOUNT, AUTH_TOKEN)[6..],
+    ] {
+        assert!(!log.contains(never), "{never:?} in the log:\n{log}");
+    }
 }
 
 #[tokio::test]

@@ -253,6 +253,8 @@ pub struct ProxyConfig {
     pub upstream_extra: String,
     /// Extra YAML appended as is (top-level keys other than server and upstream).
     pub extra: String,
+    /// `RUST_LOG` for the proxy (its log is `Proxy::log`).
+    pub log_level: &'static str,
 }
 
 impl ProxyConfig {
@@ -263,6 +265,7 @@ impl ProxyConfig {
             grace_period: "1s",
             read_timeout: "5s",
             upstream_extra: String::new(),
+            log_level: "warn",
             extra: format!("credentials:\n  username: {ACCOUNT}\n  password: {AUTH_TOKEN}\n"),
         }
     }
@@ -315,7 +318,10 @@ impl Proxy {
             .arg(&config_path)
             .stderr(log)
             .stdout(Stdio::null());
-        let mut child = tied_to_us(&mut command).spawn().expect("start the proxy");
+        let mut child = tied_to_us(&mut command)
+            .env("RUST_LOG", config.log_level)
+            .spawn()
+            .expect("start the proxy");
         let ready =
             mediagate::process::wait_ready(metrics, Duration::from_secs(30), || {
                 match child.try_wait() {
