@@ -9,3 +9,4 @@ pub mod origin;
 pub mod policy;
 pub mod process;
 pub mod proxy;
+pub mod quota;

@@ -5,8 +5,8 @@
 use std::sync::LazyLock;
 
 use pingora_prometheus::prometheus::{
-    self, register_histogram_vec, register_int_counter_vec, register_int_gauge_vec, HistogramVec,
-    IntCounterVec, IntGaugeVec,
+    self, register_histogram_vec, register_int_counter, register_int_counter_vec,
+    register_int_gauge_vec, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec,
 };
 
 /// Latency buckets, 0.5 ms to 60 s.
@@ -24,6 +24,8 @@ pub struct Metrics {
     pub rejections: IntCounterVec,
     /// `kind`: `connect`, `timeout`, `reset`, `status_5xx`.
     pub upstream_errors: IntCounterVec,
+    /// Failed calls to the quota backend.
+    pub quota_backend_errors: IntCounter,
     pub build_info: IntGaugeVec,
 }
 
@@ -54,6 +56,11 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
         &["kind"]
     )
     .expect("register mediagate_upstream_errors_total"),
+    quota_backend_errors: register_int_counter!(
+        "mediagate_quota_backend_errors_total",
+        "Failed calls to the quota backend."
+    )
+    .expect("register mediagate_quota_backend_errors_total"),
     build_info: register_int_gauge_vec!(
         "mediagate_build_info",
         "Always 1; the version label says which build runs.",

@@ -306,6 +306,8 @@ pub struct Quotas {
     pub bytes_per_hour: ByteSize,
     /// 0: unlimited.
     pub concurrent_uploads: u64,
+    /// Redis backend: how long a concurrency slot outlives a sidecar that died holding it.
+    pub slot_lease: HumanDuration,
 }
 
 impl Default for Quotas {
@@ -316,6 +318,7 @@ impl Default for Quotas {
             uploads_per_minute: 0,
             bytes_per_hour: ByteSize(0),
             concurrent_uploads: 0,
+            slot_lease: HumanDuration::secs(30),
         }
     }
 }
@@ -340,6 +343,7 @@ impl Quotas {
             uploads_per_minute: over.uploads_per_minute.unwrap_or(self.uploads_per_minute),
             bytes_per_hour: over.bytes_per_hour.unwrap_or(self.bytes_per_hour),
             concurrent_uploads: over.concurrent_uploads.unwrap_or(self.concurrent_uploads),
+            slot_lease: self.slot_lease,
         }
     }
 }
@@ -437,6 +441,9 @@ impl Config {
     pub(super) fn validate(&mut self) -> Result<(), ConfigError> {
         if self.server.threads == 0 {
             return Err(ConfigError("server.threads: must be at least 1".into()));
+        }
+        if self.quotas.slot_lease.get() < std::time::Duration::from_secs(1) {
+            return Err(ConfigError("quotas.slot_lease: must be at least 1s".into()));
         }
         if self.server.listen == self.server.metrics_listen {
             return Err(ConfigError(

@@ -145,6 +145,8 @@ struct Content<'a> {
 pub struct UploadGuard {
     max_size: u64,
     content_size: Option<u64>,
+    /// The body's length as the head declares it.
+    declared: Option<u64>,
     received: u64,
     inspector: Option<Inspector>,
     /// Bytes already given to the inspector (by `inspect_early`).
@@ -160,6 +162,7 @@ impl UploadGuard {
         UploadGuard {
             max_size: rules.max_size,
             content_size: declared.content_size,
+            declared: declared.expected(),
             received: 0,
             inspector,
             inspected: 0,
@@ -227,5 +230,10 @@ impl UploadGuard {
 
     pub fn received(&self) -> u64 {
         self.received
+    }
+
+    /// The size the head declares, 0 when it declares none (chunked).
+    pub fn declared_size(&self) -> u64 {
+        self.declared.unwrap_or(0)
     }
 }

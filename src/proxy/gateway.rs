@@ -19,13 +19,17 @@ use super::credentials::Injector;
 use super::reject::{self, Rejection};
 use super::upstream::UpstreamTarget;
 use crate::api::{ApiError, ErrorCode, RejectReason, Route, RouteKind, ServiceSid};
-use crate::config::Config;
+use crate::config::{Config, OnBackendError};
 use crate::metrics::metrics;
 use crate::policy::{self, UploadGuard, UploadPolicies};
+use crate::quota::{self, LimitBook, Outcome, Permit, Quota, Refused};
 
 pub struct Gateway {
     access: AccessControl,
     uploads: UploadPolicies,
+    quota: std::sync::Arc<dyn Quota>,
+    limits: LimitBook,
+    on_quota_backend_error: OnBackendError,
     credentials: Injector,
     upstream: UpstreamTarget,
     /// Services named in the configuration: the only `service` label values besides `other`.
@@ -38,6 +42,8 @@ pub struct RequestCtx {
     route: Option<Route>,
     /// An upload's byte count and inspection, while its body streams.
     upload: Option<UploadGuard>,
+    /// An upload's quota reservation, settled in `logging`.
+    permit: Option<Permit>,
     /// A refusal decided while the body was streaming, for `fail_to_proxy` to send.
     refusal: Option<Rejection>,
     /// Why the request was refused, if it was: for the metrics.
@@ -51,6 +57,9 @@ impl Gateway {
         Ok(Gateway {
             access: AccessControl::new(config),
             uploads: UploadPolicies::new(config),
+            quota: quota::backend(config)?,
+            limits: LimitBook::new(config),
+            on_quota_backend_error: config.quotas.on_backend_error,
             credentials: Injector::new(config)?,
             upstream: UpstreamTarget::new(&config.upstream)?,
             listed_services: config.services.keys().cloned().collect(),
@@ -79,6 +88,10 @@ impl Gateway {
             Ok(guard) => guard,
             Err(refusal) => return Ok(Err(refusal.into())),
         };
+        match self.reserve_quota(service, guard.declared_size()).await {
+            Ok(permit) => ctx.permit = Some(permit),
+            Err(rejection) => return Ok(Err(rejection)),
+        }
         if !guard.inspecting() {
             return Ok(Ok(guard));
         }
@@ -101,6 +114,24 @@ impl Gateway {
             .map_err(Rejection::from))
     }
 
+    /// Reserves one upload and its declared bytes, and a concurrency slot. When the backend
+    /// cannot be asked, `quotas.on_backend_error` decides.
+    async fn reserve_quota(&self, service: &ServiceSid, bytes: u64) -> Result<Permit, Rejection> {
+        let limits = self.limits.for_service(service);
+        match self.quota.admit(service, limits, bytes).await {
+            Ok(permit) => Ok(permit),
+            Err(Refused::Over(over)) => Err(Rejection::over_quota(&over)),
+            Err(Refused::Backend(e)) => {
+                metrics().quota_backend_errors.inc();
+                log::warn!("quota backend: {e}");
+                match self.on_quota_backend_error {
+                    OnBackendError::Allow => Ok(Permit::free()),
+                    OnBackendError::Deny => Err(Rejection::quota_backend()),
+                }
+            }
+        }
+    }
+
     fn service_label<'a>(&self, route: Option<&'a Route>) -> &'a str {
         match route {
             Some(route) if self.listed_services.contains(route.service()) => {
@@ -120,6 +151,7 @@ impl ProxyHttp for Gateway {
             started: Instant::now(),
             route: None,
             upload: None,
+            permit: None,
             refusal: None,
             rejected: None,
             continued: false,
@@ -257,11 +289,22 @@ impl ProxyHttp for Gateway {
         ctx.rejected.is_some()
     }
 
-    /// After the last byte: one place records the request in the metrics.
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+    /// After the last byte, on every path: the quota reservation is settled, and one place
+    /// records the request in the metrics.
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        if let Some(permit) = ctx.permit.take() {
+            // Stored: the upstream answered 2xx and nothing failed on the way.
+            let sent = ctx.upload.as_ref().map_or(0, UploadGuard::received);
+            let stored = e.is_none() && ctx.rejected.is_none() && (200..300).contains(&status);
+            permit.settle(if stored {
+                Outcome::Stored { bytes: sent }
+            } else {
+                Outcome::Failed
+            });
+        }
         let route = ctx.route.as_ref();
         let route_label = route.map_or(RouteKind::Other, Route::kind).label();
-        let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let m = metrics();
         m.requests
             .with_label_values(&[

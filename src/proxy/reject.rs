@@ -10,6 +10,7 @@ use pingora::Result;
 
 use crate::api::{ApiError, RejectReason, RouteError};
 use crate::policy::Refusal;
+use crate::quota::OverQuota;
 
 /// A refusal: the error to send and, for policy refusals, the reason header.
 #[derive(Clone, Debug)]
@@ -18,6 +19,8 @@ pub struct Rejection {
     pub reason: Option<RejectReason>,
     /// The `Allow` header of a 405.
     pub allow: Option<&'static str>,
+    /// The `Retry-After` header, in whole seconds.
+    pub retry_after: Option<u64>,
 }
 
 impl Rejection {
@@ -26,6 +29,7 @@ impl Rejection {
             error,
             reason: Some(reason),
             allow: None,
+            retry_after: None,
         }
     }
 
@@ -35,6 +39,25 @@ impl Rejection {
             ApiError::new(reason.status(), reason.code(), message),
             reason,
         )
+    }
+
+    /// An upload over its service's quota: 429 with `Retry-After`.
+    pub fn over_quota(over: &OverQuota) -> Rejection {
+        Rejection {
+            retry_after: Some(over.retry_after),
+            ..Rejection::because(over.reason, over.message())
+        }
+    }
+
+    /// The quota backend is down and the configuration says deny: 503, try again in a second.
+    pub fn quota_backend() -> Rejection {
+        Rejection {
+            retry_after: Some(1),
+            ..Rejection::because(
+                RejectReason::QuotaBackend,
+                "Upload quotas cannot be checked right now",
+            )
+        }
     }
 
     pub fn unauthorized() -> Rejection {
@@ -58,11 +81,13 @@ impl Rejection {
                 error: ApiError::resource_not_found(),
                 reason: None,
                 allow: None,
+                retry_after: None,
             },
             RouteError::MethodNotAllowed(allow) => Rejection {
                 error: ApiError::method_not_allowed(),
                 reason: None,
                 allow: Some(allow),
+                retry_after: None,
             },
         }
     }
@@ -98,7 +123,11 @@ pub async fn respond(
 }
 
 pub async fn send(session: &mut Session, rejection: &Rejection) -> Result<()> {
-    let mut extra = Vec::with_capacity(2);
+    let mut extra = Vec::with_capacity(3);
+    let retry_after = rejection.retry_after.map(|s| s.to_string());
+    if let Some(seconds) = &retry_after {
+        extra.push(("Retry-After", seconds.as_str()));
+    }
     if let Some(reason) = rejection.reason {
         extra.push(("Mediagate-Reject", reason.label()));
     }

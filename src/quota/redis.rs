@@ -1,0 +1,253 @@
+//! The Redis backend: one quota for a fleet of sidecars. Every admission is one Lua script, one
+//! round trip: it reads the windows, decides, and reserves atomically, so no two sidecars can
+//! both take the last unit. Window keys expire on their own. Concurrency slots are leases in a
+//! sorted set, renewed while this sidecar holds them: a sidecar that dies gives its slots back
+//! one lease later.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::Script;
+use tokio::sync::OnceCell;
+
+use super::window::BUCKETS;
+use super::{Limits, Outcome, OverQuota, Permit, Quota, Refused, HOUR_MS, MINUTE_MS};
+use crate::api::{RejectReason, ServiceSid};
+
+/// How long a call to Redis may take before the backend counts as unreachable.
+const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
+
+pub struct RedisQuota {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    client: redis::Client,
+    /// Made on first use, on the runtime that serves requests; it reconnects by itself.
+    connection: OnceCell<ConnectionManager>,
+    admit: Script,
+    settle: Script,
+    renew: Script,
+    lease: Duration,
+    /// Slots this sidecar holds: slot id → its slots key.
+    held: Mutex<HashMap<String, String>>,
+    renewing: AtomicBool,
+    next_slot: AtomicU64,
+    /// Makes slot ids unique across the fleet.
+    instance: String,
+}
+
+impl RedisQuota {
+    pub fn new(url: &str, lease: Duration) -> Result<RedisQuota, String> {
+        let client = redis::Client::open(url).map_err(|e| format!("quotas.backend: {e}"))?;
+        Ok(RedisQuota {
+            shared: Arc::new(Shared {
+                client,
+                connection: OnceCell::new(),
+                admit: Script::new(include_str!("admit.lua")),
+                settle: Script::new(include_str!("settle.lua")),
+                renew: Script::new(include_str!("renew.lua")),
+                lease,
+                held: Mutex::new(HashMap::new()),
+                renewing: AtomicBool::new(false),
+                next_slot: AtomicU64::new(0),
+                instance: crate::api::MediaSid::generate().as_str()[2..14].to_string(),
+            }),
+        })
+    }
+}
+
+/// The keys of one service; the `{…}` hash tag keeps them in one Redis Cluster slot.
+fn keys(service: &ServiceSid) -> [String; 3] {
+    ["uploads", "bytes", "slots"].map(|kind| format!("mediagate:quota:{{{service}}}:{kind}"))
+}
+
+impl Shared {
+    async fn connection(&self) -> Result<ConnectionManager, String> {
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(REDIS_TIMEOUT)
+            .set_response_timeout(REDIS_TIMEOUT)
+            .set_number_of_retries(1);
+        self.connection
+            .get_or_try_init(|| self.client.get_connection_manager_with_config(config))
+            .await
+            .cloned()
+            .map_err(|e| format!("redis: {e}"))
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Keeps the held slots' leases alive, from the first slot taken on.
+    fn start_renewing(self: &Arc<Self>) {
+        if self.renewing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let shared = Arc::downgrade(self);
+        let every = self.lease / 3;
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(shared) = shared.upgrade() else {
+                    return;
+                };
+                if let Err(e) = shared.renew_once().await {
+                    crate::metrics::metrics().quota_backend_errors.inc();
+                    log::warn!("quota: cannot renew slot leases: {e}");
+                }
+            }
+        });
+    }
+
+    async fn renew_once(&self) -> Result<(), String> {
+        let held: Vec<(String, String)> = self
+            .held()
+            .iter()
+            .map(|(id, key)| (id.clone(), key.clone()))
+            .collect();
+        if held.is_empty() {
+            return Ok(());
+        }
+        let mut call = self.renew.prepare_invoke();
+        call.arg(self.lease.as_millis() as u64);
+        for (id, key) in &held {
+            call.key(key).arg(id);
+        }
+        let mut connection = self.connection().await?;
+        call.invoke_async::<i64>(&mut connection)
+            .await
+            .map(drop)
+            .map_err(|e| format!("redis: {e}"))
+    }
+
+    async fn settle(
+        &self,
+        service: &ServiceSid,
+        reservation: Reservation,
+        outcome: Outcome,
+    ) -> Result<(), String> {
+        let [uploads, bytes, slots] = keys(service);
+        let (stored, sent) = match outcome {
+            Outcome::Stored { bytes } => (1, bytes),
+            Outcome::Failed => (0, 0),
+        };
+        let mut connection = self.connection().await?;
+        self.settle
+            .key(uploads)
+            .key(bytes)
+            .key(slots)
+            .arg(stored)
+            .arg(reservation.bytes)
+            .arg(sent)
+            .arg(reservation.upload_bucket)
+            .arg(reservation.bytes_bucket)
+            .arg(&reservation.slot)
+            .invoke_async::<i64>(&mut connection)
+            .await
+            .map(drop)
+            .map_err(|e| format!("redis: {e}"))
+    }
+}
+
+/// What one admission took, to settle it later.
+struct Reservation {
+    slot: String,
+    bytes: u64,
+    upload_bucket: u64,
+    bytes_bucket: u64,
+}
+
+#[async_trait]
+impl Quota for RedisQuota {
+    async fn admit(
+        &self,
+        service: &ServiceSid,
+        limits: Limits,
+        bytes: u64,
+    ) -> Result<Permit, Refused> {
+        if limits.unlimited() {
+            return Ok(Permit::free());
+        }
+        let shared = &self.shared;
+        let slot = format!(
+            "{}-{}",
+            shared.instance,
+            shared.next_slot.fetch_add(1, Ordering::Relaxed)
+        );
+        let [uploads_key, bytes_key, slots_key] = keys(service);
+        let mut connection = shared.connection().await.map_err(Refused::Backend)?;
+        let answer: (String, u64, u64, u64) = shared
+            .admit
+            .key(&uploads_key)
+            .key(&bytes_key)
+            .key(&slots_key)
+            .arg(limits.uploads_per_minute)
+            .arg(limits.bytes_per_hour)
+            .arg(limits.concurrent_uploads)
+            .arg(bytes)
+            .arg(&slot)
+            .arg(shared.lease.as_millis() as u64)
+            .arg(MINUTE_MS / BUCKETS)
+            .arg(HOUR_MS / BUCKETS)
+            .arg(BUCKETS)
+            .invoke_async(&mut connection)
+            .await
+            .map_err(|e| Refused::Backend(format!("redis: {e}")))?;
+        let (verdict, retry_after_ms, upload_bucket, bytes_bucket) = answer;
+        let reason = match verdict.as_str() {
+            "ok" => None,
+            "quota_concurrency" => Some(RejectReason::QuotaConcurrency),
+            "quota_uploads" => Some(RejectReason::QuotaUploads),
+            "quota_bytes" => Some(RejectReason::QuotaBytes),
+            other => {
+                return Err(Refused::Backend(format!(
+                    "redis: unexpected answer {other:?}"
+                )))
+            }
+        };
+        if let Some(reason) = reason {
+            return Err(Refused::Over(OverQuota::new(reason, retry_after_ms)));
+        }
+        if limits.concurrent_uploads > 0 {
+            shared.held().insert(slot.clone(), slots_key);
+            shared.start_renewing();
+        }
+        let reservation = Reservation {
+            slot,
+            bytes,
+            upload_bucket,
+            bytes_bucket,
+        };
+        let shared = self.shared.clone();
+        let service = service.clone();
+        Ok(Permit::new(Box::new(move |outcome| {
+            shared.held().remove(&reservation.slot);
+            // Settling must not hold up the request; a failure is counted, and the slot's
+            // lease ends it anyway (as it does when no runtime is left to settle on).
+            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                return;
+            };
+            runtime.spawn(async move {
+                if let Err(e) = shared.settle(&service, reservation, outcome).await {
+                    crate::metrics::metrics().quota_backend_errors.inc();
+                    log::warn!("quota: cannot settle an upload: {e}");
+                }
+            });
+        })))
+    }
+
+    async fn reachable(&self) -> bool {
+        match self.shared.connection().await {
+            Ok(mut connection) => redis::cmd("PING")
+                .query_async::<String>(&mut connection)
+                .await
+                .is_ok(),
+            Err(_) => false,
+        }
+    }
+}
