@@ -2,6 +2,7 @@
 //! never the client port, so nothing here is reachable by the chat server's users.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -10,22 +11,37 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
 use crate::metrics;
+use crate::quota::Quota;
 
 pub struct AdminApp {
     /// The proxy's client listener: ready means it accepts connections.
     proxy_listen: SocketAddr,
+    /// The quota backend, when uploads are refused without it (`on_backend_error: deny`):
+    /// then it must answer too.
+    required_quota: Option<Arc<dyn Quota>>,
 }
 
 const READY_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl AdminApp {
-    pub fn new(proxy_listen: SocketAddr) -> AdminApp {
-        AdminApp { proxy_listen }
+    pub fn new(proxy_listen: SocketAddr, required_quota: Option<Arc<dyn Quota>>) -> AdminApp {
+        AdminApp {
+            proxy_listen,
+            required_quota,
+        }
     }
 
-    /// Ready when the configuration is loaded (it is, or this would not run) and the client
-    /// listener accepts. An upstream outage does not make the sidecar unready.
+    /// Ready when the configuration is loaded (it is, or this would not run), the client
+    /// listener accepts, and a quota backend that uploads depend on answers. An upstream outage
+    /// does not make the sidecar unready: that would take the chat server out with it.
     async fn readiness(&self) -> Result<(), String> {
+        if let Some(quota) = &self.required_quota {
+            if !quota.reachable().await {
+                return Err(
+                    "the quota backend does not answer and on_backend_error is deny".into(),
+                );
+            }
+        }
         let probe = reachable(self.proxy_listen);
         match tokio::time::timeout(READY_PROBE_TIMEOUT, tokio::net::TcpStream::connect(probe)).await
         {

@@ -3,6 +3,7 @@
 //! to the phases and to the metrics.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
@@ -22,12 +23,12 @@ use crate::api::{ApiError, ErrorCode, RejectReason, Route, RouteKind, ServiceSid
 use crate::config::{Config, OnBackendError};
 use crate::metrics::metrics;
 use crate::policy::{self, UploadGuard, UploadPolicies};
-use crate::quota::{self, LimitBook, Outcome, Permit, Quota, Refused};
+use crate::quota::{LimitBook, Outcome, Permit, Quota, Refused};
 
 pub struct Gateway {
     access: AccessControl,
     uploads: UploadPolicies,
-    quota: std::sync::Arc<dyn Quota>,
+    quota: Arc<dyn Quota>,
     limits: LimitBook,
     on_quota_backend_error: OnBackendError,
     credentials: Injector,
@@ -53,11 +54,11 @@ pub struct RequestCtx {
 }
 
 impl Gateway {
-    pub fn new(config: &Config) -> Result<Gateway, String> {
+    pub fn new(config: &Config, quota: Arc<dyn Quota>) -> Result<Gateway, String> {
         Ok(Gateway {
             access: AccessControl::new(config),
             uploads: UploadPolicies::new(config),
-            quota: quota::backend(config)?,
+            quota,
             limits: LimitBook::new(config),
             on_quota_backend_error: config.quotas.on_backend_error,
             credentials: Injector::new(config)?,
@@ -168,20 +169,23 @@ impl ProxyHttp for Gateway {
             Ok(route) => route,
             Err(e) => return refuse(session, ctx, Rejection::from_route(e)).await,
         };
+        // Known from here on, refused or not: the metrics label by it.
+        let service = route.service().clone();
+        let is_upload = route.kind() == RouteKind::Upload;
+        ctx.route = Some(route);
         let authorization = head
             .headers
             .get(http::header::AUTHORIZATION)
             .map(|v| v.as_bytes());
-        if let Err(rejection) = self.access.check(authorization, route.service()) {
+        if let Err(rejection) = self.access.check(authorization, &service) {
             return refuse(session, ctx, rejection).await;
         }
-        if let Route::Upload { service } = &route {
-            match self.admit_upload(session, ctx, service).await? {
+        if is_upload {
+            match self.admit_upload(session, ctx, &service).await? {
                 Ok(guard) => ctx.upload = Some(guard),
                 Err(rejection) => return refuse(session, ctx, rejection).await,
             }
         }
-        ctx.route = Some(route);
         Ok(false)
     }
 

@@ -18,7 +18,7 @@ use pingora::services::listening::Service;
 
 pub use gateway::Gateway;
 
-use crate::config::Config;
+use crate::config::{Config, OnBackendError};
 
 /// How long pingora waits for runtimes to stop once the grace period is over.
 const RUNTIME_SHUTDOWN_SECS: u64 = 1;
@@ -28,7 +28,9 @@ pub fn run(config: Config) -> Result<(), String> {
     // pingora reports a busy port only in its log; check first so the error is plain.
     ensure_can_listen(config.server.listen, "server.listen")?;
     ensure_can_listen(config.server.metrics_listen, "server.metrics_listen")?;
-    let gateway = Gateway::new(&config)?;
+    let quota = crate::quota::backend(&config)?;
+    let gateway = Gateway::new(&config, quota.clone())?;
+    let required_quota = (config.quotas.on_backend_error == OnBackendError::Deny).then_some(quota);
     crate::metrics::init();
 
     let mut server = Server::new_with_opt_and_conf(None, server_conf(&config));
@@ -43,7 +45,7 @@ pub fn run(config: Config) -> Result<(), String> {
 
     let mut admin = Service::new(
         "mediagate admin".to_string(),
-        HttpServer::new_app(admin::AdminApp::new(config.server.listen)),
+        HttpServer::new_app(admin::AdminApp::new(config.server.listen, required_quota)),
     );
     admin.add_tcp(&config.server.metrics_listen.to_string());
 

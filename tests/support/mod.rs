@@ -522,3 +522,77 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))
 }
+
+// ---------------------------------------------------------------------------------------------
+// Redis
+
+/// A real redis-server on a loopback port of its own, without persistence. It is started under
+/// a shell that ends it when our end of its standard input closes, so it never outlives the test
+/// process; `stop` and `Drop` end it by its PID.
+pub struct RedisServer {
+    child: Child,
+    pub port: u16,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        RedisServer::start_on(free_port())
+    }
+
+    pub fn start_on(port: u16) -> RedisServer {
+        let script = format!(
+            "redis-server --bind 127.0.0.1 --port {port} --save '' --appendonly no --loglevel warning & pid=$!; cat >/dev/null; kill $pid"
+        );
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start redis-server (is it installed? scripts/setup installs it)");
+        let server = RedisServer { child, port };
+        let ready = wait_for(Duration::from_secs(10), || server.ping());
+        assert!(ready, "redis-server did not answer on port {port}");
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Whether it answers PING.
+    pub fn ping(&self) -> bool {
+        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+        let mut answer = [0u8; 7];
+        stream.write_all(b"PING\r\n").is_ok()
+            && stream.read_exact(&mut answer).is_ok()
+            && &answer == b"+PONG\r\n"
+    }
+
+    /// Ends the server: closing its shell's input makes the shell kill redis-server.
+    pub fn stop(mut self) {
+        self.end();
+    }
+
+    fn end(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+        let port = self.port;
+        let gone = wait_for(Duration::from_secs(10), || {
+            TcpStream::connect(("127.0.0.1", port)).is_err()
+        });
+        assert!(gone, "redis-server on {port} did not stop");
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if self.child.stdin.is_some() {
+            drop(self.child.stdin.take());
+            let _ = self.child.wait();
+        }
+    }
+}

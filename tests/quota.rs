@@ -1,0 +1,291 @@
+//! Per-service quotas through real proxies: the memory backend alone, and the Redis backend
+//! shared by several proxies with a real redis-server.
+
+mod support;
+
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use reqwest::StatusCode;
+use support::*;
+
+const SERVICE: &str = "IS55555555555555555555555555555555";
+
+fn quota_config(origin: &Origin, quotas: &str) -> ProxyConfig {
+    ProxyConfig::to(&origin.url).with(&format!("quotas:\n{quotas}services:\n  {SERVICE}: {{}}\n"))
+}
+
+async fn upload(proxy: &Proxy, bytes: usize) -> reqwest::Response {
+    client()
+        .post(proxy.url(&format!("/v1/Services/{SERVICE}/Media")))
+        .header("Content-Type", "text/plain")
+        .body(vec![b'q'; bytes])
+        .send()
+        .await
+        .expect("upload")
+}
+
+/// Sends `count` uploads at once, spread over `proxies`; answers (status, reason, Retry-After).
+async fn burst(proxies: &[&Proxy], count: usize, bytes: usize) -> Vec<(u16, String, Option<u64>)> {
+    let requests = (0..count).map(|i| upload(proxies[i % proxies.len()], bytes));
+    let mut answers = Vec::new();
+    for response in join_all(requests).await {
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let reason = header("mediagate-reject").unwrap_or_default();
+        let retry_after = header("retry-after").and_then(|v| v.parse().ok());
+        answers.push((response.status().as_u16(), reason, retry_after));
+    }
+    answers
+}
+
+fn count(answers: &[(u16, String, Option<u64>)], status: u16) -> usize {
+    answers.iter().filter(|(s, _, _)| *s == status).count()
+}
+
+#[tokio::test]
+async fn memory_uploads_per_minute_admits_exactly_the_limit() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(quota_config(&origin, "  uploads_per_minute: 50\n"));
+    let answers = burst(&[&proxy], 200, 100).await;
+    assert_eq!(count(&answers, 201), 50, "{answers:?}");
+    assert_eq!(count(&answers, 429), 150);
+    for (status, reason, retry_after) in &answers {
+        if *status == 429 {
+            assert_eq!(reason, "quota_uploads");
+            assert!(
+                retry_after.is_some_and(|s| (1..=65).contains(&s)),
+                "{retry_after:?}"
+            );
+        }
+    }
+    let stored = origin
+        .requests_for(SERVICE)
+        .iter()
+        .filter(|e| e["status"] == 201)
+        .count();
+    assert_eq!(stored, 50);
+    assert_eq!(
+        proxy.metric(
+            "mediagate_rejections_total",
+            &[("reason", "quota_uploads"), ("service", SERVICE)]
+        ),
+        Some(150.0)
+    );
+}
+
+#[tokio::test]
+async fn memory_bytes_per_hour_never_admits_more_than_the_limit() {
+    let origin = Origin::start();
+    let limit = 100 * 1024;
+    let proxy = Proxy::start(quota_config(
+        &origin,
+        &format!("  bytes_per_hour: {limit}\n"),
+    ));
+    let sizes: Vec<usize> = (0..40).map(|i| 1000 + (i * 7919) % 12000).collect();
+    let requests = sizes.iter().map(|&size| upload(&proxy, size));
+    let mut admitted = 0;
+    let mut refused = 0;
+    for (response, size) in join_all(requests).await.into_iter().zip(&sizes) {
+        match response.status() {
+            StatusCode::CREATED => admitted += size,
+            StatusCode::TOO_MANY_REQUESTS => {
+                assert_eq!(response.headers()["mediagate-reject"], "quota_bytes");
+                refused += 1;
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!(
+        admitted <= limit,
+        "{admitted} bytes admitted over a limit of {limit}"
+    );
+    assert!(
+        refused > 0 && admitted > limit / 2,
+        "admitted {admitted}, refused {refused}"
+    );
+}
+
+#[tokio::test]
+async fn memory_concurrency_is_held_and_a_vanished_client_gives_its_slot_back() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(quota_config(&origin, "  concurrent_uploads: 2\n"));
+    let path = format!("/v1/Services/{SERVICE}/Media");
+    let slow = |first: &[u8]| {
+        open_upload(
+            proxy.listen,
+            &path,
+            &[("Content-Type", "text/plain"), ("Content-Length", "100000")],
+            first,
+        )
+    };
+    let first = slow(b"slow one ");
+    let _second = slow(b"slow two ");
+    // Both hold their slot once the origin has their heads.
+    assert!(wait_for(Duration::from_secs(10), || origin
+        .requests_for(SERVICE)
+        .len()
+        == 2));
+
+    let refused = upload(&proxy, 10).await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(refused.headers()["mediagate-reject"], "quota_concurrency");
+    assert!(refused.headers().contains_key("retry-after"));
+
+    // The first client disconnects mid-upload: its slot comes back.
+    drop(first);
+    let mut last = StatusCode::TOO_MANY_REQUESTS;
+    for _ in 0..200 {
+        last = upload(&proxy, 10).await.status();
+        if last != StatusCode::TOO_MANY_REQUESTS {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(last, StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn retry_after_lets_the_next_upload_through_when_honoured() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(quota_config(&origin, "  uploads_per_minute: 1\n"));
+    assert_eq!(upload(&proxy, 10).await.status(), StatusCode::CREATED);
+    let refused = upload(&proxy, 10).await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    let wait: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((55..=65).contains(&wait), "Retry-After {wait}");
+    // Honouring it is the point of this test: it waits the full minute it was told.
+    tokio::time::sleep(Duration::from_secs(wait)).await;
+    assert_eq!(upload(&proxy, 10).await.status(), StatusCode::CREATED);
+}
+
+fn redis_config(origin: &Origin, redis: &RedisServer, quotas: &str) -> ProxyConfig {
+    quota_config(origin, &format!("  backend: {}\n{quotas}", redis.url()))
+}
+
+#[tokio::test]
+async fn redis_three_proxies_share_one_limit_exactly() {
+    let redis = RedisServer::start();
+    let origin = Origin::start();
+    let proxies: Vec<Proxy> = (0..3)
+        .map(|_| Proxy::start(redis_config(&origin, &redis, "  uploads_per_minute: 60\n")))
+        .collect();
+    let refs: Vec<&Proxy> = proxies.iter().collect();
+    let answers = burst(&refs, 300, 100).await;
+    assert_eq!(count(&answers, 201), 60, "{answers:?}");
+    assert_eq!(count(&answers, 429), 240);
+    assert!(answers
+        .iter()
+        .filter(|a| a.0 == 429)
+        .all(|a| a.1 == "quota_uploads" && a.2.is_some()));
+}
+
+#[tokio::test]
+async fn redis_slots_of_a_killed_sidecar_come_back_after_their_lease() {
+    let redis = RedisServer::start();
+    let origin = Origin::start();
+    let quotas = "  concurrent_uploads: 2\n  slot_lease: 2s\n";
+    let mut doomed = Proxy::start(redis_config(&origin, &redis, quotas));
+    let survivor = Proxy::start(redis_config(&origin, &redis, quotas));
+    let path = format!("/v1/Services/{SERVICE}/Media");
+    let head = [("Content-Type", "text/plain"), ("Content-Length", "100000")];
+    let _a = open_upload(doomed.listen, &path, &head, b"held ");
+    let _b = open_upload(doomed.listen, &path, &head, b"held ");
+    assert!(wait_for(Duration::from_secs(10), || origin
+        .requests_for(SERVICE)
+        .len()
+        == 2));
+    assert_eq!(
+        upload(&survivor, 10).await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // While their sidecar lives, the slots outlive their lease: it renews them.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        upload(&survivor, 10).await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+
+    // kill -9: nobody releases the slots; only their leases end them.
+    doomed.child.kill().unwrap();
+    doomed.child.wait().unwrap();
+    let started = std::time::Instant::now();
+    let mut status = StatusCode::TOO_MANY_REQUESTS;
+    while started.elapsed() < Duration::from_secs(15) && status == StatusCode::TOO_MANY_REQUESTS {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        status = upload(&survivor, 10).await.status();
+    }
+    assert_eq!(status, StatusCode::CREATED);
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "slots came back before their lease could end"
+    );
+}
+
+#[tokio::test]
+async fn redis_outage_follows_on_backend_error_and_admission_resumes() {
+    let redis = RedisServer::start();
+    let port = redis.port;
+    let origin = Origin::start();
+    let quotas = "  uploads_per_minute: 1000\n";
+    let allow = Proxy::start(redis_config(
+        &origin,
+        &redis,
+        &format!("{quotas}  on_backend_error: allow\n"),
+    ));
+    let deny = Proxy::start(redis_config(
+        &origin,
+        &redis,
+        &format!("{quotas}  on_backend_error: deny\n"),
+    ));
+    assert_eq!(upload(&allow, 10).await.status(), StatusCode::CREATED);
+    assert_eq!(upload(&deny, 10).await.status(), StatusCode::CREATED);
+
+    let ready = |proxy: &Proxy| {
+        mediagate::process::http_request(proxy.metrics, "GET", "/readyz", &[], &[])
+            .map(|(status, _)| status)
+            .unwrap_or(0)
+    };
+    assert_eq!(ready(&deny), 200);
+
+    redis.stop();
+    // Uploads depend on Redis with deny: not ready while it is away. With allow they do not.
+    assert_eq!(ready(&deny), 503);
+    assert_eq!(ready(&allow), 200);
+    assert_eq!(upload(&allow, 10).await.status(), StatusCode::CREATED);
+    let refused = upload(&deny, 10).await;
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(refused.headers()["mediagate-reject"], "quota_backend");
+    assert!(refused.headers().contains_key("retry-after"));
+    for proxy in [&allow, &deny] {
+        let errors = proxy
+            .metric("mediagate_quota_backend_errors_total", &[])
+            .unwrap_or(0.0);
+        assert!(errors >= 1.0, "backend errors counted: {errors}");
+    }
+
+    let _back = RedisServer::start_on(port);
+    let mut status = StatusCode::SERVICE_UNAVAILABLE;
+    for _ in 0..100 {
+        status = upload(&deny, 10).await.status();
+        if status == StatusCode::CREATED {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "admission did not resume after Redis came back"
+    );
+    assert_eq!(ready(&deny), 200);
+}
