@@ -8,6 +8,7 @@ use http::{HeaderMap, Method};
 use mediagate::api::{Route, ServiceSid};
 use mediagate::config::{Config, Uploads};
 use mediagate::policy::{check_head, UploadRules};
+use mediagate::quota::{Limits, MemoryQuota, Outcome, Quota};
 
 fn route_parsing(c: &mut Criterion) {
     let path = "/v1/Services/IS0123456789abcdef0123456789abcdef/Media/ME0123456789abcdef0123456789abcdef/Content";
@@ -80,11 +81,37 @@ fn upload_policy(c: &mut Criterion) {
     });
 }
 
+/// Memory-backend admission and settlement of one upload, all three limits on.
+fn quota_admission(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let quota = MemoryQuota::new();
+    let service = ServiceSid::generate();
+    let limits = Limits {
+        uploads_per_minute: u64::MAX / 2,
+        bytes_per_hour: u64::MAX / 2,
+        concurrent_uploads: 1_000_000,
+    };
+    c.bench_function("quota_memory_admit_and_settle", |b| {
+        b.iter(|| {
+            runtime.block_on(async {
+                let permit = quota
+                    .admit(black_box(&service), limits, 4096)
+                    .await
+                    .unwrap();
+                permit.settle(Outcome::Stored { bytes: 4096 });
+            })
+        })
+    });
+}
+
 criterion_group!(
     benches,
     route_parsing,
     sid_parsing,
     config_loading,
-    upload_policy
+    upload_policy,
+    quota_admission
 );
 criterion_main!(benches);
