@@ -40,6 +40,12 @@ async fn json(response: reqwest::Response) -> Value {
     response.json().await.expect("JSON body")
 }
 
+/// A media's metadata, read through `proxy`.
+async fn get_metadata(proxy: &Proxy, service: &str, sid: &str) -> Value {
+    let url = proxy.url(&format!("{}/{sid}", upload_path(service)));
+    json(client().get(url).send().await.expect("GET metadata")).await
+}
+
 /// Reads a media's bytes the way a client does: `…/Content` through the proxy, then the
 /// redirect's signed URL.
 async fn read_content(proxy: &Proxy, service: &str, sid: &str) -> Vec<u8> {
@@ -117,14 +123,7 @@ async fn uploads_in_all_three_styles_read_back_through_the_proxy() {
         assert_eq!(created["filename"], filename);
         let sid = created["sid"].as_str().unwrap().to_string();
 
-        let metadata = json(
-            client()
-                .get(proxy.url(&format!("{}/{sid}", upload_path(&service))))
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let metadata = get_metadata(proxy, &service, &sid).await;
         assert_eq!(metadata["sid"], sid.as_str());
         assert_eq!(metadata["size"], bytes.len());
         assert!(metadata["links"]["content_direct_temporary"].is_string());
@@ -414,14 +413,7 @@ async fn an_https_upstream_is_trusted_through_the_configured_ca() {
         .unwrap();
     assert_eq!(created.status(), StatusCode::CREATED);
     let sid = json(created).await["sid"].as_str().unwrap().to_string();
-    let metadata = json(
-        client()
-            .get(proxy.url(&format!("{}/{sid}", upload_path(&service))))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let metadata = get_metadata(&proxy, &service, &sid).await;
     assert!(metadata["links"]["content_direct_temporary"]
         .as_str()
         .unwrap()

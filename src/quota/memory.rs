@@ -139,15 +139,12 @@ impl MemoryQuota {
 
 #[async_trait]
 impl Quota for MemoryQuota {
-    async fn admit(
+    async fn reserve(
         &self,
         service: &ServiceSid,
         limits: Limits,
         bytes: u64,
     ) -> Result<Permit, Refused> {
-        if limits.unlimited() {
-            return Ok(Permit::free());
-        }
         let now_ms = self.now_ms();
         let index = self.shard_index(service);
         {

@@ -170,7 +170,21 @@ impl std::fmt::Debug for Permit {
 #[async_trait]
 pub trait Quota: Send + Sync {
     /// Reserves one upload of `bytes` (0 when unknown) and a concurrency slot for `service`.
+    /// A service without limits reserves nothing.
     async fn admit(
+        &self,
+        service: &ServiceSid,
+        limits: Limits,
+        bytes: u64,
+    ) -> Result<Permit, Refused> {
+        if limits.unlimited() {
+            return Ok(Permit::free());
+        }
+        self.reserve(service, limits, bytes).await
+    }
+
+    /// The backend's reservation, for limits of which at least one is set.
+    async fn reserve(
         &self,
         service: &ServiceSid,
         limits: Limits,

@@ -164,15 +164,12 @@ struct Reservation {
 
 #[async_trait]
 impl Quota for RedisQuota {
-    async fn admit(
+    async fn reserve(
         &self,
         service: &ServiceSid,
         limits: Limits,
         bytes: u64,
     ) -> Result<Permit, Refused> {
-        if limits.unlimited() {
-            return Ok(Permit::free());
-        }
         let shared = &self.shared;
         let slot = format!(
             "{}-{}",
