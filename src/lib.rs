@@ -1,6 +1,7 @@
 //! mediagate: a pingora sidecar in front of Twilio's Media API, and a local Media API to run it
 //! against. See DESIGN.md in the steering repository and the README.
 
+pub mod access_log;
 pub mod api;
 pub mod config;
 pub mod demo;

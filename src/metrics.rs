@@ -1,13 +1,22 @@
 //! Every metric family, in one place, under the names of spec/metrics.md (extend, never rename).
 //! They live in the default Prometheus registry that pingora-prometheus also uses, so `/metrics`
 //! shows them beside pingora's own.
+//!
+//! The proxy records a request once, in its `logging` phase, through [`RequestMetrics`], whose
+//! label sets are resolved at start: recording is plain handle updates, with no label strings
+//! built per request.
 
+use std::collections::HashMap;
 use std::sync::LazyLock;
+use std::time::Duration;
 
 use pingora_prometheus::prometheus::{
     self, register_histogram_vec, register_int_counter, register_int_counter_vec,
-    register_int_gauge_vec, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec,
+    register_int_gauge_vec, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec,
 };
+
+use crate::api::{RejectReason, RouteKind, ServiceSid};
 
 /// Latency buckets, 0.5 ms to 60 s.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -15,58 +24,169 @@ const LATENCY_BUCKETS: &[f64] = &[
     60.0,
 ];
 
+/// Size buckets, 1 KiB to 256 MiB (powers of four).
+const SIZE_BUCKETS: &[f64] = &[
+    1024.0,
+    4096.0,
+    16384.0,
+    65536.0,
+    262144.0,
+    1048576.0,
+    4194304.0,
+    16777216.0,
+    67108864.0,
+    268435456.0,
+];
+
+/// The `kind` values of the cache families.
+pub const CACHE_KINDS: [&str; 2] = ["metadata", "content"];
+/// The `result` values of `mediagate_cache_requests_total`.
+pub const CACHE_RESULTS: [&str; 4] = ["hit", "miss", "stale", "bypass"];
+/// The `kind` values of `mediagate_upstream_errors_total`.
+pub const UPSTREAM_ERROR_KINDS: [&str; 4] = ["connect", "timeout", "reset", "status_5xx"];
+
 pub struct Metrics {
     /// `route`, `method`, `status`, `service`.
     pub requests: IntCounterVec,
     /// `route`.
     pub request_duration: HistogramVec,
+    /// `route`.
+    pub upstream_duration: HistogramVec,
+    /// `route`, `service`.
+    pub request_bytes: IntCounterVec,
+    /// `route`, `service`.
+    pub response_bytes: IntCounterVec,
+    /// `service`.
+    pub upload_size: HistogramVec,
+    /// `service`.
+    pub uploads_in_flight: IntGaugeVec,
     /// `reason` (as in `Mediagate-Reject`), `service`.
     pub rejections: IntCounterVec,
+    /// `kind`, `result`.
+    pub cache_requests: IntCounterVec,
+    /// `kind`.
+    pub cache_bytes: IntGaugeVec,
+    /// `kind`.
+    pub cache_evictions: IntCounterVec,
     /// `kind`: `connect`, `timeout`, `reset`, `status_5xx`.
     pub upstream_errors: IntCounterVec,
     /// Failed calls to the quota backend.
     pub quota_backend_errors: IntCounter,
+    /// Access log lines dropped because the writer fell behind.
+    pub access_log_dropped: IntCounter,
     pub build_info: IntGaugeVec,
 }
 
+fn counters(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    register_int_counter_vec!(name, help, labels).unwrap_or_else(|e| panic!("register {name}: {e}"))
+}
+
+fn histograms(name: &str, help: &str, labels: &[&str], buckets: &[f64]) -> HistogramVec {
+    register_histogram_vec!(name, help, labels, buckets.to_vec())
+        .unwrap_or_else(|e| panic!("register {name}: {e}"))
+}
+
+fn gauges(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    register_int_gauge_vec!(name, help, labels).unwrap_or_else(|e| panic!("register {name}: {e}"))
+}
+
+fn counter(name: &str, help: &str) -> IntCounter {
+    register_int_counter!(name, help).unwrap_or_else(|e| panic!("register {name}: {e}"))
+}
+
 // Registering a family twice is a programming error, found by the first test that scrapes.
-static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
-    requests: register_int_counter_vec!(
-        "mediagate_requests_total",
-        "Requests answered, by final status.",
-        &["route", "method", "status", "service"]
-    )
-    .expect("register mediagate_requests_total"),
-    request_duration: register_histogram_vec!(
-        "mediagate_request_duration_seconds",
-        "Time from request head to last response byte.",
-        &["route"],
-        LATENCY_BUCKETS.to_vec()
-    )
-    .expect("register mediagate_request_duration_seconds"),
-    rejections: register_int_counter_vec!(
-        "mediagate_rejections_total",
-        "Requests refused by mediagate, by reason (as in the Mediagate-Reject header).",
-        &["reason", "service"]
-    )
-    .expect("register mediagate_rejections_total"),
-    upstream_errors: register_int_counter_vec!(
-        "mediagate_upstream_errors_total",
-        "Failures talking to the upstream, by kind.",
-        &["kind"]
-    )
-    .expect("register mediagate_upstream_errors_total"),
-    quota_backend_errors: register_int_counter!(
-        "mediagate_quota_backend_errors_total",
-        "Failed calls to the quota backend."
-    )
-    .expect("register mediagate_quota_backend_errors_total"),
-    build_info: register_int_gauge_vec!(
-        "mediagate_build_info",
-        "Always 1; the version label says which build runs.",
-        &["version"]
-    )
-    .expect("register mediagate_build_info"),
+static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
+    let m = Metrics {
+        requests: counters(
+            "mediagate_requests_total",
+            "Requests answered, by final status.",
+            &["route", "method", "status", "service"],
+        ),
+        request_duration: histograms(
+            "mediagate_request_duration_seconds",
+            "Time from request head to last response byte.",
+            &["route"],
+            LATENCY_BUCKETS,
+        ),
+        upstream_duration: histograms(
+            "mediagate_upstream_duration_seconds",
+            "Time spent waiting on the upstream: from sending the request to its answer's head.",
+            &["route"],
+            LATENCY_BUCKETS,
+        ),
+        request_bytes: counters(
+            "mediagate_request_bytes_total",
+            "Body bytes received from clients.",
+            &["route", "service"],
+        ),
+        response_bytes: counters(
+            "mediagate_response_bytes_total",
+            "Body bytes sent to clients.",
+            &["route", "service"],
+        ),
+        upload_size: histograms(
+            "mediagate_upload_size_bytes",
+            "Size of accepted uploads.",
+            &["service"],
+            SIZE_BUCKETS,
+        ),
+        uploads_in_flight: gauges(
+            "mediagate_uploads_in_flight",
+            "Uploads currently streaming.",
+            &["service"],
+        ),
+        rejections: counters(
+            "mediagate_rejections_total",
+            "Requests refused by mediagate, by reason (as in the Mediagate-Reject header).",
+            &["reason", "service"],
+        ),
+        cache_requests: counters(
+            "mediagate_cache_requests_total",
+            "Cacheable reads, by kind and cache result.",
+            &["kind", "result"],
+        ),
+        cache_bytes: gauges(
+            "mediagate_cache_bytes",
+            "Bytes held in the cache.",
+            &["kind"],
+        ),
+        cache_evictions: counters(
+            "mediagate_cache_evictions_total",
+            "Cache entries evicted.",
+            &["kind"],
+        ),
+        upstream_errors: counters(
+            "mediagate_upstream_errors_total",
+            "Failures talking to the upstream, by kind.",
+            &["kind"],
+        ),
+        quota_backend_errors: counter(
+            "mediagate_quota_backend_errors_total",
+            "Failed calls to the quota backend.",
+        ),
+        access_log_dropped: counter(
+            "mediagate_access_log_dropped_total",
+            "Access log lines dropped because the log writer fell behind.",
+        ),
+        build_info: gauges(
+            "mediagate_build_info",
+            "Always 1; the version label says which build runs.",
+            &["version"],
+        ),
+    };
+    // Families with fixed label values are exported from the start, at zero, so dashboards
+    // and alerts find every series before the first event.
+    for kind in CACHE_KINDS {
+        m.cache_bytes.with_label_values(&[kind]);
+        m.cache_evictions.with_label_values(&[kind]);
+        for result in CACHE_RESULTS {
+            m.cache_requests.with_label_values(&[kind, result]);
+        }
+    }
+    for kind in UPSTREAM_ERROR_KINDS {
+        m.upstream_errors.with_label_values(&[kind]);
+    }
+    m
 });
 
 pub fn metrics() -> &'static Metrics {
@@ -90,4 +210,150 @@ pub fn render() -> (Vec<u8>, String) {
         log::error!("metrics: cannot encode: {e}");
     }
     (buffer, encoder.format_type().to_string())
+}
+
+/// What one request did, for the metrics (and the access log).
+#[derive(Debug, Clone)]
+pub struct RequestRecord<'a> {
+    pub route: RouteKind,
+    pub method: &'static str,
+    pub status: u16,
+    /// The request's service, when its path named a valid one.
+    pub service: Option<&'a ServiceSid>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub duration: Duration,
+    pub upstream: Option<Duration>,
+    /// The size of an upload the upstream accepted.
+    pub uploaded: Option<u64>,
+    pub rejected: Option<RejectReason>,
+    pub upstream_error: Option<&'static str>,
+}
+
+const ROUTES: usize = RouteKind::ALL.len();
+
+fn route_index(route: RouteKind) -> usize {
+    RouteKind::ALL
+        .iter()
+        .position(|r| *r == route)
+        .unwrap_or(ROUTES - 1)
+}
+
+fn reason_index(reason: RejectReason) -> usize {
+    RejectReason::ALL
+        .iter()
+        .position(|r| *r == reason)
+        .unwrap_or(0)
+}
+
+/// One service label's handles.
+struct ServiceHandles {
+    label: String,
+    request_bytes: [IntCounter; ROUTES],
+    response_bytes: [IntCounter; ROUTES],
+    upload_size: Histogram,
+    in_flight: IntGauge,
+    rejections: [IntCounter; RejectReason::ALL.len()],
+}
+
+impl ServiceHandles {
+    fn new(label: &str) -> ServiceHandles {
+        let m = metrics();
+        let per_route = |family: &IntCounterVec| {
+            RouteKind::ALL.map(|route| family.with_label_values(&[route.label(), label]))
+        };
+        ServiceHandles {
+            label: label.to_string(),
+            request_bytes: per_route(&m.request_bytes),
+            response_bytes: per_route(&m.response_bytes),
+            upload_size: m.upload_size.with_label_values(&[label]),
+            in_flight: m.uploads_in_flight.with_label_values(&[label]),
+            rejections: RejectReason::ALL
+                .map(|reason| m.rejections.with_label_values(&[reason.label(), label])),
+        }
+    }
+}
+
+/// The label sets of one proxy's configuration, resolved once: every service under
+/// `services:` has its own, every other service shares `other`.
+pub struct RequestMetrics {
+    durations: [Histogram; ROUTES],
+    upstream_durations: [Histogram; ROUTES],
+    services: HashMap<ServiceSid, ServiceHandles>,
+    other: ServiceHandles,
+    /// `"0"` to `"599"`: status label values without formatting per request.
+    statuses: Vec<String>,
+}
+
+impl RequestMetrics {
+    pub fn new<'a>(services: impl IntoIterator<Item = &'a ServiceSid>) -> RequestMetrics {
+        let m = metrics();
+        RequestMetrics {
+            durations: RouteKind::ALL.map(|r| m.request_duration.with_label_values(&[r.label()])),
+            upstream_durations: RouteKind::ALL
+                .map(|r| m.upstream_duration.with_label_values(&[r.label()])),
+            services: services
+                .into_iter()
+                .map(|sid| (sid.clone(), ServiceHandles::new(sid.as_str())))
+                .collect(),
+            other: ServiceHandles::new("other"),
+            statuses: (0..600).map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn service(&self, sid: Option<&ServiceSid>) -> &ServiceHandles {
+        sid.and_then(|sid| self.services.get(sid))
+            .unwrap_or(&self.other)
+    }
+
+    /// The `service` label value for a request.
+    pub fn service_label(&self, sid: Option<&ServiceSid>) -> &str {
+        &self.service(sid).label
+    }
+
+    /// The in-flight gauge of a service, for the upload's lifetime.
+    pub fn upload_started(&self, sid: &ServiceSid) -> InFlight {
+        let gauge = self.service(Some(sid)).in_flight.clone();
+        gauge.inc();
+        InFlight(gauge)
+    }
+
+    /// Records a finished request in every family it touches.
+    pub fn record(&self, r: &RequestRecord) {
+        let route = route_index(r.route);
+        let service = self.service(r.service);
+        let status = self
+            .statuses
+            .get(r.status as usize)
+            .map_or("0", String::as_str);
+        metrics()
+            .requests
+            .with_label_values(&[r.route.label(), r.method, status, &service.label])
+            .inc();
+        self.durations[route].observe(r.duration.as_secs_f64());
+        if let Some(upstream) = r.upstream {
+            self.upstream_durations[route].observe(upstream.as_secs_f64());
+        }
+        service.request_bytes[route].inc_by(r.bytes_in);
+        service.response_bytes[route].inc_by(r.bytes_out);
+        if let Some(size) = r.uploaded {
+            service.upload_size.observe(size as f64);
+        }
+        if let Some(reason) = r.rejected {
+            service.rejections[reason_index(reason)].inc();
+        }
+        if let Some(kind) = r.upstream_error {
+            metrics().upstream_errors.with_label_values(&[kind]).inc();
+        }
+    }
+}
+
+/// An upload counted in `mediagate_uploads_in_flight` until this is dropped.
+#[derive(Debug)]
+pub struct InFlight(IntGauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }

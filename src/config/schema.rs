@@ -40,6 +40,8 @@ pub struct Server {
     pub metrics_listen: SocketAddr,
     pub threads: usize,
     pub grace_period: HumanDuration,
+    /// One JSON line per request on standard output.
+    pub access_log: bool,
 }
 
 impl Default for Server {
@@ -49,6 +51,7 @@ impl Default for Server {
             metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9108)),
             threads: 2,
             grace_period: HumanDuration::secs(5),
+            access_log: true,
         }
     }
 }

@@ -20,6 +20,8 @@ pub struct Entry {
     pub auth: String,
     /// Whether an `X-Twilio-Token` header came along.
     pub twilio_token: bool,
+    /// The `X-Request-Id` it carried.
+    pub request_id: Option<String>,
     /// The answer's status; `null` while the request is still being served, 0 when it was
     /// abandoned (the client went away) before an answer.
     pub status: Option<u16>,
@@ -55,6 +57,10 @@ impl Journal {
             path: path.to_string(),
             auth: describe_auth(headers),
             twilio_token: headers.contains_key("x-twilio-token"),
+            request_id: headers
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
             status: None,
         });
         Pending {

@@ -1,14 +1,13 @@
 //! The pingora `ProxyHttp` implementation: one method per phase, each short, in the order pingora
-//! runs them. The decisions live in `access`, `credentials` and `upstream`; this file wires them
-//! to the phases and to the metrics.
+//! runs them. The decisions live in `access`, `credentials`, `upstream`, the upload policy and
+//! the quotas; this file wires them to the phases, the metrics and the access log.
 
-use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use http::Method;
-use pingora::http::RequestHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
@@ -19,9 +18,10 @@ use super::access::AccessControl;
 use super::credentials::Injector;
 use super::reject::{self, Rejection};
 use super::upstream::UpstreamTarget;
+use crate::access_log::{AccessEntry, AccessLog};
 use crate::api::{ApiError, ErrorCode, RejectReason, Route, RouteKind, ServiceSid};
 use crate::config::{Config, OnBackendError};
-use crate::metrics::metrics;
+use crate::metrics::{metrics, InFlight, RequestMetrics, RequestRecord};
 use crate::policy::{self, UploadGuard, UploadPolicies};
 use crate::quota::{LimitBook, Outcome, Permit, Quota, Refused};
 
@@ -33,13 +33,18 @@ pub struct Gateway {
     on_quota_backend_error: OnBackendError,
     credentials: Injector,
     upstream: UpstreamTarget,
-    /// Services named in the configuration: the only `service` label values besides `other`.
-    listed_services: HashSet<ServiceSid>,
+    metrics: RequestMetrics,
+    access_log: AccessLog,
 }
+
+/// The header that carries a request's id, to the upstream and back to the client.
+const REQUEST_ID: &str = "x-request-id";
 
 /// What one request carries from phase to phase.
 pub struct RequestCtx {
     started: Instant,
+    /// The client's `X-Request-Id` when usable, else one made here.
+    request_id: String,
     route: Option<Route>,
     /// An upload's byte count and inspection, while its body streams.
     upload: Option<UploadGuard>,
@@ -51,6 +56,13 @@ pub struct RequestCtx {
     rejected: Option<RejectReason>,
     /// Whether mediagate answered the client's `Expect: 100-continue` itself.
     continued: bool,
+    /// Counts the upload in `mediagate_uploads_in_flight` while it streams.
+    in_flight: Option<InFlight>,
+    /// When the request went upstream, and how long its answer's head took.
+    upstream_sent: Option<Instant>,
+    upstream_waited: Option<Duration>,
+    /// The `kind` of an upstream failure, for `mediagate_upstream_errors_total`.
+    upstream_error: Option<&'static str>,
 }
 
 impl Gateway {
@@ -63,7 +75,12 @@ impl Gateway {
             on_quota_backend_error: config.quotas.on_backend_error,
             credentials: Injector::new(config)?,
             upstream: UpstreamTarget::new(&config.upstream)?,
-            listed_services: config.services.keys().cloned().collect(),
+            metrics: RequestMetrics::new(config.services.keys()),
+            access_log: if config.server.access_log {
+                AccessLog::to_stdout()
+            } else {
+                AccessLog::off()
+            },
         })
     }
 
@@ -93,6 +110,7 @@ impl Gateway {
             Ok(permit) => ctx.permit = Some(permit),
             Err(rejection) => return Ok(Err(rejection)),
         }
+        ctx.in_flight = Some(self.metrics.upload_started(service));
         if !guard.inspecting() {
             return Ok(Ok(guard));
         }
@@ -133,12 +151,66 @@ impl Gateway {
         }
     }
 
-    fn service_label<'a>(&self, route: Option<&'a Route>) -> &'a str {
-        match route {
-            Some(route) if self.listed_services.contains(route.service()) => {
-                route.service().as_str()
-            }
-            _ => "other",
+    /// Records the finished request: metrics, then the access log line.
+    fn record(&self, session: &Session, ctx: &RequestCtx, status: u16, uploaded: Option<u64>) {
+        let head = session.req_header();
+        let route = ctx.route.as_ref();
+        let duration = ctx.started.elapsed();
+        let record = RequestRecord {
+            route: route.map_or(RouteKind::Other, Route::kind),
+            method: method_label(&head.method),
+            status,
+            service: route.map(Route::service),
+            bytes_in: session.body_bytes_read() as u64,
+            bytes_out: session.body_bytes_sent() as u64,
+            duration,
+            upstream: ctx.upstream_waited,
+            uploaded,
+            rejected: ctx.rejected,
+            upstream_error: ctx.upstream_error,
+        };
+        self.metrics.record(&record);
+        self.access_log.write(&AccessEntry {
+            ts: chrono::Utc::now()
+                .format("%Y-%m-%dT%H:%M:%S%.6fZ")
+                .to_string(),
+            request_id: &ctx.request_id,
+            method: head.method.as_str(),
+            path: head.uri.path(),
+            route: record.route.label(),
+            service: route.map(|r| r.service().as_str()),
+            media: route.and_then(Route::media).map(|m| m.as_str()),
+            status,
+            bytes_in: record.bytes_in,
+            bytes_out: record.bytes_out,
+            duration_ms: duration.as_secs_f64() * 1000.0,
+            upstream_ms: ctx.upstream_waited.map(|d| d.as_secs_f64() * 1000.0),
+            cache: None,
+            reject: ctx.rejected.map(RejectReason::label),
+            upstream_error: ctx.upstream_error,
+        });
+    }
+}
+
+/// The client's request id when it is a sane token, else a fresh one.
+fn request_id(session: &Session) -> String {
+    let given = session
+        .req_header()
+        .headers
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|id| {
+            (1..=128).contains(&id.len())
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        });
+    match given {
+        Some(id) => id.to_string(),
+        None => {
+            let mut bytes = [0u8; 16];
+            rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut bytes);
+            hex::encode(bytes)
         }
     }
 }
@@ -150,12 +222,17 @@ impl ProxyHttp for Gateway {
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
             started: Instant::now(),
+            request_id: String::new(),
             route: None,
             upload: None,
             permit: None,
             refusal: None,
             rejected: None,
             continued: false,
+            in_flight: None,
+            upstream_sent: None,
+            upstream_waited: None,
+            upstream_error: None,
         }
     }
 
@@ -164,6 +241,7 @@ impl ProxyHttp for Gateway {
     /// of its first body chunk. Everything refused here is answered here and never reaches
     /// the upstream.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        ctx.request_id = request_id(session);
         let head = session.req_header();
         let route = match Route::parse(&head.method, head.uri.path()) {
             Ok(route) => route,
@@ -245,7 +323,33 @@ impl ProxyHttp for Gateway {
             request.remove_header(&http::header::EXPECT);
         }
         request.insert_header(http::header::HOST, self.upstream.host_header().clone())?;
+        request.insert_header(REQUEST_ID, &ctx.request_id)?;
+        ctx.upstream_sent = Some(Instant::now());
         Ok(())
+    }
+
+    /// The upstream's answer head: how long it took, and whether it is a failure of its own.
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        ctx.upstream_waited = ctx.upstream_sent.map(|sent| sent.elapsed());
+        if response.status.is_server_error() {
+            ctx.upstream_error = Some("status_5xx");
+        }
+        Ok(())
+    }
+
+    /// The answer head on its way to the client: it carries the request id.
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        response.insert_header(REQUEST_ID, &ctx.request_id)
     }
 
     /// No answer from upstream: a refusal decided while streaming, or the error JSON (502,
@@ -269,12 +373,11 @@ impl ProxyHttp for Gateway {
             };
         }
         let error = classify_failure(e);
-        if let Some(kind) = upstream_error_kind(e) {
-            metrics().upstream_errors.with_label_values(&[kind]).inc();
-        }
+        ctx.upstream_error = upstream_error_kind(e).or(ctx.upstream_error);
         let status = match &error {
             Some(error) if session.response_written().is_none() => {
-                if let Err(write_error) = reject::respond(session, error, &[]).await {
+                let id = [(REQUEST_ID, ctx.request_id.as_str())];
+                if let Err(write_error) = reject::respond(session, error, &id).await {
                     log::debug!("cannot send the error answer: {write_error}");
                 }
                 error.status
@@ -293,39 +396,21 @@ impl ProxyHttp for Gateway {
         ctx.rejected.is_some()
     }
 
-    /// After the last byte, on every path: the quota reservation is settled, and one place
-    /// records the request in the metrics.
+    /// After the last byte, on every path: the quota reservation is settled, and the request
+    /// is recorded, once, in the metrics and the access log.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let stored = e.is_none() && ctx.rejected.is_none() && (200..300).contains(&status);
+        let sent = ctx.upload.as_ref().map(UploadGuard::received);
         if let Some(permit) = ctx.permit.take() {
-            // Stored: the upstream answered 2xx and nothing failed on the way.
-            let sent = ctx.upload.as_ref().map_or(0, UploadGuard::received);
-            let stored = e.is_none() && ctx.rejected.is_none() && (200..300).contains(&status);
-            permit.settle(if stored {
-                Outcome::Stored { bytes: sent }
-            } else {
-                Outcome::Failed
+            permit.settle(match sent {
+                Some(bytes) if stored => Outcome::Stored { bytes },
+                _ => Outcome::Failed,
             });
         }
-        let route = ctx.route.as_ref();
-        let route_label = route.map_or(RouteKind::Other, Route::kind).label();
-        let m = metrics();
-        m.requests
-            .with_label_values(&[
-                route_label,
-                method_label(&session.req_header().method),
-                &status.to_string(),
-                self.service_label(route),
-            ])
-            .inc();
-        m.request_duration
-            .with_label_values(&[route_label])
-            .observe(ctx.started.elapsed().as_secs_f64());
-        if let Some(reason) = ctx.rejected {
-            m.rejections
-                .with_label_values(&[reason.label(), self.service_label(route)])
-                .inc();
-        }
+        ctx.in_flight = None;
+        let uploaded = sent.filter(|_| stored);
+        self.record(session, ctx, status, uploaded);
     }
 }
 
@@ -341,7 +426,7 @@ async fn refuse(session: &mut Session, ctx: &mut RequestCtx, rejection: Rejectio
         rejection.error.status,
         rejection.reason.map_or("", RejectReason::label),
     );
-    reject::send(session, &rejection).await?;
+    reject::send(session, &rejection, &ctx.request_id).await?;
     // A client still waiting for 100 Continue sends no body: nothing to linger for.
     if ctx.continued || !expects_continue(session) {
         reject::linger(session).await;

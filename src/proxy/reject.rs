@@ -122,8 +122,9 @@ pub async fn respond(
     session.write_response_body(Some(body), true).await
 }
 
-pub async fn send(session: &mut Session, rejection: &Rejection) -> Result<()> {
-    let mut extra = Vec::with_capacity(3);
+pub async fn send(session: &mut Session, rejection: &Rejection, request_id: &str) -> Result<()> {
+    let mut extra = Vec::with_capacity(4);
+    extra.push(("X-Request-Id", request_id));
     let retry_after = rejection.retry_after.map(|s| s.to_string());
     if let Some(seconds) = &retry_after {
         extra.push(("Retry-After", seconds.as_str()));

@@ -311,13 +311,14 @@ impl Proxy {
         let config_path = dir.path().join("mediagate.yaml");
         std::fs::write(&config_path, config.render(listen, metrics)).expect("write config");
         let log = std::fs::File::create(dir.path().join("proxy.log")).expect("log file");
+        let access = std::fs::File::create(dir.path().join("access.log")).expect("access log file");
         let mut command = Command::new(binary());
         command
             .arg("proxy")
             .arg("--config")
             .arg(&config_path)
             .stderr(log)
-            .stdout(Stdio::null());
+            .stdout(access);
         let mut child = tied_to_us(&mut command)
             .env("RUST_LOG", config.log_level)
             .spawn()
@@ -347,6 +348,11 @@ impl Proxy {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("proxy.log")).unwrap_or_default()
+    }
+
+    /// The access log as written so far: one text line per request.
+    pub fn access_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default()
     }
 
     /// `/metrics` as text.
