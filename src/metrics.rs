@@ -322,14 +322,6 @@ impl RequestMetrics {
     pub fn record(&self, r: &RequestRecord) {
         let route = route_index(r.route);
         let service = self.service(r.service);
-        let status = self
-            .statuses
-            .get(r.status as usize)
-            .map_or("0", String::as_str);
-        metrics()
-            .requests
-            .with_label_values(&[r.route.label(), r.method, status, &service.label])
-            .inc();
         self.durations[route].observe(r.duration.as_secs_f64());
         if let Some(upstream) = r.upstream {
             self.upstream_durations[route].observe(upstream.as_secs_f64());
@@ -345,6 +337,15 @@ impl RequestMetrics {
         if let Some(kind) = r.upstream_error {
             metrics().upstream_errors.with_label_values(&[kind]).inc();
         }
+        // Last, so that a request counted here has all its other metrics recorded.
+        let status = self
+            .statuses
+            .get(r.status as usize)
+            .map_or("0", String::as_str);
+        metrics()
+            .requests
+            .with_label_values(&[r.route.label(), r.method, status, &service.label])
+            .inc();
     }
 }
 

@@ -13,10 +13,11 @@ const TOKEN: &str = "observability-token";
 const MAIN: &str = "IS66666666666666666666666666666666";
 const ONE_A_MINUTE: &str = "IS77777777777777777777777777777777";
 const SMALL_BYTES: &str = "IS88888888888888888888888888888888";
+const ONE_AT_A_TIME: &str = "IS99999999999999999999999999999999";
 
 fn config(origin: &Origin) -> ProxyConfig {
     ProxyConfig::to(&origin.url).with(&format!(
-        "access:\n  tokens:\n    - token: {TOKEN}\n  allow_unlisted_services: false\nuploads:\n  max_size: 64KiB\nservices:\n  {MAIN}: {{}}\n  {ONE_A_MINUTE}:\n    quotas: {{uploads_per_minute: 1}}\n  {SMALL_BYTES}:\n    quotas: {{bytes_per_hour: 1000}}\n"
+        "access:\n  tokens:\n    - token: {TOKEN}\n  allow_unlisted_services: false\nuploads:\n  max_size: 64KiB\nservices:\n  {MAIN}: {{}}\n  {ONE_A_MINUTE}:\n    quotas: {{uploads_per_minute: 1}}\n  {SMALL_BYTES}:\n    quotas: {{bytes_per_hour: 1000}}\n  {ONE_AT_A_TIME}:\n    quotas: {{concurrent_uploads: 1}}\n"
     ))
 }
 
@@ -178,6 +179,7 @@ async fn a_scripted_mix_shows_in_every_family_and_in_the_access_log() {
         "quota_bytes"
     );
 
+    proxy.wait_recorded(16);
     let requests = |labels: &[(&str, &str)]| proxy.metric("mediagate_requests_total", labels);
     assert_eq!(
         requests(&[
@@ -464,6 +466,7 @@ async fn upstream_failures_are_counted_by_kind() {
         .unwrap();
     assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
     assert!(response.headers().contains_key("x-request-id"));
+    down.wait_recorded(1);
     assert_eq!(
         down.metric("mediagate_upstream_errors_total", &[("kind", "connect")]),
         Some(1.0)
@@ -479,7 +482,7 @@ async fn upstream_failures_are_counted_by_kind() {
 }
 
 #[tokio::test]
-async fn an_upload_in_flight_shows_in_the_gauge() {
+async fn an_upload_in_flight_shows_in_the_gauge_and_holds_its_slot() {
     let origin = Origin::start();
     let proxy = Proxy::start(config(&origin));
     let auth = format!("Bearer {TOKEN}");
@@ -488,14 +491,21 @@ async fn an_upload_in_flight_shows_in_the_gauge() {
         ("Content-Type", "text/plain"),
         ("Content-Length", "1000"),
     ];
-    let mut stream = open_upload(
-        proxy.listen,
-        &format!("/v1/Services/{MAIN}/Media"),
-        &head,
-        b"partial ",
-    );
-    let gauge = || proxy.metric("mediagate_uploads_in_flight", &[("service", MAIN)]);
+    let path = format!("/v1/Services/{ONE_AT_A_TIME}/Media");
+    let mut stream = open_upload(proxy.listen, &path, &head, b"partial ");
+    let gauge = || proxy.metric("mediagate_uploads_in_flight", &[("service", ONE_AT_A_TIME)]);
     assert!(wait_for(Duration::from_secs(10), || gauge() == Some(1.0)));
+    // Its slot is taken: a second upload of the service is refused, and counted.
+    let second = Mix { proxy: &proxy }
+        .upload(ONE_AT_A_TIME, "text/plain", b"second".to_vec())
+        .await;
+    assert_eq!(second.headers()["mediagate-reject"], "quota_concurrency");
+    let refused = [("reason", "quota_concurrency"), ("service", ONE_AT_A_TIME)];
+    proxy.wait_recorded(1);
+    assert_eq!(
+        proxy.metric("mediagate_rejections_total", &refused),
+        Some(1.0)
+    );
     std::io::Write::write_all(&mut stream, &[b'x'; 992]).unwrap();
     assert_eq!(read_answer(&mut stream).0, 201);
     assert!(wait_for(Duration::from_secs(10), || gauge() == Some(0.0)));

@@ -717,6 +717,7 @@ fn every_upload_rule_through_the_proxy() {
     );
 
     // Every refusal was counted, by reason.
+    proxy.wait_recorded(cases.len());
     let metrics = proxy.metrics_text();
     for reason in [
         "content_type_missing",

@@ -337,6 +337,7 @@ async fn an_upstream_that_is_down_gives_502_json() {
     let error = json(response).await;
     assert_eq!(error["status"], 502);
     assert_eq!(error["code"], 91502);
+    proxy.wait_recorded(1);
     assert_eq!(
         proxy.metric("mediagate_upstream_errors_total", &[("kind", "connect")]),
         Some(1.0)
@@ -360,6 +361,7 @@ async fn an_upstream_that_does_not_answer_gives_504_json() {
     assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
     let error = json(response).await;
     assert_eq!(error["code"], 91504);
+    proxy.wait_recorded(1);
     assert_eq!(
         proxy.metric("mediagate_upstream_errors_total", &[("kind", "timeout")]),
         Some(1.0)
@@ -461,6 +463,7 @@ async fn metrics_count_requests_and_health_answers() {
         .unwrap();
     assert_eq!(missing.status(), StatusCode::NOT_FOUND);
 
+    proxy.wait_recorded(3);
     let requests = |labels: &[(&str, &str)]| proxy.metric("mediagate_requests_total", labels);
     assert_eq!(
         requests(&[

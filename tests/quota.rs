@@ -70,6 +70,7 @@ async fn memory_uploads_per_minute_admits_exactly_the_limit() {
         .filter(|e| e["status"] == 201)
         .count();
     assert_eq!(stored, 50);
+    proxy.wait_recorded(200);
     assert_eq!(
         proxy.metric(
             "mediagate_rejections_total",

@@ -364,6 +364,23 @@ impl Proxy {
         String::from_utf8(body).expect("metrics text")
     }
 
+    /// Waits until the proxy has recorded `count` requests in all. Metrics are recorded after
+    /// the answer is sent, so a scrape right after an answer may not show it yet; a request
+    /// counted in `mediagate_requests_total` has all its other metrics recorded.
+    pub fn wait_recorded(&self, count: usize) {
+        let mut seen = 0.0;
+        let done = wait_for(Duration::from_secs(10), || {
+            seen = self
+                .metrics_text()
+                .lines()
+                .filter(|l| l.starts_with("mediagate_requests_total{"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum();
+            seen as usize >= count
+        });
+        assert!(done, "the proxy recorded {seen} requests, expected {count}");
+    }
+
     /// The value of one sample line, e.g. `mediagate_requests_total{…}`; labels in any order
     /// are matched by listing them.
     pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
