@@ -44,7 +44,11 @@ impl Origin {
         if req.uri().path() == JOURNAL_PATH {
             return Ok(json_response(StatusCode::OK, self.journal.to_json()));
         }
-        let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        // A temporary URL's query is its signature: the journal keeps only its path.
+        let target = match req.uri().path_and_query() {
+            Some(pq) if pq.path().starts_with("/v1/") => pq.as_str(),
+            _ => req.uri().path(),
+        };
         let pending = self
             .journal
             .start(req.method().as_str(), target, req.headers());
@@ -102,16 +106,16 @@ impl Origin {
             let content_type = content_type.unwrap_or_default();
             upload::receive_multipart(&self.store, body, &content_type).await?
         } else {
-            upload::receive_raw(&self.store, body, content_type.as_deref()).await?
-        };
-        if let Some(declared) = content_size {
-            if declared != received.staged.size() {
+            let received = upload::receive_raw(&self.store, body, content_type.as_deref()).await?;
+            // Content-Size is the raw body's size: the file's, here.
+            if let Some(declared) = content_size.filter(|&d| d != received.staged.size()) {
                 return Err(ApiError::bad_request(format!(
                     "Content-Size says {declared} bytes, the body had {}",
                     received.staged.size()
                 )));
             }
-        }
+            received
+        };
         let record = self
             .store_upload(service, category, received, query.get("Filename").cloned())
             .await?;

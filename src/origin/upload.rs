@@ -75,7 +75,7 @@ where
                 ));
             }
             Some("FileName") => {
-                filename_field = Some(field.text().await.map_err(body_error)?);
+                filename_field = Some(read_short_text(&mut field).await?);
             }
             // Other fields are read past: a client may send more than we need.
             _ => while field.chunk().await.map_err(body_error)?.is_some() {},
@@ -91,6 +91,22 @@ where
         content_type,
         filename: part_name.filter(|n| !n.is_empty()).or(filename_field),
     })
+}
+
+/// The longest `FileName` field taken.
+const MAX_FILENAME: usize = 1024;
+
+async fn read_short_text(field: &mut multer::Field<'_>) -> Result<String, ApiError> {
+    let mut text = Vec::new();
+    while let Some(chunk) = field.chunk().await.map_err(body_error)? {
+        if text.len() + chunk.len() > MAX_FILENAME {
+            return Err(ApiError::bad_request(format!(
+                "FileName is longer than {MAX_FILENAME} bytes"
+            )));
+        }
+        text.extend_from_slice(&chunk);
+    }
+    String::from_utf8(text).map_err(|_| ApiError::bad_request("FileName is not UTF-8"))
 }
 
 /// Streams `body` into `staged`, refusing anything past the Media API's maximum size.

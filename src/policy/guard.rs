@@ -59,6 +59,8 @@ impl Inspector {
             INSPECT_LIMIT
         };
         let room = limit.saturating_sub(self.start.len());
+        // Bytes past the limit are not kept: what is kept is then not the whole body.
+        let kept_all = bytes.len() <= room;
         self.start
             .extend_from_slice(&bytes[..bytes.len().min(room)]);
         let full = self.start.len() >= limit;
@@ -66,7 +68,7 @@ impl Inspector {
             (Some(essence), _) => Content {
                 declared: essence.clone(),
                 bytes: &self.start[..],
-                complete: end,
+                complete: end && kept_all,
             },
             (None, Some(boundary)) => match self.file_part(boundary, end || full) {
                 Ok(Some(found)) => found,
@@ -232,8 +234,8 @@ impl UploadGuard {
         self.received
     }
 
-    /// The size the head declares, 0 when it declares none (chunked).
-    pub fn declared_size(&self) -> u64 {
-        self.declared.unwrap_or(0)
+    /// The size the head declares, if it declares one.
+    pub fn declared_size(&self) -> Option<u64> {
+        self.declared
     }
 }

@@ -3,7 +3,7 @@
 //! `Media`) with its own `Content-Type`. Everything else streams through unparsed.
 
 /// The parameters of a header value such as `form-data; name="file"; filename="a b.png"`:
-/// names lower-cased, quoted values unquoted.
+/// names as written, quoted values unquoted.
 pub fn parameters(value: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();
     let mut rest = match value.split_once(';') {
@@ -13,7 +13,7 @@ pub fn parameters(value: &str) -> Vec<(String, String)> {
     loop {
         rest = rest.trim_start_matches([' ', '\t', ';']);
         let Some(eq) = rest.find('=') else { break };
-        let name = rest[..eq].trim().to_ascii_lowercase();
+        let name = rest[..eq].trim().to_string();
         let after = &rest[eq + 1..];
         let (value, remaining) = if let Some(quoted) = after.strip_prefix('"') {
             unquote(quoted)
@@ -49,7 +49,7 @@ fn unquote(text: &str) -> (String, &str) {
 pub fn boundary(content_type: &str) -> Option<String> {
     parameters(content_type)
         .into_iter()
-        .find(|(name, _)| name == "boundary")
+        .find(|(name, _)| name.eq_ignore_ascii_case("boundary"))
         .map(|(_, value)| value)
         .filter(|b| !b.is_empty() && b.len() <= 70)
 }
@@ -114,7 +114,10 @@ pub fn find_file_part(buf: &[u8], boundary: &str) -> Scan {
                 None => return Scan::NeedMore,
             }
         };
-        let head = PartHead::parse(headers);
+        let head = match PartHead::parse(headers) {
+            Ok(head) => head,
+            Err(why) => return Scan::Malformed(why),
+        };
         if head
             .name
             .as_deref()
@@ -141,27 +144,66 @@ struct PartHead {
 }
 
 impl PartHead {
-    fn parse(headers: &str) -> PartHead {
+    /// Reads a part's headers, refusing any that another multipart parser could read
+    /// differently (the upstream's own, say): then the part this proxy judged would not be the
+    /// part the upstream stores.
+    fn parse(headers: &str) -> Result<PartHead, &'static str> {
+        if has_bare_line_break(headers) {
+            return Err("a part header line ends without CRLF");
+        }
         let mut head = PartHead {
             name: None,
             content_type: None,
         };
+        let (mut dispositions, mut types) = (0, 0);
         for line in headers.split("\r\n") {
             let Some((field, value)) = line.split_once(':') else {
                 continue;
             };
             let field = field.trim();
             if field.eq_ignore_ascii_case("content-disposition") {
-                head.name = parameters(value)
-                    .into_iter()
-                    .find(|(name, _)| name == "name")
-                    .map(|(_, v)| v);
+                dispositions += 1;
+                head.name = disposition_name(value)?;
             } else if field.eq_ignore_ascii_case("content-type") {
+                types += 1;
                 head.content_type = Some(value.trim().to_string());
             }
         }
-        head
+        if dispositions > 1 || types > 1 {
+            return Err("a part repeats Content-Disposition or Content-Type");
+        }
+        Ok(head)
     }
+}
+
+fn has_bare_line_break(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    bytes.iter().enumerate().any(|(i, &b)| match b {
+        b'\n' => i == 0 || bytes[i - 1] != b'\r',
+        b'\r' => bytes.get(i + 1) != Some(&b'\n'),
+        _ => false,
+    })
+}
+
+/// The `name` of a `Content-Disposition` value, when it has exactly one, spelled `name`, and no
+/// `name=` hides inside a quoted value.
+fn disposition_name(value: &str) -> Result<Option<String>, &'static str> {
+    let params = parameters(value);
+    let names: Vec<&(String, String)> = params
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("name"))
+        .collect();
+    if names.len() > 1 || names.iter().any(|(n, _)| n != "name") {
+        return Err("a part's name is given twice or spelled unusually");
+    }
+    let visible = params
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("name") || n.eq_ignore_ascii_case("filename"))
+        .count();
+    if value.to_ascii_lowercase().matches("name=").count() > visible {
+        return Err("a part's Content-Disposition hides a name inside a quoted value");
+    }
+    Ok(names.first().map(|(_, v)| v.clone()))
 }
 
 /// The index of `needle` in `haystack` at or after `from`.
@@ -223,6 +265,26 @@ mod tests {
         }
         assert!(matches!(
             find_file_part(&FORM[..head_end], "XyZ"),
+            Scan::Found(_)
+        ));
+    }
+
+    #[test]
+    fn part_heads_that_parsers_could_read_differently_are_refused() {
+        let form = |head: &str| format!("--b\r\n{head}\r\n\r\nbytes\r\n--b--\r\n");
+        for head in [
+            "Content-Disposition: form-data; NAME=\"file\"\r\nContent-Type: image/png",
+            "Content-Disposition: form-data; x=\"; name=file z\"; name=\"decoy\"",
+            "Content-Disposition: form-data; name=\"file\"; name=\"other\"",
+            "Content-Disposition: form-data; name=\"decoy\"\r\nContent-Disposition: form-data; name=\"file\"",
+            "Content-Disposition: form-data; name=\"file\"\r\nContent-Type: image/png\r\nContent-Type: text/plain",
+            "Content-Disposition: form-data; name=\"file\"\nContent-Type: image/png",
+        ] {
+            assert!(matches!(find_file_part(form(head).as_bytes(), "b"), Scan::Malformed(_)), "{head}");
+        }
+        let fine = "Content-Disposition: form-data; name=\"file\"; filename=\"a;b.png\"\r\nContent-Type: image/png";
+        assert!(matches!(
+            find_file_part(form(fine).as_bytes(), "b"),
             Scan::Found(_)
         ));
     }

@@ -156,3 +156,13 @@ fn a_form_part_head_split_over_chunks_is_found() {
         RejectReason::TypeNotAllowed
     );
 }
+
+#[test]
+fn text_cut_by_the_sniff_window_inside_a_character_passes() {
+    let r = Arc::new(UploadRules::new(&Uploads::default()));
+    let mut guard = check_head(&r, &headers(&[("content-type", "text/plain")]), None).unwrap();
+    // 10 KiB of two-byte characters, offset by one so the 8 KiB window ends inside one.
+    let mut text = b"a".to_vec();
+    text.extend("я".repeat(5 * 1024).as_bytes());
+    assert!(guard.on_chunk(&text, true).is_ok());
+}

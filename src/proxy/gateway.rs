@@ -63,6 +63,8 @@ pub struct RequestCtx {
     upstream_waited: Option<Duration>,
     /// The `kind` of an upstream failure, for `mediagate_upstream_errors_total`.
     upstream_error: Option<&'static str>,
+    /// The status the upstream answered with.
+    upstream_status: Option<u16>,
 }
 
 impl Gateway {
@@ -106,7 +108,9 @@ impl Gateway {
             Ok(guard) => guard,
             Err(refusal) => return Ok(Err(refusal.into())),
         };
-        match self.reserve_quota(service, guard.declared_size()).await {
+        // Without a declared size, reserve the most it may be; settling gives back the rest.
+        let reserve = guard.declared_size().unwrap_or(rules.max_size);
+        match self.reserve_quota(service, reserve).await {
             Ok(permit) => ctx.permit = Some(permit),
             Err(rejection) => return Ok(Err(rejection)),
         }
@@ -125,6 +129,11 @@ impl Gateway {
             }
             session.enable_retry_buffering();
             let first = session.read_request_body().await?;
+            if session.as_ref().retry_buffer_truncated() {
+                // pingora could not keep the chunk to replay it upstream (it can exceed the
+                // buffer after a very large head): fail closed rather than lose inspected bytes.
+                return Ok(Err(Rejection::unreplayable()));
+            }
             (first, session.is_body_done())
         };
         Ok(guard
@@ -233,6 +242,7 @@ impl ProxyHttp for Gateway {
             upstream_sent: None,
             upstream_waited: None,
             upstream_error: None,
+            upstream_status: None,
         }
     }
 
@@ -336,6 +346,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         ctx.upstream_waited = ctx.upstream_sent.map(|sent| sent.elapsed());
+        ctx.upstream_status = Some(response.status.as_u16());
         if response.status.is_server_error() {
             ctx.upstream_error = Some("status_5xx");
         }
@@ -362,7 +373,7 @@ impl ProxyHttp for Gateway {
     ) -> FailToProxy {
         if let Some(rejection) = ctx.refusal.take() {
             let status = rejection.error.status;
-            if session.response_written().is_none() {
+            if final_status(session).is_none() {
                 if let Err(write_error) = refuse(session, ctx, rejection).await {
                     log::debug!("cannot send the refusal: {write_error}");
                 }
@@ -375,7 +386,7 @@ impl ProxyHttp for Gateway {
         let error = classify_failure(e);
         ctx.upstream_error = upstream_error_kind(e).or(ctx.upstream_error);
         let status = match &error {
-            Some(error) if session.response_written().is_none() => {
+            Some(error) if final_status(session).is_none() => {
                 let id = [(REQUEST_ID, ctx.request_id.as_str())];
                 if let Err(write_error) = reject::respond(session, error, &id).await {
                     log::debug!("cannot send the error answer: {write_error}");
@@ -398,9 +409,12 @@ impl ProxyHttp for Gateway {
 
     /// After the last byte, on every path: the quota reservation is settled, and the request
     /// is recorded, once, in the metrics and the access log.
-    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
-        let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        let stored = e.is_none() && ctx.rejected.is_none() && (200..300).contains(&status);
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = final_status(session).unwrap_or(0);
+        // Stored is the upstream's word: a client that vanishes after its body was sent must not
+        // get its upload refunded.
+        let stored =
+            ctx.rejected.is_none() && ctx.upstream_status.is_some_and(|s| (200..300).contains(&s));
         let sent = ctx.upload.as_ref().map(UploadGuard::received);
         if let Some(permit) = ctx.permit.take() {
             permit.settle(match sent {
@@ -432,6 +446,15 @@ async fn refuse(session: &mut Session, ctx: &mut RequestCtx, rejection: Rejectio
         reject::linger(session).await;
     }
     Ok(true)
+}
+
+/// The status of the final answer written to the client, if any: a `100 Continue` is not one.
+fn final_status(session: &Session) -> Option<u16> {
+    session
+        .response_written()
+        .map(|r| r.status)
+        .filter(|status| !status.is_informational())
+        .map(|status| status.as_u16())
 }
 
 /// Whether the client waits for `100 Continue` before it sends the body.

@@ -60,6 +60,18 @@ impl Rejection {
         }
     }
 
+    /// An upload whose first bytes could not be kept for the upstream after inspection.
+    pub fn unreplayable() -> Rejection {
+        Rejection {
+            error: ApiError::bad_request(
+                "The request head and the first body bytes are too large to inspect",
+            ),
+            reason: None,
+            allow: None,
+            retry_after: None,
+        }
+    }
+
     pub fn unauthorized() -> Rejection {
         Rejection::because(
             RejectReason::Unauthorized,

@@ -43,9 +43,14 @@ impl Window {
             .sum()
     }
 
+    /// Adds an amount at `at_ms`. An amount for a bucket whose slot a newer bucket has taken
+    /// over is dropped: it has left the window already, and the newer counts must stay.
     pub fn add(&mut self, at_ms: u64, amount: u64) {
         let number = self.bucket(at_ms);
         let slot = &mut self.slots[(number % SLOTS as u64) as usize];
+        if amount == 0 || slot.0 > number {
+            return;
+        }
         if slot.0 != number {
             *slot = (number, 0);
         }
@@ -140,6 +145,16 @@ mod tests {
         let wait = w.retry_after_ms(30_000, 1, 2);
         assert!(w.total(30_000 + wait - 1) + 1 > 2);
         assert!(w.total(30_000 + wait) < 2);
+    }
+
+    #[test]
+    fn a_late_addition_never_overwrites_a_newer_bucket() {
+        let mut w = Window::new(MINUTE);
+        let now = 10 * MINUTE;
+        w.add(now, 4);
+        // An upload reserved 13 buckets ago settles now: its bucket's slot is the current one.
+        w.add(now - 13 * 5_000, 1);
+        assert_eq!(w.total(now), 4);
     }
 
     #[test]
