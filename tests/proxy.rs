@@ -443,6 +443,35 @@ async fn an_https_upstream_is_trusted_through_the_configured_ca() {
 }
 
 #[tokio::test]
+async fn upstream_connections_are_pooled_and_kept_alive() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(ProxyConfig::to(&origin.url));
+    let service = new_service();
+    // Ten requests one after the other, each on a new client connection.
+    for _ in 0..10 {
+        let response = client()
+            .get(proxy.url(&unknown_media_path(&service)))
+            .header("Connection", "close")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    }
+    let peers: std::collections::HashSet<String> = origin
+        .requests_for(&service)
+        .iter()
+        .map(|e| e["peer"].as_str().unwrap().to_string())
+        .collect();
+    // Reuse, not one connection per request (a release racing the next request may open a
+    // second one).
+    assert!(
+        peers.len() <= 2,
+        "the proxy opened {} upstream connections for 10 requests",
+        peers.len()
+    );
+}
+
+#[tokio::test]
 async fn metrics_count_requests_and_health_answers() {
     let proxy = Proxy::start(ProxyConfig::to(&origin().url));
     let service = new_service();

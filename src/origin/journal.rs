@@ -5,6 +5,8 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
+use std::net::SocketAddr;
+
 use http::HeaderMap;
 use serde::Serialize;
 
@@ -22,6 +24,8 @@ pub struct Entry {
     pub twilio_token: bool,
     /// The `X-Request-Id` it carried.
     pub request_id: Option<String>,
+    /// The client's address: requests on one kept-alive connection share it.
+    pub peer: String,
     /// The answer's status; `null` while the request is still being served, 0 when it was
     /// abandoned (the client went away) before an answer.
     pub status: Option<u16>,
@@ -44,7 +48,13 @@ impl Journal {
     }
 
     /// Records a request as it arrives; the guard records its answer.
-    pub fn start(&self, method: &str, path: &str, headers: &HeaderMap) -> Pending {
+    pub fn start(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &HeaderMap,
+        peer: SocketAddr,
+    ) -> Pending {
         let mut inner = self.lock();
         inner.next_id += 1;
         let id = inner.next_id;
@@ -61,6 +71,7 @@ impl Journal {
                 .get("x-request-id")
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string),
+            peer: peer.to_string(),
             status: None,
         });
         Pending {

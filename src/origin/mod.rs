@@ -91,7 +91,7 @@ async fn serve(
     origin: Arc<Origin>,
 ) -> io::Result<()> {
     loop {
-        let (stream, _) = match listener.accept().await {
+        let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
                 // Out of file descriptors and the like: keep serving the connections we have.
@@ -104,22 +104,22 @@ async fn serve(
         tokio::spawn(async move {
             match tls {
                 Some(acceptor) => match acceptor.accept(stream).await {
-                    Ok(stream) => serve_connection(stream, origin).await,
+                    Ok(stream) => serve_connection(stream, peer, origin).await,
                     Err(e) => log::debug!("origin: TLS handshake failed: {e}"),
                 },
-                None => serve_connection(stream, origin).await,
+                None => serve_connection(stream, peer, origin).await,
             }
         });
     }
 }
 
-async fn serve_connection<S>(stream: S, origin: Arc<Origin>)
+async fn serve_connection<S>(stream: S, peer: SocketAddr, origin: Arc<Origin>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service = service_fn(move |req| {
         let origin = origin.clone();
-        async move { origin.handle(req).await }
+        async move { origin.handle(req, peer).await }
     });
     if let Err(e) = http1::Builder::new()
         .serve_connection(TokioIo::new(stream), service)

@@ -40,7 +40,12 @@ const JOURNAL_PATH: &str = "/_origin/requests";
 const MEDIA_SET_MAX_BODY: usize = 1 << 20;
 
 impl Origin {
-    pub async fn handle(&self, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    /// Answers one request that came in on a connection from `peer`.
+    pub async fn handle(
+        &self,
+        req: Request<Incoming>,
+        peer: std::net::SocketAddr,
+    ) -> Result<Response<Body>, Infallible> {
         if req.uri().path() == JOURNAL_PATH {
             return Ok(json_response(StatusCode::OK, self.journal.to_json()));
         }
@@ -51,7 +56,7 @@ impl Origin {
         };
         let pending = self
             .journal
-            .start(req.method().as_str(), target, req.headers());
+            .start(req.method().as_str(), target, req.headers(), peer);
         let response = self.route(req).await.unwrap_or_else(error_response);
         pending.answered(response.status().as_u16());
         Ok(response)
