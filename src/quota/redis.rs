@@ -154,6 +154,19 @@ impl Shared {
     }
 }
 
+fn release_slot_later(mut connection: ConnectionManager, key: String, slot: String) {
+    tokio::spawn(async move {
+        let released: redis::RedisResult<i64> = redis::cmd("ZREM")
+            .arg(&key)
+            .arg(&slot)
+            .query_async(&mut connection)
+            .await;
+        if released.is_err() {
+            crate::metrics::metrics().quota_backend_errors.inc();
+        }
+    });
+}
+
 /// What one admission took, to settle it later.
 struct Reservation {
     slot: String,
@@ -194,7 +207,13 @@ impl Quota for RedisQuota {
             .arg(BUCKETS)
             .invoke_async(&mut connection)
             .await
-            .map_err(|e| Refused::Backend(format!("redis: {e}")))?;
+            .map_err(|e| {
+                // The script may have run before the answer was lost: give back the slot it
+                // may hold now rather than one lease later. Its counts stay until their window
+                // passes, which errs towards refusing, never towards admitting more.
+                release_slot_later(connection.clone(), slots_key.clone(), slot.clone());
+                Refused::Backend(format!("redis: {e}"))
+            })?;
         let (verdict, retry_after_ms, upload_bucket, bytes_bucket) = answer;
         let reason = match verdict.as_str() {
             "ok" => None,
