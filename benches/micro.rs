@@ -50,7 +50,7 @@ fn upload_policy(c: &mut Criterion) {
     raw.insert("content-length", "10485760".parse().unwrap());
     c.bench_function("policy_raw_head_and_sniff_64k", |b| {
         b.iter(|| {
-            let mut guard = check_head(&rules, black_box(&raw), None).unwrap();
+            let mut guard = check_head(&rules, black_box(&raw)).unwrap();
             guard.inspect_early(black_box(&png), false).unwrap();
         })
     });
@@ -64,7 +64,7 @@ fn upload_policy(c: &mut Criterion) {
     );
     c.bench_function("policy_multipart_head_and_sniff_64k", |b| {
         b.iter(|| {
-            let mut guard = check_head(&rules, black_box(&multipart), None).unwrap();
+            let mut guard = check_head(&rules, black_box(&multipart)).unwrap();
             guard.inspect_early(black_box(&form), false).unwrap();
         })
     });
@@ -75,7 +75,7 @@ fn upload_policy(c: &mut Criterion) {
     plain.insert("content-type", "text/plain".parse().unwrap());
     c.bench_function("policy_text_utf8_check_64k", |b| {
         b.iter(|| {
-            let mut guard = check_head(&rules, black_box(&plain), None).unwrap();
+            let mut guard = check_head(&rules, black_box(&plain)).unwrap();
             let _ = guard.inspect_early(black_box(&text), false);
         })
     });

@@ -100,16 +100,11 @@ impl Refusal {
     }
 }
 
-/// Judges an upload's head (`raw_head`: as received, see [`sizes::declared`]). On success, the
-/// guard to follow its body with; it holds an inspector when the first bytes must be seen before
-/// the upload may go upstream.
-pub fn check_head(
-    rules: &Arc<UploadRules>,
-    headers: &HeaderMap,
-    raw_head: Option<&[u8]>,
-) -> Result<UploadGuard, Refusal> {
-    let declared = sizes::declared(headers, raw_head)
-        .map_err(|e| Refusal::new(RejectReason::SizeMismatch, e.0))?;
+/// Judges an upload's head. On success, the guard to follow its body with; it holds an
+/// inspector when the first bytes must be seen before the upload may go upstream.
+pub fn check_head(rules: &Arc<UploadRules>, headers: &HeaderMap) -> Result<UploadGuard, Refusal> {
+    let declared =
+        sizes::declared(headers).map_err(|e| Refusal::new(RejectReason::SizeMismatch, e.0))?;
     if rules.require_content_size && declared.content_size.is_none() {
         return Err(Refusal::new(
             RejectReason::SizeMismatch,

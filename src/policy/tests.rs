@@ -25,46 +25,41 @@ fn reason(result: Result<UploadGuard, Refusal>) -> Option<&'static str> {
 fn head_checks() {
     let r = rules(true);
     assert_eq!(
-        reason(check_head(&r, &headers(&[]), None)),
+        reason(check_head(&r, &headers(&[]))),
         Some("content_type_missing")
     );
     assert_eq!(
         reason(check_head(
             &r,
-            &headers(&[("content-type", "application/x-www-form-urlencoded")]),
-            None
+            &headers(&[("content-type", "application/x-www-form-urlencoded")])
         )),
         Some("content_type_missing")
     );
     assert_eq!(
         reason(check_head(
             &r,
-            &headers(&[("content-type", "application/x-sh")]),
-            None
+            &headers(&[("content-type", "application/x-sh")])
         )),
         Some("type_not_allowed")
     );
     assert_eq!(
         reason(check_head(
             &r,
-            &headers(&[("content-type", "image/png"), ("content-length", "1001")]),
-            None
+            &headers(&[("content-type", "image/png"), ("content-length", "1001")])
         )),
         Some("too_large")
     );
     assert_eq!(
         reason(check_head(
             &r,
-            &headers(&[("content-type", "image/png"), ("content-size", "1e3")]),
-            None
+            &headers(&[("content-type", "image/png"), ("content-size", "1e3")])
         )),
         Some("size_mismatch")
     );
     assert_eq!(
         reason(check_head(
             &r,
-            &headers(&[("content-type", "multipart/form-data")]),
-            None
+            &headers(&[("content-type", "multipart/form-data")])
         )),
         Some("content_type_missing")
     );
@@ -73,8 +68,7 @@ fn head_checks() {
         &headers(&[
             ("content-type", "IMAGE/PNG; x=y"),
             ("content-length", "1000")
-        ]),
-        None
+        ])
     )
     .is_ok());
 }
@@ -82,11 +76,11 @@ fn head_checks() {
 #[test]
 fn raw_uploads_are_inspected_only_when_sniffing() {
     let png = headers(&[("content-type", "image/png")]);
-    assert!(check_head(&rules(true), &png, None).unwrap().inspecting());
-    assert!(!check_head(&rules(false), &png, None).unwrap().inspecting());
+    assert!(check_head(&rules(true), &png).unwrap().inspecting());
+    assert!(!check_head(&rules(false), &png).unwrap().inspecting());
     let form = headers(&[("content-type", "multipart/form-data; boundary=b")]);
     assert!(
-        check_head(&rules(false), &form, None).unwrap().inspecting(),
+        check_head(&rules(false), &form).unwrap().inspecting(),
         "a form's type is in its body"
     );
 }
@@ -95,21 +89,21 @@ fn raw_uploads_are_inspected_only_when_sniffing() {
 fn the_guard_counts_against_limits_and_content_size() {
     let r = rules(false);
     let head = headers(&[("content-type", "image/png"), ("content-size", "10")]);
-    let mut guard = check_head(&r, &head, None).unwrap();
+    let mut guard = check_head(&r, &head).unwrap();
     assert!(guard.on_chunk(&[0; 6], false).is_ok());
     assert_eq!(
         guard.on_chunk(&[0; 6], false).unwrap_err().reason,
         RejectReason::SizeMismatch
     );
 
-    let mut short = check_head(&r, &head, None).unwrap();
+    let mut short = check_head(&r, &head).unwrap();
     assert!(short.on_chunk(&[0; 6], false).is_ok());
     assert_eq!(
         short.on_chunk(&[], true).unwrap_err().reason,
         RejectReason::SizeMismatch
     );
 
-    let mut chunked = check_head(&r, &headers(&[("content-type", "image/png")]), None).unwrap();
+    let mut chunked = check_head(&r, &headers(&[("content-type", "image/png")])).unwrap();
     assert!(chunked.on_chunk(&[0; 1000], false).is_ok());
     assert_eq!(
         chunked.on_chunk(&[0; 1], false).unwrap_err().reason,
@@ -120,7 +114,7 @@ fn the_guard_counts_against_limits_and_content_size() {
 #[test]
 fn early_inspection_is_not_repeated_when_the_chunk_is_replayed() {
     let r = rules(true);
-    let mut guard = check_head(&r, &headers(&[("content-type", "text/plain")]), None).unwrap();
+    let mut guard = check_head(&r, &headers(&[("content-type", "text/plain")])).unwrap();
     // A first chunk that ends inside a two-byte character: fine while more may follow.
     let text = "abcdefghijklmnopqrstuvwxyzé".as_bytes();
     let (first, rest) = text.split_at(text.len() - 1);
@@ -137,20 +131,20 @@ fn a_form_part_head_split_over_chunks_is_found() {
     let head = headers(&[("content-type", "multipart/form-data; boundary=\"q b\"")]);
     let body = b"--q b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x.png\"\r\nContent-Type: image/png\r\n\r\n\x89PNG\r\n\x1a\n0123456789\r\n--q b--\r\n";
     for split in 1..body.len() {
-        let mut guard = check_head(&r, &head, None).unwrap();
+        let mut guard = check_head(&r, &head).unwrap();
         let (a, b) = body.split_at(split);
         assert!(guard.on_chunk(a, false).is_ok(), "split at {split}");
         assert!(guard.on_chunk(b, true).is_ok(), "split at {split}");
         assert!(!guard.inspecting());
     }
     let wrong = b"--q b\r\nContent-Disposition: form-data; name=\"Media\"\r\nContent-Type: image/png\r\n\r\n%PDF-1.4 not a png at all\r\n--q b--\r\n";
-    let mut guard = check_head(&r, &head, None).unwrap();
+    let mut guard = check_head(&r, &head).unwrap();
     assert_eq!(
         guard.on_chunk(wrong, true).unwrap_err().reason,
         RejectReason::SniffMismatch
     );
     let exe = b"--q b\r\nContent-Disposition: form-data; name=\"file\"\r\nContent-Type: application/x-msdownload\r\n\r\nMZ";
-    let mut guard = check_head(&r, &head, None).unwrap();
+    let mut guard = check_head(&r, &head).unwrap();
     assert_eq!(
         guard.on_chunk(exe, false).unwrap_err().reason,
         RejectReason::TypeNotAllowed
@@ -160,7 +154,7 @@ fn a_form_part_head_split_over_chunks_is_found() {
 #[test]
 fn text_cut_by_the_sniff_window_inside_a_character_passes() {
     let r = Arc::new(UploadRules::new(&Uploads::default()));
-    let mut guard = check_head(&r, &headers(&[("content-type", "text/plain")]), None).unwrap();
+    let mut guard = check_head(&r, &headers(&[("content-type", "text/plain")])).unwrap();
     // 10 KiB of two-byte characters, offset by one so the 8 KiB window ends inside one.
     let mut text = b"a".to_vec();
     text.extend("я".repeat(5 * 1024).as_bytes());

@@ -97,14 +97,7 @@ impl Gateway {
         service: &ServiceSid,
     ) -> Result<Result<UploadGuard, Rejection>> {
         let rules = self.uploads.for_service(service);
-        let head = session.req_header();
-        // Only needed when the parser may have dropped a Content-Length (see policy).
-        let raw_head = head
-            .headers
-            .contains_key(http::header::TRANSFER_ENCODING)
-            .then(|| session.as_http1().map(|h1| h1.get_headers_raw_bytes()))
-            .flatten();
-        let mut guard = match policy::check_head(rules, &head.headers, raw_head.as_deref()) {
+        let mut guard = match policy::check_head(rules, &session.req_header().headers) {
             Ok(guard) => guard,
             Err(refusal) => return Ok(Err(refusal.into())),
         };
@@ -261,6 +254,15 @@ impl ProxyHttp for Gateway {
         let service = route.service().clone();
         let is_upload = route.kind() == RouteKind::Upload;
         ctx.route = Some(route);
+        if let Err(why) = check_framing(session) {
+            return refuse(
+                session,
+                ctx,
+                Rejection::because(RejectReason::SizeMismatch, why),
+            )
+            .await;
+        }
+        let head = session.req_header();
         let authorization = head
             .headers
             .get(http::header::AUTHORIZATION)
@@ -446,6 +448,17 @@ async fn refuse(session: &mut Session, ctx: &mut RequestCtx, rejection: Rejectio
         reject::linger(session).await;
     }
     Ok(true)
+}
+
+/// The request's body framing (see `framing`). The raw head is only read when the parser may
+/// have dropped a `Content-Length`.
+fn check_framing(session: &Session) -> Result<(), &'static str> {
+    let headers = &session.req_header().headers;
+    let raw_head = headers
+        .contains_key(http::header::TRANSFER_ENCODING)
+        .then(|| session.as_http1().map(|h1| h1.get_headers_raw_bytes()))
+        .flatten();
+    super::framing::check(headers, raw_head.as_deref())
 }
 
 /// The status of the final answer written to the client, if any: a `100 Continue` is not one.

@@ -5,6 +5,7 @@
 mod access;
 mod admin;
 mod credentials;
+mod framing;
 mod gateway;
 mod reject;
 mod upstream;
