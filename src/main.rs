@@ -81,7 +81,7 @@ fn main() -> ExitCode {
             }
             Config::load(&config)
                 .map_err(|e| e.to_string())
-                .and_then(proxy::run)
+                .and_then(|loaded| proxy::run(loaded, &config))
         }
         Command::Check { config } => match Config::load(&config) {
             Ok(config) => {

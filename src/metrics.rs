@@ -74,6 +74,8 @@ pub struct Metrics {
     pub quota_backend_errors: IntCounter,
     /// Access log lines dropped because the writer fell behind.
     pub access_log_dropped: IntCounter,
+    /// `result`: `ok`, `error`.
+    pub config_reloads: IntCounterVec,
     pub build_info: IntGaugeVec,
 }
 
@@ -168,6 +170,11 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "mediagate_access_log_dropped_total",
             "Access log lines dropped because the log writer fell behind.",
         ),
+        config_reloads: counters(
+            "mediagate_config_reloads_total",
+            "Configuration reloads (SIGHUP), by result.",
+            &["result"],
+        ),
         build_info: gauges(
             "mediagate_build_info",
             "Always 1; the version label says which build runs.",
@@ -185,6 +192,9 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     }
     for kind in UPSTREAM_ERROR_KINDS {
         m.upstream_errors.with_label_values(&[kind]);
+    }
+    for result in ["ok", "error"] {
+        m.config_reloads.with_label_values(&[result]);
     }
     m
 });

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use http::Method;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -26,15 +27,36 @@ use crate::policy::{self, UploadGuard, UploadPolicies};
 use crate::quota::{LimitBook, Outcome, Permit, Quota, Refused};
 
 pub struct Gateway {
+    /// What the configuration decides, swapped whole when it is reloaded (see `reload`).
+    settings: Arc<ArcSwap<Settings>>,
+    /// Lives across reloads: the quota counts must not start over.
+    quota: Arc<dyn Quota>,
+    access_log: AccessLog,
+}
+
+/// Everything a reload may change. A request keeps the settings it started with.
+pub struct Settings {
     access: AccessControl,
     uploads: UploadPolicies,
-    quota: Arc<dyn Quota>,
     limits: LimitBook,
     on_quota_backend_error: OnBackendError,
     credentials: Injector,
     upstream: UpstreamTarget,
     metrics: RequestMetrics,
-    access_log: AccessLog,
+}
+
+impl Settings {
+    pub fn new(config: &Config) -> Result<Settings, String> {
+        Ok(Settings {
+            access: AccessControl::new(config),
+            uploads: UploadPolicies::new(config),
+            limits: LimitBook::new(config),
+            on_quota_backend_error: config.quotas.on_backend_error,
+            credentials: Injector::new(config)?,
+            upstream: UpstreamTarget::new(&config.upstream)?,
+            metrics: RequestMetrics::new(config.services.keys()),
+        })
+    }
 }
 
 /// The header that carries a request's id, to the upstream and back to the client.
@@ -43,6 +65,7 @@ const REQUEST_ID: &str = "x-request-id";
 /// What one request carries from phase to phase.
 pub struct RequestCtx {
     started: Instant,
+    settings: Arc<Settings>,
     /// The client's `X-Request-Id` when usable, else one made here.
     request_id: String,
     route: Option<Route>,
@@ -68,22 +91,20 @@ pub struct RequestCtx {
 }
 
 impl Gateway {
-    pub fn new(config: &Config, quota: Arc<dyn Quota>) -> Result<Gateway, String> {
-        Ok(Gateway {
-            access: AccessControl::new(config),
-            uploads: UploadPolicies::new(config),
+    pub fn new(
+        config: &Config,
+        settings: Arc<ArcSwap<Settings>>,
+        quota: Arc<dyn Quota>,
+    ) -> Gateway {
+        Gateway {
+            settings,
             quota,
-            limits: LimitBook::new(config),
-            on_quota_backend_error: config.quotas.on_backend_error,
-            credentials: Injector::new(config)?,
-            upstream: UpstreamTarget::new(&config.upstream)?,
-            metrics: RequestMetrics::new(config.services.keys()),
             access_log: if config.server.access_log {
                 AccessLog::to_stdout()
             } else {
                 AccessLog::off()
             },
-        })
+        }
     }
 
     /// An upload's head checks, then the inspection of its first body chunk when that is
@@ -96,18 +117,19 @@ impl Gateway {
         ctx: &mut RequestCtx,
         service: &ServiceSid,
     ) -> Result<Result<UploadGuard, Rejection>> {
-        let rules = self.uploads.for_service(service);
+        let settings = ctx.settings.clone();
+        let rules = settings.uploads.for_service(service);
         let mut guard = match policy::check_head(rules, &session.req_header().headers) {
             Ok(guard) => guard,
             Err(refusal) => return Ok(Err(refusal.into())),
         };
         // Without a declared size, reserve the most it may be; settling gives back the rest.
         let reserve = guard.declared_size().unwrap_or(rules.max_size);
-        match self.reserve_quota(service, reserve).await {
+        match self.reserve_quota(&settings, service, reserve).await {
             Ok(permit) => ctx.permit = Some(permit),
             Err(rejection) => return Ok(Err(rejection)),
         }
-        ctx.in_flight = Some(self.metrics.upload_started(service));
+        ctx.in_flight = Some(settings.metrics.upload_started(service));
         if !guard.inspecting() {
             return Ok(Ok(guard));
         }
@@ -137,15 +159,20 @@ impl Gateway {
 
     /// Reserves one upload and its declared bytes, and a concurrency slot. When the backend
     /// cannot be asked, `quotas.on_backend_error` decides.
-    async fn reserve_quota(&self, service: &ServiceSid, bytes: u64) -> Result<Permit, Rejection> {
-        let limits = self.limits.for_service(service);
+    async fn reserve_quota(
+        &self,
+        settings: &Settings,
+        service: &ServiceSid,
+        bytes: u64,
+    ) -> Result<Permit, Rejection> {
+        let limits = settings.limits.for_service(service);
         match self.quota.admit(service, limits, bytes).await {
             Ok(permit) => Ok(permit),
             Err(Refused::Over(over)) => Err(Rejection::over_quota(&over)),
             Err(Refused::Backend(e)) => {
                 metrics().quota_backend_errors.inc();
                 log::warn!("quota backend: {e}");
-                match self.on_quota_backend_error {
+                match settings.on_quota_backend_error {
                     OnBackendError::Allow => Ok(Permit::free()),
                     OnBackendError::Deny => Err(Rejection::quota_backend()),
                 }
@@ -171,7 +198,7 @@ impl Gateway {
             rejected: ctx.rejected,
             upstream_error: ctx.upstream_error,
         };
-        self.metrics.record(&record);
+        ctx.settings.metrics.record(&record);
         self.access_log.write(&AccessEntry {
             ts: chrono::Utc::now()
                 .format("%Y-%m-%dT%H:%M:%S%.6fZ")
@@ -224,6 +251,7 @@ impl ProxyHttp for Gateway {
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
             started: Instant::now(),
+            settings: self.settings.load_full(),
             request_id: String::new(),
             route: None,
             upload: None,
@@ -267,7 +295,7 @@ impl ProxyHttp for Gateway {
             .headers
             .get(http::header::AUTHORIZATION)
             .map(|v| v.as_bytes());
-        if let Err(rejection) = self.access.check(authorization, &service) {
+        if let Err(rejection) = ctx.settings.access.check(authorization, &service) {
             return refuse(session, ctx, rejection).await;
         }
         if is_upload {
@@ -309,9 +337,9 @@ impl ProxyHttp for Gateway {
     async fn upstream_peer(
         &self,
         _session: &mut Session,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        self.upstream.peer().await
+        ctx.settings.upstream.peer().await
     }
 
     /// Upstream request head: the client's credentials out, the service's Basic in, and the
@@ -329,12 +357,15 @@ impl ProxyHttp for Gateway {
                 "proxying a request without a route",
             );
         };
-        self.credentials.apply(request, route.service());
+        ctx.settings.credentials.apply(request, route.service());
         if ctx.continued {
             // The client has its 100 Continue; the upstream's would be a second one.
             request.remove_header(&http::header::EXPECT);
         }
-        request.insert_header(http::header::HOST, self.upstream.host_header().clone())?;
+        request.insert_header(
+            http::header::HOST,
+            ctx.settings.upstream.host_header().clone(),
+        )?;
         request.insert_header(REQUEST_ID, &ctx.request_id)?;
         ctx.upstream_sent = Some(Instant::now());
         Ok(())

@@ -8,9 +8,15 @@ mod credentials;
 mod framing;
 mod gateway;
 mod reject;
+mod reload;
 mod upstream;
 
 use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use pingora::services::background::background_service;
 
 use pingora::apps::http_app::HttpServer;
 use pingora::server::configuration::ServerConf;
@@ -24,13 +30,15 @@ use crate::config::{Config, OnBackendError};
 /// How long pingora waits for runtimes to stop once the grace period is over.
 const RUNTIME_SHUTDOWN_SECS: u64 = 1;
 
-/// Builds the server and runs it until a signal ends it. Returns only on a start-up error.
-pub fn run(config: Config) -> Result<(), String> {
+/// Builds the server and runs it until a signal ends it; SIGHUP reloads `path`. Returns only
+/// on a start-up error.
+pub fn run(config: Config, path: &Path) -> Result<(), String> {
     // pingora reports a busy port only in its log; check first so the error is plain.
     ensure_can_listen(config.server.listen, "server.listen")?;
     ensure_can_listen(config.server.metrics_listen, "server.metrics_listen")?;
     let quota = crate::quota::backend(&config)?;
-    let gateway = Gateway::new(&config, quota.clone())?;
+    let settings = Arc::new(ArcSwap::from_pointee(gateway::Settings::new(&config)?));
+    let gateway = Gateway::new(&config, settings.clone(), quota.clone());
     let required_quota = (config.quotas.on_backend_error == OnBackendError::Deny).then_some(quota);
     crate::metrics::init();
 
@@ -50,8 +58,10 @@ pub fn run(config: Config) -> Result<(), String> {
     );
     admin.add_tcp(&config.server.metrics_listen.to_string());
 
+    let reloader = reload::Reloader::new(path.to_path_buf(), config.clone(), settings);
     server.add_service(proxy);
     server.add_service(admin);
+    server.add_service(background_service("config reload", reloader));
     log::info!(
         "mediagate proxy on {} → {}, metrics on {}",
         config.server.listen,

@@ -346,6 +346,17 @@ impl Proxy {
         format!("http://{}{path}", self.listen)
     }
 
+    /// Writes a new configuration to the proxy's file (same listeners), for a reload.
+    pub fn rewrite_config(&self, config: &ProxyConfig) {
+        let path = self.dir.path().join("mediagate.yaml");
+        std::fs::write(path, config.render(self.listen, self.metrics)).expect("rewrite config");
+    }
+
+    /// Writes text to the proxy's configuration file as is.
+    pub fn write_config_text(&self, text: &str) {
+        std::fs::write(self.dir.path().join("mediagate.yaml"), text).expect("write config");
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("proxy.log")).unwrap_or_default()
     }

@@ -1,0 +1,99 @@
+//! Configuration reload on SIGHUP. The file is read and validated again; if it is good, new
+//! settings (access, upload policy, quota limits, credentials, upstream, metric label sets)
+//! replace the old ones at once, while requests already running finish with the settings they
+//! started with and no connection is dropped. A file that fails validation is refused with a
+//! log line, and the running configuration stays. Listeners, threads, the access log switch and
+//! the quota backend are fixed at start: changing them needs a restart (or pingora's SIGQUIT
+//! hand-over, see the README).
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+
+use super::gateway::Settings;
+use crate::config::Config;
+use crate::metrics::metrics;
+
+pub struct Reloader {
+    path: PathBuf,
+    running: Mutex<Config>,
+    settings: Arc<ArcSwap<Settings>>,
+}
+
+impl Reloader {
+    pub fn new(path: PathBuf, running: Config, settings: Arc<ArcSwap<Settings>>) -> Reloader {
+        Reloader {
+            path,
+            running: Mutex::new(running),
+            settings,
+        }
+    }
+
+    /// Reads the file again and, if it is valid, puts its settings in force.
+    pub fn reload(&self) -> Result<(), String> {
+        let config = Config::load(&self.path).map_err(|e| e.to_string())?;
+        let settings = Settings::new(&config)?;
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        for key in fixed_keys_changed(&running, &config) {
+            log::warn!(
+                "configuration reload: {key} changes only with a restart; the running value stays"
+            );
+        }
+        self.settings.store(Arc::new(settings));
+        *running = config;
+        Ok(())
+    }
+}
+
+/// The keys a reload cannot apply, among those that differ.
+fn fixed_keys_changed(running: &Config, new: &Config) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    if printed(&running.server) != printed(&new.server) {
+        changed.push("server");
+    }
+    if running.quotas.backend != new.quotas.backend {
+        changed.push("quotas.backend");
+    }
+    if running.quotas.slot_lease != new.quotas.slot_lease {
+        changed.push("quotas.slot_lease");
+    }
+    changed
+}
+
+/// A configuration block as YAML, to compare blocks without deriving equality on each.
+fn printed<T: serde::Serialize>(block: &T) -> String {
+    serde_yaml::to_string(block).unwrap_or_default()
+}
+
+#[async_trait]
+impl BackgroundService for Reloader {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(hangups) => hangups,
+            Err(e) => {
+                log::error!("configuration reload: cannot listen for SIGHUP: {e}");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = hangups.recv() => match self.reload() {
+                    Ok(()) => {
+                        metrics().config_reloads.with_label_values(&["ok"]).inc();
+                        log::info!("configuration reloaded from {}", self.path.display());
+                    }
+                    Err(e) => {
+                        metrics().config_reloads.with_label_values(&["error"]).inc();
+                        log::error!("configuration reload refused, the running configuration stays: {e}");
+                    }
+                },
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
