@@ -11,3 +11,6 @@ pub mod policy;
 pub mod process;
 pub mod proxy;
 pub mod quota;
+
+#[cfg(test)]
+mod test_util;

@@ -67,17 +67,7 @@ pub fn parse_decimal(text: &str) -> Option<u64> {
 mod tests {
     use super::*;
 
-    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for (name, value) in pairs {
-            map.append(*name, value.parse().unwrap());
-        }
-        map
-    }
-
-    fn declared_from(map: &HeaderMap) -> Result<Declared, SizeError> {
-        declared(map)
-    }
+    use crate::test_util::headers;
 
     #[test]
     fn plain_numbers_only() {
@@ -100,34 +90,34 @@ mod tests {
 
     #[test]
     fn both_headers_must_agree() {
-        let ok = declared_from(&headers(&[
+        let ok = declared(&headers(&[
             ("content-length", "10"),
             ("content-size", "10"),
         ]))
         .unwrap();
         assert_eq!(ok.expected(), Some(10));
-        assert!(declared_from(&headers(&[
+        assert!(declared(&headers(&[
             ("content-length", "10"),
             ("content-size", "11")
         ]))
         .is_err());
         assert_eq!(
-            declared_from(&headers(&[("content-size", "7")]))
+            declared(&headers(&[("content-size", "7")]))
                 .unwrap()
                 .expected(),
             Some(7)
         );
-        assert_eq!(declared_from(&headers(&[])).unwrap().expected(), None);
+        assert_eq!(declared(&headers(&[])).unwrap().expected(), None);
     }
 
     #[test]
     fn repeated_or_conflicting_framing_is_refused() {
-        assert!(declared_from(&headers(&[
+        assert!(declared(&headers(&[
             ("content-length", "10"),
             ("content-length", "10")
         ]))
         .is_err());
-        assert!(declared_from(&headers(&[("content-size", "1"), ("content-size", "1")])).is_err());
-        assert!(declared_from(&headers(&[("content-size", "-1")])).is_err());
+        assert!(declared(&headers(&[("content-size", "1"), ("content-size", "1")])).is_err());
+        assert!(declared(&headers(&[("content-size", "-1")])).is_err());
     }
 }

@@ -9,13 +9,7 @@ fn rules(sniff: bool) -> Arc<UploadRules> {
     }))
 }
 
-fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
-    let mut map = HeaderMap::new();
-    for (name, value) in pairs {
-        map.append(*name, value.parse().unwrap());
-    }
-    map
-}
+use crate::test_util::headers;
 
 fn reason(result: Result<UploadGuard, Refusal>) -> Option<&'static str> {
     result.err().map(|r| r.reason.label())

@@ -36,13 +36,7 @@ fn has_header_line(raw: &[u8], name: &[u8]) -> bool {
 mod tests {
     use super::*;
 
-    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for (name, value) in pairs {
-            map.append(*name, value.parse().unwrap());
-        }
-        map
-    }
+    use crate::test_util::headers;
 
     #[test]
     fn one_length_or_chunked_passes() {
