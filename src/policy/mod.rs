@@ -12,11 +12,12 @@ use std::sync::Arc;
 
 use http::HeaderMap;
 
-pub use content_type::{essence, TypeMatcher};
-pub use guard::{Inspector, UploadGuard, Verdict, INSPECT_LIMIT};
-pub use multipart::{boundary, find_file_part, Scan};
-pub use sizes::{declared, parse_decimal, Declared};
-pub use sniff::executable;
+pub use content_type::TypeMatcher;
+pub use guard::UploadGuard;
+
+use content_type::essence;
+use guard::Inspector;
+use multipart::boundary;
 
 use crate::api::{RejectReason, ServiceSid};
 use crate::config::{Config, Uploads};
