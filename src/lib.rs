@@ -3,6 +3,7 @@
 
 pub mod access_log;
 pub mod api;
+pub mod cache;
 pub mod config;
 pub mod demo;
 pub mod metrics;

@@ -51,6 +51,12 @@ enum Command {
         tls_cert: Option<PathBuf>,
         #[arg(long, value_name = "F", requires = "tls_cert")]
         tls_key: Option<PathBuf>,
+        /// How long the temporary content URLs it signs stay valid.
+        #[arg(long, value_name = "SECS", default_value_t = mediagate::api::TEMPORARY_URL_TTL_SECS)]
+        url_ttl: u64,
+        /// Send this Cache-Control with every successful read (e.g. "no-store").
+        #[arg(long, value_name = "VALUE")]
+        cache_control: Option<String>,
         /// Exit when standard input closes.
         #[arg(long)]
         exit_with_parent: bool,
@@ -97,6 +103,8 @@ fn main() -> ExitCode {
             auth_token,
             tls_cert,
             tls_key,
+            url_ttl,
+            cache_control,
             exit_with_parent,
         } => {
             if exit_with_parent {
@@ -108,6 +116,8 @@ fn main() -> ExitCode {
                 account_sid,
                 auth_token,
                 tls: tls_cert.zip(tls_key),
+                url_ttl_secs: url_ttl,
+                cache_control,
             })
         }
         Command::Demo {

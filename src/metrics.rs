@@ -17,6 +17,7 @@ use pingora_prometheus::prometheus::{
 };
 
 use crate::api::{RejectReason, RouteKind, ServiceSid};
+use crate::cache;
 
 /// Latency buckets, 0.5 ms to 60 s.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -38,10 +39,6 @@ const SIZE_BUCKETS: &[f64] = &[
     268435456.0,
 ];
 
-/// The `kind` values of the cache families.
-pub const CACHE_KINDS: [&str; 2] = ["metadata", "content"];
-/// The `result` values of `mediagate_cache_requests_total`.
-pub const CACHE_RESULTS: [&str; 4] = ["hit", "miss", "stale", "bypass"];
 /// The `kind` values of `mediagate_upstream_errors_total`.
 pub const UPSTREAM_ERROR_KINDS: [&str; 4] = ["connect", "timeout", "reset", "status_5xx"];
 
@@ -183,10 +180,10 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     };
     // Families with fixed label values are exported from the start, at zero, so dashboards
     // and alerts find every series before the first event.
-    for kind in CACHE_KINDS {
+    for kind in cache::Kind::ALL.map(cache::Kind::label) {
         m.cache_bytes.with_label_values(&[kind]);
         m.cache_evictions.with_label_values(&[kind]);
-        for result in CACHE_RESULTS {
+        for result in cache::Outcome::ALL.map(cache::Outcome::label) {
             m.cache_requests.with_label_values(&[kind, result]);
         }
     }
@@ -238,6 +235,8 @@ pub struct RequestRecord<'a> {
     pub uploaded: Option<u64>,
     pub rejected: Option<RejectReason>,
     pub upstream_error: Option<&'static str>,
+    /// What the cache did, for cacheable reads.
+    pub cache: Option<(cache::Kind, cache::Outcome)>,
 }
 
 const ROUTES: usize = RouteKind::ALL.len();
@@ -293,6 +292,8 @@ pub struct RequestMetrics {
     other: ServiceHandles,
     /// `"0"` to `"599"`: status label values without formatting per request.
     statuses: Vec<String>,
+    /// `mediagate_cache_requests_total`, by kind then outcome.
+    cache_requests: [[IntCounter; cache::Outcome::ALL.len()]; cache::Kind::ALL.len()],
 }
 
 impl RequestMetrics {
@@ -308,6 +309,12 @@ impl RequestMetrics {
                 .collect(),
             other: ServiceHandles::new("other"),
             statuses: (0..600).map(|s| s.to_string()).collect(),
+            cache_requests: cache::Kind::ALL.map(|kind| {
+                cache::Outcome::ALL.map(|outcome| {
+                    m.cache_requests
+                        .with_label_values(&[kind.label(), outcome.label()])
+                })
+            }),
         }
     }
 
@@ -343,6 +350,9 @@ impl RequestMetrics {
         }
         if let Some(reason) = r.rejected {
             service.rejections[reason_index(reason)].inc();
+        }
+        if let Some((kind, outcome)) = r.cache {
+            self.cache_requests[kind as usize][outcome as usize].inc();
         }
         if let Some(kind) = r.upstream_error {
             metrics().upstream_errors.with_label_values(&[kind]).inc();

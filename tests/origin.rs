@@ -34,16 +34,6 @@ async fn create(origin: &Origin, url: String, content_type: &str, body: Vec<u8>)
     response.json().await.expect("media JSON")
 }
 
-async fn upload_raw(origin: &Origin, service: &str, bytes: &[u8], content_type: &str) -> Value {
-    create(
-        origin,
-        media_url(origin, service),
-        content_type,
-        bytes.to_vec(),
-    )
-    .await
-}
-
 fn multipart_type(boundary: &str) -> String {
     format!("multipart/form-data; boundary={boundary}")
 }
@@ -156,8 +146,7 @@ async fn untyped_raw_uploads_and_missing_filenames() {
     let origin = shared();
     let service = new_service();
     // curl's default form type means "not given".
-    let media = upload_raw(
-        origin,
+    let media = origin.upload(
         &service,
         b"hello",
         "application/x-www-form-urlencoded",
@@ -222,7 +211,7 @@ async fn malformed_sids_unknown_media_and_oversized_uploads_get_the_error_json()
     );
 
     // A media of another service is as unknown as a missing one.
-    let media = upload_raw(origin, &service, b"mine", "text/plain").await;
+    let media = origin.upload(&service, b"mine", "text/plain").await;
     let other = new_service();
     let response = get(format!(
         "/v1/Services/{other}/Media/{}",
@@ -253,7 +242,7 @@ async fn content_redirects_to_a_signed_url_that_serves_bytes_ranges_and_etags() 
     let origin = shared();
     let service = new_service();
     let bytes = png_bytes(1000);
-    let media = upload_raw(origin, &service, &bytes, "image/png").await;
+    let media = origin.upload(&service, &bytes, "image/png").await;
     let sid = media["sid"].as_str().unwrap();
     let content = client()
         .get(format!(
@@ -338,7 +327,7 @@ async fn content_redirects_to_a_signed_url_that_serves_bytes_ranges_and_etags() 
 #[tokio::test]
 async fn forged_and_expired_signatures_are_refused() {
     let origin = shared();
-    let media = upload_raw(origin, &new_service(), b"secret picture", "image/png").await;
+    let media = origin.upload(&new_service(), b"secret picture", "image/png").await;
     let sid = media["sid"].as_str().unwrap();
     let signer = mediagate::origin::Signer::load_or_create(&origin.data).unwrap();
     let now = mediagate::origin::now_epoch();
@@ -370,8 +359,8 @@ async fn forged_and_expired_signatures_are_refused() {
 async fn media_set_answers_the_known_media_of_the_service() {
     let origin = shared();
     let service = new_service();
-    let a = upload_raw(origin, &service, b"a", "text/plain").await;
-    let b = upload_raw(origin, &service, b"bb", "text/plain").await;
+    let a = origin.upload(&service, b"a", "text/plain").await;
+    let b = origin.upload(&service, b"bb", "text/plain").await;
     let unknown = mediagate::api::MediaSid::generate().to_string();
     let list: Vec<Value> = [&a["sid"], &b["sid"], &Value::from(unknown)]
         .iter()
@@ -412,8 +401,8 @@ async fn acknowledged_media_survive_kill_9_and_restart() {
     let service = new_service();
     let first = png_bytes(10_000);
     let second = b"second file".to_vec();
-    let a = upload_raw(&origin, &service, &first, "image/png").await;
-    let b = upload_raw(&origin, &service, &second, "text/plain").await;
+    let a = origin.upload(&service, &first, "image/png").await;
+    let b = origin.upload(&service, &second, "text/plain").await;
 
     origin.crash_and_restart();
 
@@ -440,8 +429,8 @@ async fn acknowledged_media_survive_kill_9_and_restart() {
 async fn identical_bytes_are_stored_once() {
     let origin = Origin::start();
     let service = new_service();
-    let a = upload_raw(&origin, &service, b"same bytes", "text/plain").await;
-    let b = upload_raw(&origin, &service, b"same bytes", "text/plain").await;
+    let a = origin.upload(&service, b"same bytes", "text/plain").await;
+    let b = origin.upload(&service, b"same bytes", "text/plain").await;
     assert_ne!(a["sid"], b["sid"]);
     assert_eq!(origin.files_in("content").len(), 1);
 }

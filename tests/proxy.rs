@@ -401,6 +401,7 @@ async fn an_https_upstream_is_trusted_through_the_configured_ca() {
     let origin = Origin::start_with(OriginOptions {
         auth: true,
         tls: Some((cert, key)),
+        ..OriginOptions::default()
     });
     assert!(origin.url.starts_with("https://localhost:"));
     let service = new_service();

@@ -413,6 +413,20 @@ pub struct Cache {
     pub content_ttl: HumanDuration,
     pub max_object: ByteSize,
     pub follow_content_redirects: bool,
+    /// How long a 404 answer is kept (at most 5 s); `0s` keeps none.
+    pub negative_ttl: HumanDuration,
+    /// Whether answers carry `Mediagate-Cache: hit|miss|bypass`.
+    pub response_header: bool,
+}
+
+impl Cache {
+    /// The longest a 404 may be kept: media appears when an upload completes.
+    pub const MAX_NEGATIVE_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+
+    /// Whether anything is cached at all (`memory: 0` turns the cache off).
+    pub fn enabled(&self) -> bool {
+        self.memory.bytes() > 0
+    }
 }
 
 impl Default for Cache {
@@ -423,6 +437,8 @@ impl Default for Cache {
             content_ttl: HumanDuration::secs(24 * 3600),
             max_object: ByteSize::mib(32),
             follow_content_redirects: true,
+            negative_ttl: HumanDuration::secs(0),
+            response_header: true,
         }
     }
 }
@@ -451,6 +467,14 @@ impl Config {
         if self.server.listen == self.server.metrics_listen {
             return Err(ConfigError(
                 "server.metrics_listen: must differ from server.listen".into(),
+            ));
+        }
+        if self.cache.negative_ttl.get() > Cache::MAX_NEGATIVE_TTL {
+            return Err(ConfigError("cache.negative_ttl: must be at most 5s".into()));
+        }
+        if self.cache.enabled() && self.cache.max_object.bytes() > self.cache.memory.bytes() {
+            return Err(ConfigError(
+                "cache.max_object: must not exceed cache.memory".into(),
             ));
         }
         if let Some(ca) = &self.upstream.ca_file {

@@ -38,6 +38,11 @@ pub struct OriginOptions {
     pub account_sid: Option<String>,
     pub auth_token: Option<String>,
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// How long temporary URLs stay valid (the real service: 300 s).
+    pub url_ttl_secs: u64,
+    /// A `Cache-Control` value for every successful read, to rehearse upstreams that forbid
+    /// or limit caching.
+    pub cache_control: Option<String>,
 }
 
 /// Opens the store and serves until the process ends.
@@ -47,7 +52,13 @@ pub async fn run(options: OriginOptions) -> io::Result<()> {
         None => None,
     };
     let store = store::Store::open(&options.data)?;
-    let signer = Signer::load_or_create(&options.data)?;
+    let signer = Signer::load_or_create(&options.data)?.with_ttl(options.url_ttl_secs);
+    let cache_control = options
+        .cache_control
+        .as_deref()
+        .map(http::HeaderValue::from_str)
+        .transpose()
+        .map_err(|_| io::Error::other("--cache-control: not a valid header value"))?;
     let listener = TcpListener::bind(options.listen).await.map_err(|e| {
         io::Error::new(
             e.kind(),
@@ -68,6 +79,7 @@ pub async fn run(options: OriginOptions) -> io::Result<()> {
         signer,
         account,
         journal: journal::Journal::default(),
+        cache_control,
         scheme,
         fallback_host: local.to_string(),
     });

@@ -34,6 +34,8 @@ pub struct Origin {
     pub scheme: &'static str,
     /// Used for temporary URLs when a request carries no Host header.
     pub fallback_host: String,
+    /// Sent with every successful read when set (`--cache-control`).
+    pub cache_control: Option<http::HeaderValue>,
 }
 
 const JOURNAL_PATH: &str = "/_origin/requests";
@@ -57,7 +59,14 @@ impl Origin {
         let pending = self
             .journal
             .start(req.method().as_str(), target, req.headers(), peer);
-        let response = self.route(req).await.unwrap_or_else(error_response);
+        let mut response = self.route(req).await.unwrap_or_else(error_response);
+        if let Some(value) = &self.cache_control {
+            if response.status().is_success() || response.status().is_redirection() {
+                response
+                    .headers_mut()
+                    .insert(header::CACHE_CONTROL, value.clone());
+            }
+        }
         pending.answered(response.status().as_u16());
         Ok(response)
     }

@@ -17,6 +17,8 @@ pub const KEY_PAIR_ID: &str = "mediagate-origin";
 
 pub struct Signer {
     key: [u8; 32],
+    /// How long the URLs it signs stay valid.
+    ttl_secs: u64,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -45,7 +47,10 @@ impl Signer {
                 let mut key = [0u8; 32];
                 rand::thread_rng().fill_bytes(&mut key);
                 write_private(&path, hex::encode(key).as_bytes())?;
-                Ok(Signer { key })
+                Ok(Signer {
+                    key,
+                    ttl_secs: TEMPORARY_URL_TTL_SECS,
+                })
             }
             Err(e) => Err(e),
         }
@@ -55,6 +60,7 @@ impl Signer {
         let bytes = hex::decode(text).ok()?;
         Some(Signer {
             key: bytes.try_into().ok()?,
+            ttl_secs: TEMPORARY_URL_TTL_SECS,
         })
     }
 
@@ -67,9 +73,18 @@ impl Signer {
         mac
     }
 
-    /// The signed URL for `media` under `base` (`scheme://host[:port]`), valid for 300 s.
+    /// Signs URLs valid for `secs` instead of the real service's 300 s.
+    pub fn with_ttl(self, secs: u64) -> Signer {
+        Signer {
+            ttl_secs: secs,
+            ..self
+        }
+    }
+
+    /// The signed URL for `media` under `base` (`scheme://host[:port]`), valid for 300 s
+    /// unless `with_ttl` says otherwise.
     pub fn temporary_url(&self, base: &str, media: &str) -> String {
-        let expires = now_epoch() + TEMPORARY_URL_TTL_SECS;
+        let expires = now_epoch() + self.ttl_secs;
         let signature = hex::encode(self.mac(media, expires).finalize().into_bytes());
         format!("{base}/{media}?Expires={expires}&Signature={signature}&Key-Pair-Id={KEY_PAIR_ID}")
     }

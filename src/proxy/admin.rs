@@ -1,15 +1,18 @@
-//! The operator's listener (`server.metrics_listen`): `/metrics`, `/healthz`, `/readyz`. It is
-//! never the client port, so nothing here is reachable by the chat server's users.
+//! The operator's listener (`server.metrics_listen`): `/metrics`, `/healthz`, `/readyz`, and
+//! `DELETE /cache/{IS}/{ME}`. It is never the client port, so nothing here is reachable by the
+//! chat server's users.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use http::{header, Response, StatusCode};
+use http::{header, Method, Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
+use crate::api::{MediaSid, ServiceSid};
+use crate::cache::Cache;
 use crate::metrics;
 use crate::quota::Quota;
 
@@ -19,15 +22,52 @@ pub struct AdminApp {
     /// The quota backend, when uploads are refused without it (`on_backend_error: deny`):
     /// then it must answer too.
     required_quota: Option<Arc<dyn Quota>>,
+    cache: &'static Cache,
 }
 
 const READY_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl AdminApp {
-    pub fn new(proxy_listen: SocketAddr, required_quota: Option<Arc<dyn Quota>>) -> AdminApp {
+    pub fn new(
+        proxy_listen: SocketAddr,
+        required_quota: Option<Arc<dyn Quota>>,
+        cache: &'static Cache,
+    ) -> AdminApp {
         AdminApp {
             proxy_listen,
             required_quota,
+            cache,
+        }
+    }
+
+    /// `DELETE /cache/{IS}/{ME}`: drops the metadata and the content cached for one media.
+    fn purge(&self, method: &Method, path: &str) -> Response<Vec<u8>> {
+        if method != Method::DELETE {
+            let mut response = json(
+                StatusCode::METHOD_NOT_ALLOWED,
+                r#"{"status":"method_not_allowed"}"#.into(),
+            );
+            response
+                .headers_mut()
+                .insert(header::ALLOW, header::HeaderValue::from_static("DELETE"));
+            return response;
+        }
+        let mut sids = path.trim_start_matches("/cache/").split('/');
+        let service = sids.next().and_then(ServiceSid::parse);
+        let media = sids.next().and_then(MediaSid::parse);
+        match (service, media, sids.next()) {
+            (Some(service), Some(media), None) => {
+                let purged = self.cache.purge_media(&service, &media);
+                log::info!("cache purge {service}/{media}: {purged} entries");
+                json(
+                    StatusCode::OK,
+                    serde_json::json!({"status": "purged", "entries": purged}).to_string(),
+                )
+            }
+            _ => json(
+                StatusCode::BAD_REQUEST,
+                r#"{"status":"bad_request","reason":"expected /cache/IS…/ME…"}"#.into(),
+            ),
         }
     }
 
@@ -88,6 +128,9 @@ impl ServeHttp for AdminApp {
                     json(StatusCode::SERVICE_UNAVAILABLE, body.to_string())
                 }
             },
+            _ if path.starts_with("/cache/") => {
+                self.purge(&session.req_header().method.clone(), &path)
+            }
             _ => json(StatusCode::NOT_FOUND, r#"{"status":"not_found"}"#.into()),
         }
     }

@@ -41,12 +41,17 @@ impl Injector {
 
     /// Replaces whatever credentials the client sent with the service's Basic credentials.
     pub fn apply(&self, request: &mut RequestHeader, service: &ServiceSid) {
-        for name in CLIENT_CREDENTIAL_HEADERS {
-            request.remove_header(name);
-        }
+        strip(request);
         let value = self.per_service.get(service).unwrap_or(&self.default);
         // Inserting a known-valid header value into a request header cannot fail.
         let _ = request.insert_header(http::header::AUTHORIZATION, value.clone());
+    }
+}
+
+/// Removes every credential from a request: for hosts that must see none (signed URLs).
+pub fn strip(request: &mut RequestHeader) {
+    for name in CLIENT_CREDENTIAL_HEADERS {
+        request.remove_header(name);
     }
 }
 

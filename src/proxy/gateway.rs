@@ -1,6 +1,7 @@
 //! The pingora `ProxyHttp` implementation: one method per phase, each short, in the order pingora
-//! runs them. The decisions live in `access`, `credentials`, `upstream`, the upload policy and
-//! the quotas; this file wires them to the phases, the metrics and the access log.
+//! runs them. The decisions live in `access`, `credentials`, `upstream`, `content`, the upload
+//! policy, the quotas and the cache rules; this file wires them to the phases, the metrics and
+//! the access log.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -8,19 +9,23 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use http::Method;
+use pingora::cache::{CacheKey, CacheMeta, CachePhase, NoCacheReason, RespCacheable};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
-use pingora::{Error, ErrorSource, ErrorType, Result};
+use pingora::{Error, ErrorSource, ErrorType, OrErr, Result};
 
 use bytes::Bytes;
 
 use super::access::AccessControl;
-use super::credentials::Injector;
+use super::content::{ContentResolver, SignedUrl};
+use super::credentials::{self, Injector};
 use super::reject::{self, Rejection};
 use super::upstream::UpstreamTarget;
 use crate::access_log::{AccessEntry, AccessLog};
 use crate::api::{ApiError, ErrorCode, RejectReason, Route, RouteKind, ServiceSid};
+use crate::cache::rules::NotKept;
+use crate::cache::{self, Cache, CachePolicy, Kind};
 use crate::config::{Config, OnBackendError};
 use crate::metrics::{metrics, InFlight, RequestMetrics, RequestRecord};
 use crate::policy::{self, UploadGuard, UploadPolicies};
@@ -31,6 +36,10 @@ pub struct Gateway {
     settings: Arc<ArcSwap<Settings>>,
     /// Lives across reloads: the quota counts must not start over.
     quota: Arc<dyn Quota>,
+    /// Lives across reloads, as pingora requires: storage, eviction and the fill lock.
+    cache: &'static Cache,
+    /// Asks the API where a media's bytes are, for the content cache.
+    content: ContentResolver,
     access_log: AccessLog,
 }
 
@@ -42,6 +51,7 @@ pub struct Settings {
     on_quota_backend_error: OnBackendError,
     credentials: Injector,
     upstream: UpstreamTarget,
+    cache: CachePolicy,
     metrics: RequestMetrics,
 }
 
@@ -54,6 +64,7 @@ impl Settings {
             on_quota_backend_error: config.quotas.on_backend_error,
             credentials: Injector::new(config)?,
             upstream: UpstreamTarget::new(&config.upstream)?,
+            cache: CachePolicy::new(config),
             metrics: RequestMetrics::new(config.services.keys()),
         })
     }
@@ -61,6 +72,8 @@ impl Settings {
 
 /// The header that carries a request's id, to the upstream and back to the client.
 const REQUEST_ID: &str = "x-request-id";
+/// The header that tells the client what the cache did.
+const CACHE_HEADER: &str = "mediagate-cache";
 
 /// What one request carries from phase to phase.
 pub struct RequestCtx {
@@ -88,6 +101,18 @@ pub struct RequestCtx {
     upstream_error: Option<&'static str>,
     /// The status the upstream answered with.
     upstream_status: Option<u16>,
+    /// For a cacheable read: its kind, and whether the cache was consulted.
+    cache: Option<CacheUse>,
+    /// Where a content miss fetches the bytes, once the API has said.
+    signed: Option<SignedUrl>,
+}
+
+/// How a cacheable read used the cache.
+#[derive(Clone, Copy)]
+struct CacheUse {
+    kind: Kind,
+    /// False when the cache was bypassed (off, or content redirects not followed).
+    consulted: bool,
 }
 
 impl Gateway {
@@ -95,10 +120,14 @@ impl Gateway {
         config: &Config,
         settings: Arc<ArcSwap<Settings>>,
         quota: Arc<dyn Quota>,
+        cache: &'static Cache,
+        content: ContentResolver,
     ) -> Gateway {
         Gateway {
             settings,
             quota,
+            cache,
+            content,
             access_log: if config.server.access_log {
                 AccessLog::to_stdout()
             } else {
@@ -180,6 +209,28 @@ impl Gateway {
         }
     }
 
+    /// The API request a content miss sends to learn where the bytes are: the client's path,
+    /// the service's credentials, the request id.
+    fn api_request(&self, session: &Session, ctx: &RequestCtx) -> Result<RequestHeader> {
+        let path = session
+            .req_header()
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str());
+        let mut request = RequestHeader::build(Method::GET, path.as_bytes(), None)?;
+        if let Some(route) = &ctx.route {
+            ctx.settings
+                .credentials
+                .apply(&mut request, route.service());
+        }
+        request.insert_header(
+            http::header::HOST,
+            ctx.settings.upstream.host_header().clone(),
+        )?;
+        request.insert_header(REQUEST_ID, &ctx.request_id)?;
+        Ok(request)
+    }
+
     /// Records the finished request: metrics, then the access log line.
     fn record(&self, session: &Session, ctx: &RequestCtx, status: u16, uploaded: Option<u64>) {
         let head = session.req_header();
@@ -197,6 +248,7 @@ impl Gateway {
             uploaded,
             rejected: ctx.rejected,
             upstream_error: ctx.upstream_error,
+            cache: cache_outcome(session, ctx),
         };
         ctx.settings.metrics.record(&record);
         self.access_log.write(&AccessEntry {
@@ -214,7 +266,7 @@ impl Gateway {
             bytes_out: record.bytes_out,
             duration_ms: duration.as_secs_f64() * 1000.0,
             upstream_ms: ctx.upstream_waited.map(|d| d.as_secs_f64() * 1000.0),
-            cache: None,
+            cache: record.cache.map(|(_, outcome)| outcome.label()),
             reject: ctx.rejected.map(RejectReason::label),
             upstream_error: ctx.upstream_error,
         });
@@ -264,6 +316,8 @@ impl ProxyHttp for Gateway {
             upstream_waited: None,
             upstream_error: None,
             upstream_status: None,
+            cache: None,
+            signed: None,
         }
     }
 
@@ -334,12 +388,77 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    /// Reads of the cache go through `request_cache_filter` first: Media JSON and content are
+    /// cached (per kind, when the policy says so); nothing else is.
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+        let Some(kind) = ctx.route.as_ref().and_then(Kind::of) else {
+            return Ok(());
+        };
+        let policy = &ctx.settings.cache;
+        let consulted = policy.serves(kind);
+        if consulted {
+            session.cache.enable(
+                self.cache.storage,
+                Some(self.cache.eviction),
+                None,
+                Some(self.cache.lock),
+                None,
+            );
+            // Bodies without a Content-Length that grow past the bound stream on, uncached.
+            session
+                .cache
+                .set_max_file_size_bytes(usize::try_from(policy.max_object).unwrap_or(usize::MAX));
+        }
+        ctx.cache = Some(CacheUse { kind, consulted });
+        Ok(())
+    }
+
+    /// The key: service, media and kind, nothing else from the client (see `cache`).
+    fn cache_key_callback(&self, _session: &Session, ctx: &mut RequestCtx) -> Result<CacheKey> {
+        let route = ctx.route.as_ref();
+        match (route, route.and_then(Route::media), ctx.cache) {
+            (Some(route), Some(media), Some(usage)) => {
+                Ok(cache::key(route.service(), media, usage.kind))
+            }
+            _ => Error::e_explain(
+                ErrorType::InternalError,
+                "a cache key for an uncached route",
+            ),
+        }
+    }
+
+    /// A miss (after the cache lock, for one request per key at a time): the API for metadata;
+    /// for content, the signed URL the API redirects to, when redirects are followed.
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        ctx.settings.upstream.peer().await
+        let settings = ctx.settings.clone();
+        let upstream = &settings.upstream;
+        if let Some(signed) = &ctx.signed {
+            return upstream.peer_for(&signed.endpoint).await;
+        }
+        let api = upstream.peer().await?;
+        if !ctx
+            .cache
+            .is_some_and(|u| u.kind == Kind::Content && u.consulted)
+        {
+            return Ok(api);
+        }
+        let request = self.api_request(session, ctx)?;
+        let resolved = self
+            .content
+            .resolve(&api, request, upstream.api(), upstream.host_header())
+            .await?;
+        match resolved {
+            Some(signed) => {
+                let peer = upstream.peer_for(&signed.endpoint).await?;
+                ctx.signed = Some(signed);
+                Ok(peer)
+            }
+            None => Ok(api),
+        }
     }
 
     /// Upstream request head: the client's credentials out, the service's Basic in, and the
@@ -357,6 +476,17 @@ impl ProxyHttp for Gateway {
                 "proxying a request without a route",
             );
         };
+        if let Some(signed) = &ctx.signed {
+            // The signature is the authorisation: the media host sees no credential.
+            credentials::strip(request);
+            let uri = http::Uri::try_from(signed.path_and_query.as_str())
+                .or_err(ErrorType::InternalError, "the signed URL's path")?;
+            request.set_uri(uri);
+            request.insert_header(http::header::HOST, signed.host.clone())?;
+            request.insert_header(REQUEST_ID, &ctx.request_id)?;
+            ctx.upstream_sent = Some(Instant::now());
+            return Ok(());
+        }
         ctx.settings.credentials.apply(request, route.service());
         if ctx.continued {
             // The client has its 100 Continue; the upstream's would be a second one.
@@ -386,13 +516,46 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    /// The answer head on its way to the client: it carries the request id.
+    /// Whether, and how long, the answer is kept: by kind and status, the upstream's
+    /// `Cache-Control` and `cache.max_object` (metadata is further bounded by its temporary
+    /// URL once its body is in; see `cache::rules`).
+    fn response_cache_filter(
+        &self,
+        _session: &Session,
+        response: &ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<RespCacheable> {
+        let Some(usage) = ctx.cache else {
+            return Ok(RespCacheable::Uncacheable(NoCacheReason::NeverEnabled));
+        };
+        Ok(match ctx.settings.cache.ttl(usage.kind, response) {
+            Ok(ttl) => {
+                let now = std::time::SystemTime::now();
+                let mut kept = response.clone();
+                // The id belongs to the request that filled the entry, not to later readers.
+                kept.remove_header(REQUEST_ID);
+                RespCacheable::Cacheable(CacheMeta::new(now + ttl, now, 0, 0, kept))
+            }
+            Err(NotKept::TooLarge) => RespCacheable::Uncacheable(NoCacheReason::ResponseTooLarge),
+            Err(NotKept::Forbidden | NotKept::Status) => {
+                RespCacheable::Uncacheable(NoCacheReason::OriginNotCache)
+            }
+        })
+    }
+
+    /// The answer head on its way to the client, from the upstream or the cache: it carries
+    /// the request id and, for cacheable reads, `Mediagate-Cache`.
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if ctx.settings.cache.response_header {
+            if let Some((_, outcome)) = cache_outcome(session, ctx) {
+                response.insert_header(CACHE_HEADER, outcome.label())?;
+            }
+        }
         response.insert_header(REQUEST_ID, &ctx.request_id)
     }
 
@@ -490,6 +653,19 @@ fn check_framing(session: &Session) -> Result<(), &'static str> {
         .then(|| session.as_http1().map(|h1| h1.get_headers_raw_bytes()))
         .flatten();
     super::framing::check(headers, raw_head.as_deref())
+}
+
+/// What the cache did for a cacheable read: served it (`hit`, `stale`), was consulted and
+/// fetched (`miss`, whether or not the answer was then kept), or was not used (`bypass`).
+fn cache_outcome(session: &Session, ctx: &RequestCtx) -> Option<(Kind, cache::Outcome)> {
+    let usage = ctx.cache?;
+    let outcome = match session.cache.phase() {
+        _ if !usage.consulted => cache::Outcome::Bypass,
+        CachePhase::Hit => cache::Outcome::Hit,
+        CachePhase::Stale | CachePhase::StaleUpdating => cache::Outcome::Stale,
+        _ => cache::Outcome::Miss,
+    };
+    Some((usage.kind, outcome))
 }
 
 /// The status of the final answer written to the client, if any: a `100 Continue` is not one.

@@ -4,6 +4,7 @@
 
 mod access;
 mod admin;
+mod content;
 mod credentials;
 mod framing;
 mod gateway;
@@ -14,6 +15,7 @@ mod upstream;
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use pingora::services::background::background_service;
@@ -25,7 +27,9 @@ use pingora::services::listening::Service;
 
 pub use gateway::Gateway;
 
+use crate::cache::Cache;
 use crate::config::{Config, OnBackendError};
+use content::ContentResolver;
 
 /// How long pingora waits for runtimes to stop once the grace period is over.
 const RUNTIME_SHUTDOWN_SECS: u64 = 1;
@@ -38,12 +42,15 @@ pub fn run(config: Config, path: &Path) -> Result<(), String> {
     ensure_can_listen(config.server.metrics_listen, "server.metrics_listen")?;
     let quota = crate::quota::backend(&config)?;
     let settings = Arc::new(ArcSwap::from_pointee(gateway::Settings::new(&config)?));
-    let gateway = Gateway::new(&config, settings.clone(), quota.clone());
-    let required_quota = (config.quotas.on_backend_error == OnBackendError::Deny).then_some(quota);
+    let required_quota =
+        (config.quotas.on_backend_error == OnBackendError::Deny).then_some(quota.clone());
     crate::metrics::init();
+    let cache = Cache::leak(config.cache.memory.bytes(), cache_lock_age(&config));
 
     let mut server = Server::new_with_opt_and_conf(None, server_conf(&config));
     server.bootstrap();
+    let content = ContentResolver::new(&server.configuration);
+    let gateway = Gateway::new(&config, settings.clone(), quota, cache, content);
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
@@ -54,7 +61,11 @@ pub fn run(config: Config, path: &Path) -> Result<(), String> {
 
     let mut admin = Service::new(
         "mediagate admin".to_string(),
-        HttpServer::new_app(admin::AdminApp::new(config.server.listen, required_quota)),
+        HttpServer::new_app(admin::AdminApp::new(
+            config.server.listen,
+            required_quota,
+            cache,
+        )),
     );
     admin.add_tcp(&config.server.metrics_listen.to_string());
 
@@ -69,6 +80,12 @@ pub fn run(config: Config, path: &Path) -> Result<(), String> {
         config.server.metrics_listen
     );
     server.run_forever()
+}
+
+/// How long one fill may hold a key's cache lock before the requests waiting on it stop waiting
+/// and go upstream themselves: a slow upstream answer, at most.
+fn cache_lock_age(config: &Config) -> Duration {
+    config.upstream.connect_timeout.get() + config.upstream.read_timeout.get()
 }
 
 fn server_conf(config: &Config) -> ServerConf {

@@ -77,9 +77,12 @@ fn tied_to_us(command: &mut Command) -> &mut Command {
 // ---------------------------------------------------------------------------------------------
 // The origin
 
+#[derive(Clone)]
 pub struct OriginOptions {
     pub auth: bool,
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// More `mediagate origin` flags, e.g. `--url-ttl 40`.
+    pub args: Vec<String>,
 }
 
 impl Default for OriginOptions {
@@ -87,6 +90,7 @@ impl Default for OriginOptions {
         OriginOptions {
             auth: true,
             tls: None,
+            args: Vec::new(),
         }
     }
 }
@@ -143,6 +147,7 @@ impl Origin {
                 .arg("--tls-key")
                 .arg(key);
         }
+        command.args(&options.args);
         let mut child = tied_to_us(&mut command).spawn().expect("start the origin");
         let stdout = child.stdout.take().expect("origin stdout");
         let mut line = String::new();
@@ -179,11 +184,7 @@ impl Origin {
     pub fn crash_and_restart(&mut self) {
         self.child.kill().expect("kill -9 the origin");
         self.child.wait().expect("reap the origin");
-        let options = OriginOptions {
-            auth: self.options.auth,
-            tls: self.options.tls.clone(),
-        };
-        let restarted = Origin::spawn(&self.data, self.addr, options);
+        let restarted = Origin::spawn(&self.data, self.addr, self.options.clone());
         let old = std::mem::replace(self, restarted);
         self._dir = old.into_dir();
     }
@@ -218,6 +219,20 @@ impl Origin {
 
     pub fn basic_auth(&self) -> String {
         basic(ACCOUNT, AUTH_TOKEN)
+    }
+
+    /// Stores `bytes` straight at the origin (a raw-body upload) and answers the Media JSON.
+    pub async fn upload(&self, service: &str, bytes: &[u8], content_type: &str) -> Value {
+        let response = client()
+            .post(format!("{}/v1/Services/{service}/Media", self.url))
+            .header("Authorization", self.basic_auth())
+            .header("Content-Type", content_type)
+            .body(bytes.to_vec())
+            .send()
+            .await
+            .expect("upload to the origin");
+        assert_eq!(response.status(), reqwest::StatusCode::CREATED);
+        response.json().await.expect("media JSON")
     }
 }
 

@@ -1,0 +1,168 @@
+//! The cache: what is cached (`Kind`), under which key, for how long (`rules`), and where
+//! (`storage`, pingora-cache's `Storage` for production, bounded by an LRU eviction manager).
+//!
+//! Nothing here knows pingora's `Session`; the proxy enables the cache per request and asks
+//! these functions. Keys hold the service and media SIDs and the kind, nothing else from the
+//! client: access checks run before the cache, and no client credential ever goes upstream (the
+//! proxy injects the service's own), so one service's answer is never served to another.
+
+pub mod rules;
+mod storage;
+
+use std::time::Duration;
+
+use pingora::cache::eviction::lru::Manager as LruManager;
+use pingora::cache::eviction::{CacheEntryKeyRef, EvictionManager};
+use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
+use pingora::cache::CacheKey;
+
+pub use rules::CachePolicy;
+pub use storage::MemoryStore;
+
+use crate::api::{MediaSid, Route, ServiceSid};
+
+/// The two things the cache holds, each with its own TTL and counted apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// `GET …/Media/{ME}`: the Media JSON.
+    Metadata,
+    /// `GET …/Media/{ME}/Content`: the bytes.
+    Content,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 2] = [Kind::Metadata, Kind::Content];
+
+    /// The `kind` label of the cache metrics, also the key's user tag.
+    pub fn label(self) -> &'static str {
+        match self {
+            Kind::Metadata => "metadata",
+            Kind::Content => "content",
+        }
+    }
+
+    fn from_label(label: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|kind| kind.label() == label)
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The kind a route's answer is cached as, if it is cacheable at all.
+    pub fn of(route: &Route) -> Option<Kind> {
+        match route {
+            Route::Metadata { .. } => Some(Kind::Metadata),
+            Route::Content { .. } => Some(Kind::Content),
+            Route::Upload { .. } | Route::MediaSet { .. } => None,
+        }
+    }
+}
+
+/// What the cache did for one request: the `result` label and the `Mediagate-Cache` header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Hit,
+    Miss,
+    Stale,
+    Bypass,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 4] = [Outcome::Hit, Outcome::Miss, Outcome::Stale, Outcome::Bypass];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Hit => "hit",
+            Outcome::Miss => "miss",
+            Outcome::Stale => "stale",
+            Outcome::Bypass => "bypass",
+        }
+    }
+}
+
+/// The key of one cached answer. SIDs have a fixed alphabet, so `/` frames them unambiguously.
+pub fn key(service: &ServiceSid, media: &MediaSid, kind: Kind) -> CacheKey {
+    let label = kind.label();
+    let mut primary = String::with_capacity(service.as_str().len() + media.as_str().len() + 10);
+    primary.push_str(service.as_str());
+    primary.push('/');
+    primary.push_str(media.as_str());
+    primary.push('/');
+    primary.push_str(label);
+    CacheKey::new(primary, label)
+}
+
+/// Sizes the eviction manager's LRU shards.
+const LRU_SHARDS: usize = 16;
+/// An estimate of the average entry, to size the LRU's index up front.
+const TYPICAL_ENTRY: u64 = 16 * 1024;
+
+/// The process-wide parts pingora holds as `'static` references: the storage, the eviction
+/// manager that bounds it, and the lock that collapses concurrent misses.
+pub struct Cache {
+    pub storage: &'static MemoryStore,
+    pub eviction: &'static (dyn EvictionManager + Sync),
+    pub lock: &'static CacheKeyLockImpl,
+}
+
+impl Cache {
+    /// Built once at start and never freed: pingora's cache API takes `'static` references.
+    /// `memory` bounds the cached bytes; `lock_age` is how long a fill may hold the lock
+    /// before waiters stop waiting for it.
+    pub fn leak(memory: u64, lock_age: Duration) -> &'static Cache {
+        let limit = usize::try_from(memory).unwrap_or(usize::MAX);
+        let items = usize::try_from(memory / TYPICAL_ENTRY).unwrap_or(0).max(64);
+        let eviction: &'static LruManager<LRU_SHARDS> =
+            Box::leak(Box::new(LruManager::with_capacity(limit, items)));
+        let lock: &'static CacheLock = Box::leak(CacheLock::new_boxed(lock_age));
+        Box::leak(Box::new(Cache {
+            storage: Box::leak(Box::new(MemoryStore::new())),
+            eviction,
+            lock,
+        }))
+    }
+
+    /// Drops both kinds cached for one media (`DELETE /cache/{IS}/{ME}`); returns how many
+    /// entries were dropped.
+    pub fn purge_media(&self, service: &ServiceSid, media: &MediaSid) -> usize {
+        Kind::ALL
+            .into_iter()
+            .filter(|&kind| {
+                let compact = key(service, media, kind).to_compact();
+                self.eviction.remove(CacheEntryKeyRef::KeyOnly(&compact));
+                self.storage.remove(&compact, false)
+            })
+            .count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pingora::cache::key::CacheHashKey;
+
+    #[test]
+    fn keys_differ_by_service_media_and_kind() {
+        let a = ServiceSid::parse("IS00000000000000000000000000000001").unwrap();
+        let b = ServiceSid::parse("IS00000000000000000000000000000002").unwrap();
+        let m = MediaSid::parse("ME00000000000000000000000000000001").unwrap();
+        let n = MediaSid::parse("ME00000000000000000000000000000002").unwrap();
+        let all = [
+            key(&a, &m, Kind::Metadata),
+            key(&a, &m, Kind::Content),
+            key(&b, &m, Kind::Metadata),
+            key(&a, &n, Kind::Metadata),
+        ];
+        for (i, x) in all.iter().enumerate() {
+            for y in &all[i + 1..] {
+                assert_ne!(x.combined_bin(), y.combined_bin());
+            }
+        }
+        assert_eq!(
+            key(&a, &m, Kind::Content).combined_bin(),
+            key(&a, &m, Kind::Content).combined_bin()
+        );
+        assert_eq!(key(&a, &m, Kind::Content).user_tag, "content");
+    }
+}

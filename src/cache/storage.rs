@@ -1,0 +1,447 @@
+//! `MemoryStore`: pingora-cache's `Storage` for production. Whole answers are held in memory,
+//! one contiguous buffer each, so a hit is a reference count and Range is a slice. The bound
+//! on memory is the LRU eviction manager's (see `Cache::leak`): pingora admits each finished
+//! entry to it with the weight this store reports and purges what it evicts. This store counts
+//! the bytes it holds per kind (`mediagate_cache_bytes`) and the entries evicted
+//! (`mediagate_cache_evictions_total`).
+//!
+//! pingora's own `MemCache` is documented as test-only: it has no bound and no eviction.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use pingora::cache::key::{CacheHashKey, CompactCacheKey, HashBinary};
+use pingora::cache::storage::{
+    HandleHit, HandleMiss, HitHandler, MissFinishType, MissHandler, PurgeOutcome, PurgeTarget,
+    PurgeType,
+};
+use pingora::cache::trace::SpanHandle;
+use pingora::cache::{CacheKey, CacheMeta, Storage};
+use pingora::http::ResponseHeader;
+use pingora::{Error, ErrorType, Result};
+use pingora_prometheus::prometheus::{IntCounter, IntGauge};
+
+use super::{rules, Kind};
+use crate::metrics::metrics;
+
+/// Independent locks, so that concurrent hits on different keys do not contend.
+const SHARDS: usize = 16;
+/// What an entry costs beyond its body: the header map, the meta and the index.
+const ENTRY_OVERHEAD: usize = 256;
+/// A buffer grown past its content by more than this share is copied to an exact fit, so the
+/// weight reported for eviction is what the entry really holds.
+const SLACK_DIVISOR: usize = 8;
+/// The most a fill reserves up front from a `Content-Length`; beyond, the buffer grows.
+const MAX_PREALLOCATION: usize = 32 * 1024 * 1024;
+
+/// One cached answer.
+struct Entry {
+    kind: Kind,
+    header: ResponseHeader,
+    fresh_until: SystemTime,
+    created: SystemTime,
+    body: Bytes,
+    /// The weight reported to the eviction manager and counted in `mediagate_cache_bytes`.
+    weight: usize,
+}
+
+impl Entry {
+    fn meta(&self) -> CacheMeta {
+        CacheMeta::new(self.fresh_until, self.created, 0, 0, self.header.clone())
+    }
+}
+
+type Shard = RwLock<HashMap<HashBinary, Arc<Entry>>>;
+
+pub struct MemoryStore {
+    shards: Vec<Shard>,
+    bytes: [IntGauge; 2],
+    evictions: [IntCounter; 2],
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        MemoryStore::new()
+    }
+}
+
+impl MemoryStore {
+    pub fn new() -> MemoryStore {
+        let m = metrics();
+        let by_kind = |kind: Kind| kind.label();
+        MemoryStore {
+            shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            bytes: Kind::ALL.map(|k| m.cache_bytes.with_label_values(&[by_kind(k)])),
+            evictions: Kind::ALL.map(|k| m.cache_evictions.with_label_values(&[by_kind(k)])),
+        }
+    }
+
+    fn shard(&self, hash: &HashBinary) -> &Shard {
+        &self.shards[usize::from(hash[0]) % SHARDS]
+    }
+
+    fn get(&self, hash: &HashBinary) -> Option<Arc<Entry>> {
+        let shard = self.shard(hash).read().unwrap_or_else(|p| p.into_inner());
+        shard.get(hash).cloned()
+    }
+
+    fn insert(&self, hash: HashBinary, entry: Entry) {
+        self.bytes[entry.kind.index()].add(gauge_value(entry.weight));
+        let replaced = self
+            .shard(&hash)
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(hash, Arc::new(entry));
+        if let Some(old) = replaced {
+            self.bytes[old.kind.index()].sub(gauge_value(old.weight));
+        }
+    }
+
+    /// Drops the entry under `key`; `evicted` counts it as an eviction. Returns whether there
+    /// was one.
+    pub fn remove(&self, key: &CompactCacheKey, evicted: bool) -> bool {
+        let hash = key.combined_bin();
+        let removed = self
+            .shard(&hash)
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&hash);
+        let Some(entry) = removed else {
+            return false;
+        };
+        let kind = entry.kind.index();
+        self.bytes[kind].sub(gauge_value(entry.weight));
+        if evicted {
+            self.evictions[kind].inc();
+        }
+        true
+    }
+
+    /// The bytes held for one kind, as `mediagate_cache_bytes` reports them.
+    pub fn bytes(&self, kind: Kind) -> u64 {
+        u64::try_from(self.bytes[kind.index()].get()).unwrap_or(0)
+    }
+}
+
+fn gauge_value(weight: usize) -> i64 {
+    i64::try_from(weight).unwrap_or(i64::MAX)
+}
+
+#[async_trait]
+impl Storage for MemoryStore {
+    async fn lookup(
+        &'static self,
+        key: &CacheKey,
+        _trace: &SpanHandle,
+    ) -> Result<Option<(CacheMeta, HitHandler)>> {
+        Ok(self.get(&key.combined_bin()).map(|entry| {
+            let hit = Hit::new(entry.clone());
+            (entry.meta(), Box::new(hit) as HitHandler)
+        }))
+    }
+
+    async fn get_miss_handler(
+        &'static self,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        _trace: &SpanHandle,
+    ) -> Result<MissHandler> {
+        let Some(kind) = Kind::from_label(&key.user_tag) else {
+            return Error::e_explain(ErrorType::InternalError, "cache key without a kind");
+        };
+        let header = meta.response_header_copy();
+        let expected = rules::content_length(&header.headers).unwrap_or(0);
+        Ok(Box::new(Fill {
+            store: self,
+            hash: key.combined_bin(),
+            kind,
+            fresh_until: meta.fresh_until(),
+            created: meta.created(),
+            header,
+            body: BytesMut::with_capacity(expected.min(MAX_PREALLOCATION)),
+        }))
+    }
+
+    async fn purge(
+        &'static self,
+        target: PurgeTarget<'_>,
+        purge_type: PurgeType,
+        _trace: &SpanHandle,
+    ) -> Result<PurgeOutcome> {
+        let evicted = matches!(purge_type, PurgeType::Eviction);
+        Ok(if self.remove(target.key(), evicted) {
+            PurgeOutcome::Purged(None)
+        } else {
+            PurgeOutcome::NotFound
+        })
+    }
+
+    async fn update_meta(
+        &'static self,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        _trace: &SpanHandle,
+    ) -> Result<bool> {
+        let hash = key.combined_bin();
+        let Some(old) = self.get(&hash) else {
+            return Ok(false);
+        };
+        self.insert(
+            hash,
+            Entry {
+                kind: old.kind,
+                header: meta.response_header_copy(),
+                fresh_until: meta.fresh_until(),
+                created: meta.created(),
+                body: old.body.clone(),
+                weight: old.weight,
+            },
+        );
+        Ok(true)
+    }
+
+    fn as_any(&self) -> &(dyn Any + Send + Sync + 'static) {
+        self
+    }
+}
+
+/// Reads one cached body, whole or one range of it.
+struct Hit {
+    entry: Arc<Entry>,
+    start: usize,
+    end: usize,
+    done: bool,
+}
+
+impl Hit {
+    fn new(entry: Arc<Entry>) -> Hit {
+        let end = entry.body.len();
+        Hit {
+            entry,
+            start: 0,
+            end,
+            done: false,
+        }
+    }
+}
+
+#[async_trait]
+impl HandleHit for Hit {
+    async fn read_body(&mut self) -> Result<Option<Bytes>> {
+        if self.done {
+            return Ok(None);
+        }
+        self.done = true;
+        Ok(Some(self.entry.body.slice(self.start..self.end)))
+    }
+
+    async fn finish(
+        self: Box<Self>,
+        _storage: &'static (dyn Storage + Sync),
+        _key: &CacheKey,
+        _trace: &SpanHandle,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    fn can_seek(&self) -> bool {
+        true
+    }
+
+    fn seek(&mut self, start: usize, end: Option<usize>) -> Result<()> {
+        let len = self.entry.body.len();
+        if start >= len {
+            return Error::e_explain(ErrorType::InternalError, "seek past the cached body");
+        }
+        self.start = start;
+        self.end = end.map_or(len, |end| end.min(len));
+        self.done = false;
+        Ok(())
+    }
+
+    fn get_eviction_weight(&self) -> usize {
+        self.entry.weight
+    }
+
+    fn as_any(&self) -> &(dyn Any + Send + Sync) {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut (dyn Any + Send + Sync) {
+        self
+    }
+}
+
+/// Collects one answer from the upstream; stored only when it completes.
+struct Fill {
+    store: &'static MemoryStore,
+    hash: HashBinary,
+    kind: Kind,
+    fresh_until: SystemTime,
+    created: SystemTime,
+    header: ResponseHeader,
+    body: BytesMut,
+}
+
+impl Fill {
+    /// The body as it will be held: copied to an exact fit when growing left much spare room.
+    fn take_body(&mut self) -> Bytes {
+        let body = std::mem::take(&mut self.body);
+        if body.capacity() - body.len() > body.len() / SLACK_DIVISOR {
+            Bytes::copy_from_slice(&body)
+        } else {
+            body.freeze()
+        }
+    }
+}
+
+#[async_trait]
+impl HandleMiss for Fill {
+    async fn write_body(&mut self, data: Bytes, _eof: bool) -> Result<()> {
+        self.body.extend_from_slice(&data);
+        Ok(())
+    }
+
+    /// Stores the answer, unless its body says it must not be kept (metadata whose temporary
+    /// URL is about to expire): then nothing is stored and the weight is zero.
+    async fn finish(mut self: Box<Self>) -> Result<MissFinishType> {
+        let body = self.take_body();
+        let fresh_until =
+            rules::fresh_until_with_body(self.kind, &self.header, self.fresh_until, &body);
+        let Some(fresh_until) = fresh_until else {
+            return Ok(MissFinishType::Created(0));
+        };
+        let weight = body.len() + header_weight(&self.header) + ENTRY_OVERHEAD;
+        self.store.insert(
+            self.hash,
+            Entry {
+                kind: self.kind,
+                header: std::mem::replace(&mut self.header, ResponseHeader::build(200, None)?),
+                fresh_until,
+                created: self.created,
+                body,
+                weight,
+            },
+        );
+        Ok(MissFinishType::Created(weight))
+    }
+}
+
+fn header_weight(header: &ResponseHeader) -> usize {
+    header
+        .headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{MediaSid, ServiceSid};
+    use pingora::cache::trace::Span;
+
+    fn key(n: u8, kind: Kind) -> CacheKey {
+        let service = ServiceSid::parse("IS00000000000000000000000000000001").unwrap();
+        let media = MediaSid::parse(&format!("ME{:032x}", n)).unwrap();
+        super::super::key(&service, &media, kind)
+    }
+
+    fn meta(header: ResponseHeader) -> CacheMeta {
+        let now = SystemTime::now();
+        CacheMeta::new(now + std::time::Duration::from_secs(60), now, 0, 0, header)
+    }
+
+    async fn fill(store: &'static MemoryStore, key: &CacheKey, body: &[u8]) -> usize {
+        let mut header = ResponseHeader::build(200, None).unwrap();
+        header
+            .insert_header("content-length", body.len().to_string())
+            .unwrap();
+        let mut miss = store
+            .get_miss_handler(key, &meta(header), &Span::inactive().handle())
+            .await
+            .unwrap();
+        for chunk in body.chunks(1000) {
+            miss.write_body(Bytes::copy_from_slice(chunk), false)
+                .await
+                .unwrap();
+        }
+        match miss.finish().await.unwrap() {
+            MissFinishType::Created(weight) => weight,
+            MissFinishType::Appended(..) => panic!("fills create"),
+        }
+    }
+
+    async fn read(
+        store: &'static MemoryStore,
+        key: &CacheKey,
+        range: Option<(usize, usize)>,
+    ) -> Vec<u8> {
+        let (_, mut hit) = store
+            .lookup(key, &Span::inactive().handle())
+            .await
+            .unwrap()
+            .expect("cached");
+        if let Some((start, end)) = range {
+            hit.seek(start, Some(end)).unwrap();
+        }
+        let mut out = Vec::new();
+        while let Some(chunk) = hit.read_body().await.unwrap() {
+            out.extend_from_slice(&chunk);
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn stores_reads_ranges_and_purges_with_exact_byte_counts() {
+        let store: &'static MemoryStore = Box::leak(Box::new(MemoryStore::new()));
+        let body: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+        let content = key(1, Kind::Content);
+        let weight = fill(store, &content, &body).await;
+        assert!(weight > body.len());
+        assert_eq!(read(store, &content, None).await, body);
+        assert_eq!(read(store, &content, Some((10, 20))).await, &body[10..20]);
+        let before = store.bytes(Kind::Content);
+        assert!(before >= weight as u64);
+        let compact = content.to_compact();
+        let outcome = store
+            .purge(
+                PurgeTarget::Active(&compact),
+                PurgeType::Eviction,
+                &Span::inactive().handle(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(outcome, PurgeOutcome::Purged(None));
+        assert_eq!(store.bytes(Kind::Content), before - weight as u64);
+        assert!(store
+            .lookup(&content, &Span::inactive().handle())
+            .await
+            .unwrap()
+            .is_none());
+    }
+
+    #[tokio::test]
+    async fn an_unfinished_fill_stores_nothing() {
+        let store: &'static MemoryStore = Box::leak(Box::new(MemoryStore::new()));
+        let content = key(2, Kind::Content);
+        let header = ResponseHeader::build(200, None).unwrap();
+        let mut miss = store
+            .get_miss_handler(&content, &meta(header), &Span::inactive().handle())
+            .await
+            .unwrap();
+        miss.write_body(Bytes::from_static(b"partial"), false)
+            .await
+            .unwrap();
+        drop(miss);
+        assert!(store
+            .lookup(&content, &Span::inactive().handle())
+            .await
+            .unwrap()
+            .is_none());
+    }
+}

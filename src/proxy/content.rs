@@ -1,0 +1,196 @@
+//! `GET …/Content` with `cache.follow_content_redirects`: the API answers with a redirect to a
+//! signed URL on another host, valid for minutes. On a cache miss the sidecar asks the API
+//! itself (with the service's credentials, as every API request), reads the `Location`, and
+//! then proxies the signed URL instead (without credentials: the signature is the
+//! authorisation). pingora-cache sees one ordinary answer carrying the bytes and caches it
+//! under the media SID; the short-lived URL is never cached nor shown to the client.
+
+use http::{header, HeaderValue, Uri};
+use pingora::connectors::http::Connector;
+use pingora::connectors::ConnectorOptions;
+use pingora::http::RequestHeader;
+use pingora::server::configuration::ServerConf;
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorType, Result};
+
+use super::upstream::{Endpoint, POOL_IDLE};
+
+/// A redirect body larger than this is not read: the connection is dropped instead of reused.
+const MAX_REDIRECT_BODY: usize = 64 * 1024;
+
+/// Where a media's bytes are: the signed URL's host and the request to send it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct SignedUrl {
+    pub endpoint: Endpoint,
+    pub path_and_query: String,
+    pub host: HeaderValue,
+}
+
+impl SignedUrl {
+    /// Reads a `Location`: an absolute `http(s)` URL, or a path on the API itself.
+    pub fn parse(location: &[u8], api: &Endpoint, api_host: &HeaderValue) -> Option<SignedUrl> {
+        let uri = Uri::try_from(location).ok()?;
+        let path_and_query = uri.path_and_query()?.as_str().to_string();
+        if !path_and_query.starts_with('/') {
+            return None;
+        }
+        let Some(scheme) = uri.scheme_str() else {
+            return Some(SignedUrl {
+                endpoint: api.clone(),
+                path_and_query,
+                host: api_host.clone(),
+            });
+        };
+        let tls = match scheme {
+            "https" => true,
+            "http" => false,
+            _ => return None,
+        };
+        let authority = uri.authority()?;
+        if authority.as_str().contains('@') {
+            return None;
+        }
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        Some(SignedUrl {
+            endpoint: Endpoint {
+                port: authority.port_u16().unwrap_or(if tls { 443 } else { 80 }),
+                host,
+                tls,
+            },
+            path_and_query,
+            host: HeaderValue::from_str(authority.as_str()).ok()?,
+        })
+    }
+}
+
+pub struct ContentResolver {
+    connector: Connector,
+}
+
+impl ContentResolver {
+    /// Connects as the proxy does: same CA file and TLS settings.
+    pub fn new(conf: &ServerConf) -> ContentResolver {
+        ContentResolver {
+            connector: Connector::new(Some(ConnectorOptions::from_server_conf(conf))),
+        }
+    }
+
+    /// Sends `request` (a GET of `…/Content`, credentials in) to the API. A redirect gives the
+    /// signed URL; any other answer gives `None`, and the request then goes to the API as it
+    /// is (a second request, only for answers that are not redirects: errors, mostly).
+    pub async fn resolve(
+        &self,
+        peer: &HttpPeer,
+        request: RequestHeader,
+        api: &Endpoint,
+        api_host: &HeaderValue,
+    ) -> Result<Option<SignedUrl>> {
+        let (mut session, _reused) = self.connector.get_http_session(peer).await?;
+        session
+            .write_request_header(Box::new(request))
+            .await
+            .map_err(|e| e.into_up())?;
+        session
+            .finish_request_body()
+            .await
+            .map_err(|e| e.into_up())?;
+        session
+            .read_response_header()
+            .await
+            .map_err(|e| e.into_up())?;
+        let Some(response) = session.response_header() else {
+            return Error::e_explain(ErrorType::InvalidHTTPHeader, "no answer head")
+                .map_err(|e| e.into_up());
+        };
+        if !response.status.is_redirection() || response.status == http::StatusCode::NOT_MODIFIED {
+            return Ok(None);
+        }
+        let signed = response
+            .headers
+            .get(header::LOCATION)
+            .and_then(|location| SignedUrl::parse(location.as_bytes(), api, api_host));
+        let Some(signed) = signed else {
+            return Error::e_explain(
+                ErrorType::InvalidHTTPHeader,
+                "the content redirect has no usable Location",
+            )
+            .map_err(|e| e.into_up());
+        };
+        // Read the (small) redirect body so that the connection can serve the next request.
+        let mut read = 0;
+        loop {
+            match session.read_response_body().await {
+                Ok(Some(chunk)) if read + chunk.len() <= MAX_REDIRECT_BODY => read += chunk.len(),
+                Ok(None) => {
+                    self.connector
+                        .release_http_session(session, peer, Some(POOL_IDLE))
+                        .await;
+                    break;
+                }
+                _ => break,
+            }
+        }
+        Ok(Some(signed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api() -> (Endpoint, HeaderValue) {
+        (
+            Endpoint {
+                host: "mcs.us1.twilio.com".into(),
+                port: 443,
+                tls: true,
+            },
+            HeaderValue::from_static("mcs.us1.twilio.com"),
+        )
+    }
+
+    #[test]
+    fn absolute_and_relative_locations() {
+        let (api, host) = api();
+        let signed = SignedUrl::parse(
+            b"https://media.us1.twilio.com/ME1?Expires=1&Signature=a%2Fb&Key-Pair-Id=k",
+            &api,
+            &host,
+        )
+        .unwrap();
+        assert_eq!(signed.endpoint.host, "media.us1.twilio.com");
+        assert_eq!(signed.endpoint.port, 443);
+        assert!(signed.endpoint.tls);
+        assert_eq!(
+            signed.path_and_query,
+            "/ME1?Expires=1&Signature=a%2Fb&Key-Pair-Id=k"
+        );
+        assert_eq!(signed.host, "media.us1.twilio.com");
+
+        let local = SignedUrl::parse(b"http://127.0.0.1:8081/ME1?Expires=1", &api, &host).unwrap();
+        assert_eq!(local.endpoint.port, 8081);
+        assert!(!local.endpoint.tls);
+        assert_eq!(local.host, "127.0.0.1:8081");
+
+        let relative = SignedUrl::parse(b"/ME1?Expires=1", &api, &host).unwrap();
+        assert_eq!(relative.endpoint, api);
+        assert_eq!(relative.host, host);
+    }
+
+    #[test]
+    fn unusable_locations_are_refused() {
+        let (api, host) = api();
+        for bad in [
+            &b"ftp://example.com/x"[..],
+            b"https://user:pw@example.com/x",
+            b"not a url",
+            b"",
+        ] {
+            assert_eq!(SignedUrl::parse(bad, &api, &host), None, "{bad:?}");
+        }
+    }
+}
