@@ -146,12 +146,9 @@ async fn untyped_raw_uploads_and_missing_filenames() {
     let origin = shared();
     let service = new_service();
     // curl's default form type means "not given".
-    let media = origin.upload(
-        &service,
-        b"hello",
-        "application/x-www-form-urlencoded",
-    )
-    .await;
+    let media = origin
+        .upload(&service, b"hello", "application/x-www-form-urlencoded")
+        .await;
     assert_eq!(media["content_type"], "application/octet-stream");
     assert_eq!(media["filename"], Value::Null);
 }
@@ -327,7 +324,9 @@ async fn content_redirects_to_a_signed_url_that_serves_bytes_ranges_and_etags() 
 #[tokio::test]
 async fn forged_and_expired_signatures_are_refused() {
     let origin = shared();
-    let media = origin.upload(&new_service(), b"secret picture", "image/png").await;
+    let media = origin
+        .upload(&new_service(), b"secret picture", "image/png")
+        .await;
     let sid = media["sid"].as_str().unwrap();
     let signer = mediagate::origin::Signer::load_or_create(&origin.data).unwrap();
     let now = mediagate::origin::now_epoch();

@@ -6,6 +6,7 @@
 //! client: access checks run before the cache, and no client credential ever goes upstream (the
 //! proxy injects the service's own), so one service's answer is never served to another.
 
+mod lock;
 pub mod rules;
 mod storage;
 
@@ -13,9 +14,10 @@ use std::time::Duration;
 
 use pingora::cache::eviction::lru::Manager as LruManager;
 use pingora::cache::eviction::{CacheEntryKeyRef, EvictionManager};
-use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
+use pingora::cache::lock::CacheKeyLockImpl;
 use pingora::cache::CacheKey;
 
+use lock::FillLock;
 pub use rules::CachePolicy;
 pub use storage::MemoryStore;
 
@@ -115,9 +117,10 @@ impl Cache {
         let items = usize::try_from(memory / TYPICAL_ENTRY).unwrap_or(0).max(64);
         let eviction: &'static LruManager<LRU_SHARDS> =
             Box::leak(Box::new(LruManager::with_capacity(limit, items)));
-        let lock: &'static CacheLock = Box::leak(CacheLock::new_boxed(lock_age));
+        let storage: &'static MemoryStore = Box::leak(Box::new(MemoryStore::new()));
+        let lock: &'static FillLock = Box::leak(Box::new(FillLock::new(storage, lock_age)));
         Box::leak(Box::new(Cache {
-            storage: Box::leak(Box::new(MemoryStore::new())),
+            storage,
             eviction,
             lock,
         }))

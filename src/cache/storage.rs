@@ -121,6 +121,12 @@ impl MemoryStore {
         true
     }
 
+    /// Whether a fresh entry is held under `key`.
+    pub fn holds_fresh(&self, key: &CacheKey) -> bool {
+        self.get(&key.combined_bin())
+            .is_some_and(|entry| entry.fresh_until > SystemTime::now())
+    }
+
     /// The bytes held for one kind, as `mediagate_cache_bytes` reports them.
     pub fn bytes(&self, kind: Kind) -> u64 {
         u64::try_from(self.bytes[kind.index()].get()).unwrap_or(0)

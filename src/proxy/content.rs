@@ -89,7 +89,11 @@ impl ContentResolver {
         api: &Endpoint,
         api_host: &HeaderValue,
     ) -> Result<Option<SignedUrl>> {
-        let (mut session, _reused) = self.connector.get_http_session(peer).await?;
+        let (mut session, _reused) = self
+            .connector
+            .get_http_session(peer)
+            .await
+            .map_err(|e| e.into_up())?;
         session
             .write_request_header(Box::new(request))
             .await

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use http::Method;
 use pingora::cache::{CacheKey, CacheMeta, CachePhase, NoCacheReason, RespCacheable};
 use pingora::http::{RequestHeader, ResponseHeader};
-use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::proxy::{range_header_filter, FailToProxy, ProxyHttp, RangeType, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, OrErr, Result};
 
@@ -543,6 +543,35 @@ impl ProxyHttp for Gateway {
         })
     }
 
+    /// `If-None-Match` and friends, answered from the cache only (see `filling_the_cache`).
+    fn cache_not_modified_filter(
+        &self,
+        session: &Session,
+        response: &ResponseHeader,
+        _ctx: &mut RequestCtx,
+    ) -> Result<bool> {
+        Ok(!filling_the_cache(session)
+            && pingora::protocols::http::conditional_filter::not_modified_filter(
+                session.req_header(),
+                response,
+            ))
+    }
+
+    /// One `Range` (206, or 416 when it does not fit), answered from the cache only (see
+    /// `filling_the_cache`).
+    fn range_header_filter(
+        &self,
+        session: &mut Session,
+        response: &mut ResponseHeader,
+        _ctx: &mut RequestCtx,
+    ) -> RangeType {
+        if filling_the_cache(session) {
+            return RangeType::None;
+        }
+        // pingora refuses ranges once their count reaches the limit: 2 admits exactly one.
+        range_header_filter(session.req_header(), response, Some(2))
+    }
+
     /// The answer head on its way to the client, from the upstream or the cache: it carries
     /// the request id and, for cacheable reads, `Mediagate-Cache`.
     async fn response_filter(
@@ -653,6 +682,18 @@ fn check_framing(session: &Session) -> Result<(), &'static str> {
         .then(|| session.as_http1().map(|h1| h1.get_headers_raw_bytes()))
         .flatten();
     super::framing::check(headers, raw_head.as_deref())
+}
+
+/// Whether this request is filling the cache from the upstream. pingora ends a request once the
+/// client's answer is complete; when that answer is a range or a 304, the rest of the upstream
+/// body would never reach the cache and the fill would be abandoned (waiters released only
+/// by the lock's timeout). So the request that fills gets the whole answer, which RFC 9110
+/// allows, and ranges and 304s are answered from the cache from then on.
+fn filling_the_cache(session: &Session) -> bool {
+    matches!(
+        session.cache.phase(),
+        CachePhase::Miss | CachePhase::Expired
+    )
 }
 
 /// What the cache did for a cacheable read: served it (`hit`, `stale`), was consulted and

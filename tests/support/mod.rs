@@ -182,8 +182,18 @@ impl Origin {
 
     /// `kill -9`, then a new process on the same port and store.
     pub fn crash_and_restart(&mut self) {
+        self.stop();
+        self.restart();
+    }
+
+    /// `kill -9`: the port refuses connections until `restart`.
+    pub fn stop(&mut self) {
         self.child.kill().expect("kill -9 the origin");
         self.child.wait().expect("reap the origin");
+    }
+
+    /// A new process on the same port and store.
+    pub fn restart(&mut self) {
         let restarted = Origin::spawn(&self.data, self.addr, self.options.clone());
         let old = std::mem::replace(self, restarted);
         self._dir = old.into_dir();

@@ -1,0 +1,563 @@
+//! The cache, through a real proxy in front of a real origin: what the origin's journal saw is
+//! the proof of what was served from the cache.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use reqwest::StatusCode;
+use serde_json::Value;
+use support::*;
+
+/// The media's metadata and content paths under `service`.
+fn paths(service: &str, media: &str) -> (String, String) {
+    let metadata = format!("/v1/Services/{service}/Media/{media}");
+    let content = format!("{metadata}/Content");
+    (metadata, content)
+}
+
+/// Stores `bytes` at the origin and answers the media SID.
+async fn stored(origin: &Origin, service: &str, bytes: &[u8], content_type: &str) -> String {
+    let media = origin.upload(service, bytes, content_type).await;
+    media["sid"].as_str().expect("media sid").to_string()
+}
+
+struct Read {
+    status: StatusCode,
+    cache: Option<String>,
+    headers: reqwest::header::HeaderMap,
+    body: Vec<u8>,
+}
+
+async fn get(proxy: &Proxy, path: &str, headers: &[(&str, &str)]) -> Read {
+    let mut request = client().get(proxy.url(path));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await.expect("read through the proxy");
+    let status = response.status();
+    let headers = response.headers().clone();
+    let cache = headers
+        .get("mediagate-cache")
+        .map(|v| v.to_str().unwrap().to_string());
+    let body = response.bytes().await.expect("body").to_vec();
+    Read {
+        status,
+        cache,
+        headers,
+        body,
+    }
+}
+
+/// The origin's GETs of exactly this path (the API's; temporary URLs are journalled as `/{ME}`).
+fn origin_gets(origin: &Origin, path: &str) -> Vec<Value> {
+    origin
+        .journal()
+        .into_iter()
+        .filter(|e| e["method"] == "GET" && e["path"] == path)
+        .collect()
+}
+
+fn start(origin: &Origin, cache: &str) -> Proxy {
+    Proxy::start(ProxyConfig::to(&origin.url).with(cache))
+}
+
+fn origin_with(args: &[&str]) -> Origin {
+    Origin::start_with(OriginOptions {
+        args: args.iter().map(|a| a.to_string()).collect(),
+        ..OriginOptions::default()
+    })
+}
+
+fn cache_count(proxy: &Proxy, kind: &str, result: &str) -> f64 {
+    proxy
+        .metric(
+            "mediagate_cache_requests_total",
+            &[("kind", kind), ("result", result)],
+        )
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn a_second_read_is_a_hit_and_the_origin_saw_one_request() {
+    let origin = Origin::start();
+    let proxy = start(&origin, "");
+    let service = new_service();
+    let media = stored(&origin, &service, &png_bytes(3000), "image/png").await;
+    let (metadata, _) = paths(&service, &media);
+
+    let first = get(&proxy, &metadata, &[("x-request-id", "first-read")]).await;
+    let second = get(&proxy, &metadata, &[("x-request-id", "second-read")]).await;
+    assert_eq!(first.status, StatusCode::OK);
+    assert_eq!(first.cache.as_deref(), Some("miss"));
+    assert_eq!(second.status, StatusCode::OK);
+    assert_eq!(second.cache.as_deref(), Some("hit"));
+    assert_eq!(first.body, second.body);
+    let json: Value = serde_json::from_slice(&second.body).unwrap();
+    assert_eq!(json["sid"], media.as_str());
+    // A hit carries its own request's id, not the one of the request that filled the entry.
+    assert_eq!(second.headers["x-request-id"], "second-read");
+    assert_eq!(origin_gets(&origin, &metadata).len(), 1);
+
+    proxy.wait_recorded(2);
+    assert_eq!(cache_count(&proxy, "metadata", "miss"), 1.0);
+    assert_eq!(cache_count(&proxy, "metadata", "hit"), 1.0);
+    assert!(
+        proxy
+            .metric("mediagate_cache_bytes", &[("kind", "metadata")])
+            .unwrap()
+            > 0.0
+    );
+    // A miss is logged after its fill completes, which may be after the next read's hit.
+    let log = proxy.access_log();
+    let mut caches: Vec<String> = log
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["cache"].to_string())
+        .collect();
+    caches.sort();
+    assert_eq!(caches, ["\"hit\"", "\"miss\""]);
+}
+
+#[tokio::test]
+async fn fifty_concurrent_first_reads_make_one_upstream_fetch() {
+    let origin = Origin::start();
+    let proxy = start(&origin, "");
+    let service = new_service();
+    let bytes = png_bytes(256 * 1024);
+    let media = stored(&origin, &service, &bytes, "image/png").await;
+    let (metadata, content) = paths(&service, &media);
+
+    for path in [&metadata, &content] {
+        let reads = join_all((0..50).map(|_| get(&proxy, path, &[]))).await;
+        let first = &reads[0].body;
+        for read in &reads {
+            assert_eq!(read.status, StatusCode::OK, "{path}");
+            assert_eq!(
+                &read.body, first,
+                "{path}: every reader gets the same answer"
+            );
+        }
+        assert_eq!(origin_gets(&origin, path).len(), 1, "{path}");
+    }
+    assert_eq!(
+        sha256_hex(&get(&proxy, &content, &[]).await.body),
+        sha256_hex(&bytes)
+    );
+    // The signed URL was fetched once as well.
+    let signed: Vec<Value> = origin
+        .journal()
+        .into_iter()
+        .filter(|e| e["path"] == format!("/{media}"))
+        .collect();
+    assert_eq!(signed.len(), 1);
+}
+
+#[tokio::test]
+async fn content_is_fetched_once_through_the_redirect_and_served_with_ranges_and_304() {
+    let origin = Origin::start();
+    let proxy = start(&origin, "");
+    let service = new_service();
+    let bytes = png_bytes(100_000);
+    let media = stored(&origin, &service, &bytes, "image/png").await;
+    let (_, content) = paths(&service, &media);
+
+    let first = get(&proxy, &content, &[]).await;
+    assert_eq!(first.status, StatusCode::OK);
+    assert_eq!(first.cache.as_deref(), Some("miss"));
+    assert!(first.headers.get("location").is_none());
+    assert_eq!(first.headers["content-type"], "image/png");
+    assert_eq!(first.headers["content-length"], bytes.len().to_string());
+    assert_eq!(sha256_hex(&first.body), sha256_hex(&bytes));
+    let etag = first.headers["etag"].to_str().unwrap().to_string();
+
+    let hit = get(&proxy, &content, &[]).await;
+    assert_eq!(hit.cache.as_deref(), Some("hit"));
+    assert_eq!(sha256_hex(&hit.body), sha256_hex(&bytes));
+    assert_eq!(hit.headers["content-length"], bytes.len().to_string());
+    assert_eq!(hit.headers["etag"], etag.as_str());
+
+    let range = get(&proxy, &content, &[("range", "bytes=1000-1999")]).await;
+    assert_eq!(range.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(range.body, &bytes[1000..2000]);
+    assert_eq!(
+        range.headers["content-range"],
+        format!("bytes 1000-1999/{}", bytes.len()).as_str()
+    );
+    let tail = get(&proxy, &content, &[("range", "bytes=-10")]).await;
+    assert_eq!(tail.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(tail.body, &bytes[bytes.len() - 10..]);
+    let outside = get(&proxy, &content, &[("range", "bytes=200000-")]).await;
+    assert_eq!(outside.status, StatusCode::RANGE_NOT_SATISFIABLE);
+    let unchanged = get(&proxy, &content, &[("if-none-match", &etag)]).await;
+    assert_eq!(unchanged.status, StatusCode::NOT_MODIFIED);
+    assert!(unchanged.body.is_empty());
+    let changed = get(&proxy, &content, &[("if-none-match", "\"other\"")]).await;
+    assert_eq!(changed.status, StatusCode::OK);
+    assert_eq!(sha256_hex(&changed.body), sha256_hex(&bytes));
+
+    // One API request (the redirect) with the service's credentials, one fetch of the signed
+    // URL with none.
+    let api = origin_gets(&origin, &content);
+    assert_eq!(api.len(), 1);
+    assert_eq!(api[0]["auth"], format!("basic:{ACCOUNT}"));
+    let signed: Vec<Value> = origin
+        .journal()
+        .into_iter()
+        .filter(|e| e["path"] == format!("/{media}"))
+        .collect();
+    assert_eq!(signed.len(), 1);
+    assert_eq!(signed[0]["auth"], "none");
+}
+
+#[tokio::test]
+async fn the_read_that_fills_the_cache_gets_the_whole_answer_then_ranges_and_304s_follow() {
+    let origin = Origin::start();
+    let proxy = start(&origin, "");
+    let service = new_service();
+    let bytes = png_bytes(300_000);
+    let media = stored(&origin, &service, &bytes, "image/png").await;
+    let (_, content) = paths(&service, &media);
+    let etag = format!("\"{}\"", sha256_hex(&bytes));
+
+    // The fill must complete even though the client asked for a part or for nothing: the
+    // range is ignored (RFC 9110 allows it), and so is the validator.
+    let range = get(&proxy, &content, &[("range", "bytes=100-199")]).await;
+    assert_eq!(range.status, StatusCode::OK);
+    assert_eq!(range.cache.as_deref(), Some("miss"));
+    assert_eq!(sha256_hex(&range.body), sha256_hex(&bytes));
+    let hit = get(&proxy, &content, &[("range", "bytes=100-199")]).await;
+    assert_eq!(hit.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(hit.cache.as_deref(), Some("hit"));
+    assert_eq!(hit.body, &bytes[100..200]);
+
+    let service = new_service();
+    let media = stored(&origin, &service, &bytes, "image/png").await;
+    let (_, content) = paths(&service, &media);
+    let first = get(&proxy, &content, &[("if-none-match", &etag)]).await;
+    assert_eq!(first.status, StatusCode::OK);
+    assert_eq!(first.cache.as_deref(), Some("miss"));
+    let second = get(&proxy, &content, &[("if-none-match", &etag)]).await;
+    assert_eq!(second.status, StatusCode::NOT_MODIFIED);
+    assert_eq!(second.cache.as_deref(), Some("hit"));
+    assert_eq!(origin_gets(&origin, &content).len(), 1);
+}
+
+#[tokio::test]
+async fn metadata_expires_before_its_temporary_url() {
+    // URLs valid 33 s: the metadata may be kept 3 s (33 − 30), though metadata_ttl is 60 s.
+    let origin = origin_with(&["--url-ttl", "33"]);
+    let proxy = start(&origin, "cache:\n  metadata_ttl: 60s\n");
+    let service = new_service();
+    let media = stored(&origin, &service, b"hello", "text/plain").await;
+    let (metadata, _) = paths(&service, &media);
+
+    let filled = Instant::now();
+    assert_eq!(
+        get(&proxy, &metadata, &[]).await.cache.as_deref(),
+        Some("miss")
+    );
+    assert_eq!(
+        get(&proxy, &metadata, &[]).await.cache.as_deref(),
+        Some("hit")
+    );
+    // Polls until the entry expires: the interval only bounds the measurement's precision.
+    let expired = loop {
+        if get(&proxy, &metadata, &[]).await.cache.as_deref() == Some("miss") {
+            break filled.elapsed();
+        }
+        assert!(
+            filled.elapsed() < Duration::from_secs(20),
+            "the metadata never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // Within the URL's validity less the margin (whole seconds: up to 1 s early), and long
+    // before metadata_ttl.
+    assert!(expired >= Duration::from_secs(2), "{expired:?}");
+    assert!(expired < Duration::from_secs(20), "{expired:?}");
+
+    // A URL with less than the margin left is never kept at all.
+    let short = origin_with(&["--url-ttl", "20"]);
+    let proxy = start(&short, "");
+    let media = stored(&short, &service, b"hello", "text/plain").await;
+    let (metadata, _) = paths(&service, &media);
+    for _ in 0..2 {
+        assert_eq!(
+            get(&proxy, &metadata, &[]).await.cache.as_deref(),
+            Some("miss")
+        );
+    }
+    assert_eq!(origin_gets(&short, &metadata).len(), 2);
+}
+
+#[tokio::test]
+async fn no_store_from_the_upstream_is_obeyed() {
+    let origin = origin_with(&["--cache-control", "no-store"]);
+    let proxy = start(&origin, "");
+    let service = new_service();
+    let bytes = png_bytes(2000);
+    let media = stored(&origin, &service, &bytes, "image/png").await;
+    let (metadata, content) = paths(&service, &media);
+    for path in [&metadata, &content] {
+        for _ in 0..2 {
+            let read = get(&proxy, path, &[]).await;
+            assert_eq!(read.status, StatusCode::OK);
+            assert_eq!(read.cache.as_deref(), Some("miss"));
+        }
+        assert_eq!(origin_gets(&origin, path).len(), 2, "{path}");
+    }
+    proxy.wait_recorded(4);
+    assert_eq!(
+        proxy.metric("mediagate_cache_bytes", &[("kind", "content")]),
+        Some(0.0)
+    );
+    assert_eq!(
+        proxy.metric("mediagate_cache_bytes", &[("kind", "metadata")]),
+        Some(0.0)
+    );
+}
+
+#[tokio::test]
+async fn a_token_for_one_service_never_reads_another_services_cached_media() {
+    let origin = Origin::start();
+    let a = new_service();
+    let b = new_service();
+    let proxy = start(
+        &origin,
+        &format!(
+            "access:\n  tokens:\n    - token: token-a\n      services: [{a}]\n    - token: token-b\n      services: [{b}]\n"
+        ),
+    );
+    let media = stored(&origin, &b, &png_bytes(1000), "image/png").await;
+    let (b_metadata, b_content) = paths(&b, &media);
+    let bearer_a = [("authorization", "Bearer token-a")];
+    let bearer_b = [("authorization", "Bearer token-b")];
+    for path in [&b_metadata, &b_content] {
+        assert_eq!(get(&proxy, path, &bearer_b).await.status, StatusCode::OK);
+        assert_eq!(
+            get(&proxy, path, &bearer_b).await.cache.as_deref(),
+            Some("hit")
+        );
+        // A's token on B's path: refused before the cache.
+        let refused = get(&proxy, path, &bearer_a).await;
+        assert_eq!(refused.status, StatusCode::FORBIDDEN);
+        assert_eq!(refused.cache, None);
+    }
+    // A's path with B's media: a different key, so the origin is asked, and says 404.
+    let (a_metadata, a_content) = paths(&a, &media);
+    for path in [&a_metadata, &a_content] {
+        let read = get(&proxy, path, &bearer_a).await;
+        assert_eq!(read.status, StatusCode::NOT_FOUND, "{path}");
+        assert_eq!(read.cache.as_deref(), Some("miss"));
+    }
+    assert_eq!(origin_gets(&origin, &a_metadata).len(), 1);
+}
+
+/// The proxy's resident memory, from /proc.
+fn rss_bytes(proxy: &Proxy) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", proxy.child.id())).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS");
+    kib * 1024
+}
+
+#[tokio::test]
+async fn three_times_the_memory_bound_of_content_stays_within_it() {
+    const MIB: u64 = 1024 * 1024;
+    let origin = Origin::start();
+    let proxy = start(&origin, "cache:\n  memory: 8MiB\n  max_object: 1MiB\n");
+    let service = new_service();
+    let mut media = Vec::new();
+    for i in 0..24u8 {
+        let mut bytes = png_bytes(1000 * 1000);
+        bytes[100] = i;
+        media.push((stored(&origin, &service, &bytes, "image/png").await, bytes));
+    }
+    for (sid, bytes) in &media {
+        let read = get(&proxy, &paths(&service, sid).1, &[]).await;
+        assert_eq!(read.status, StatusCode::OK);
+        assert_eq!(sha256_hex(&read.body), sha256_hex(bytes));
+    }
+    proxy.wait_recorded(media.len());
+    let held = || {
+        proxy
+            .metric("mediagate_cache_bytes", &[("kind", "content")])
+            .unwrap()
+    };
+    // Evicted entries are dropped by a task pingora spawns right after each admission.
+    assert!(
+        wait_for(Duration::from_secs(5), || held() <= (8 * MIB) as f64),
+        "the cache holds {} bytes",
+        held()
+    );
+    assert!(
+        held() >= (4 * MIB) as f64,
+        "the cache keeps what fits: {}",
+        held()
+    );
+    let evicted = proxy
+        .metric("mediagate_cache_evictions_total", &[("kind", "content")])
+        .unwrap();
+    assert!(evicted >= 16.0, "{evicted} evictions");
+    let rss = rss_bytes(&proxy);
+    assert!(rss <= 8 * MIB + 64 * MIB, "RSS {} MiB", rss / MIB);
+    // What is still held is served from memory.
+    let contents: Vec<String> = media
+        .iter()
+        .map(|(sid, _)| paths(&service, sid).1)
+        .collect();
+    let hits = join_all(contents.iter().map(|path| get(&proxy, path, &[])))
+        .await
+        .iter()
+        .filter(|read| read.cache.as_deref() == Some("hit"))
+        .count();
+    assert!(hits >= 1, "{hits} hits");
+}
+
+#[tokio::test]
+async fn an_object_over_max_object_is_served_whole_and_not_cached() {
+    let origin = Origin::start();
+    let proxy = start(&origin, "cache:\n  max_object: 64KiB\n");
+    let service = new_service();
+    let bytes = png_bytes(200 * 1024);
+    let media = stored(&origin, &service, &bytes, "image/png").await;
+    let (_, content) = paths(&service, &media);
+    for _ in 0..2 {
+        let read = get(&proxy, &content, &[]).await;
+        assert_eq!(read.status, StatusCode::OK);
+        assert_eq!(read.cache.as_deref(), Some("miss"));
+        assert_eq!(sha256_hex(&read.body), sha256_hex(&bytes));
+    }
+    assert_eq!(origin_gets(&origin, &content).len(), 2);
+    proxy.wait_recorded(2);
+    assert_eq!(
+        proxy.metric("mediagate_cache_bytes", &[("kind", "content")]),
+        Some(0.0)
+    );
+}
+
+#[tokio::test]
+async fn purge_on_the_metrics_listener_drops_both_kinds() {
+    let origin = Origin::start();
+    let proxy = start(&origin, "");
+    let service = new_service();
+    let media = stored(&origin, &service, &png_bytes(1000), "image/png").await;
+    let (metadata, content) = paths(&service, &media);
+    for path in [&metadata, &content] {
+        get(&proxy, path, &[]).await;
+        assert_eq!(get(&proxy, path, &[]).await.cache.as_deref(), Some("hit"));
+    }
+    // Not on the client port: that is not the Media API.
+    let client_port = client()
+        .delete(proxy.url(&format!("/cache/{service}/{media}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(client_port.status(), StatusCode::NOT_FOUND);
+    let purge_url = format!("http://{}/cache/{service}/{media}", proxy.metrics);
+    let purged = client().delete(&purge_url).send().await.unwrap();
+    assert_eq!(purged.status(), StatusCode::OK);
+    let answer: Value = purged.json().await.unwrap();
+    assert_eq!(answer["entries"], 2);
+    for path in [&metadata, &content] {
+        assert_eq!(get(&proxy, path, &[]).await.cache.as_deref(), Some("miss"));
+        assert_eq!(origin_gets(&origin, path).len(), 2);
+    }
+    let wrong_method = client().get(&purge_url).send().await.unwrap();
+    assert_eq!(wrong_method.status(), StatusCode::METHOD_NOT_ALLOWED);
+    let bad = client()
+        .delete(format!("http://{}/cache/nope/{media}", proxy.metrics))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn a_failed_fill_releases_the_readers_waiting_on_it() {
+    let mut origin = Origin::start();
+    let proxy = start(&origin, "");
+    let service = new_service();
+    let media = stored(&origin, &service, &png_bytes(1000), "image/png").await;
+    let (metadata, content) = paths(&service, &media);
+    origin.stop();
+    for path in [&metadata, &content] {
+        let reads = tokio::time::timeout(
+            Duration::from_secs(30),
+            join_all((0..20).map(|_| get(&proxy, path, &[]))),
+        )
+        .await
+        .expect("every waiting reader is answered");
+        for read in reads {
+            assert_eq!(read.status, StatusCode::BAD_GATEWAY, "{path}");
+        }
+    }
+    origin.restart();
+    for path in [&metadata, &content] {
+        let read = get(&proxy, path, &[]).await;
+        assert_eq!(read.status, StatusCode::OK);
+        assert_eq!(read.cache.as_deref(), Some("miss"));
+    }
+}
+
+#[tokio::test]
+async fn with_redirects_not_followed_the_redirect_passes_through_uncached() {
+    let origin = Origin::start();
+    let proxy = start(&origin, "cache:\n  follow_content_redirects: false\n");
+    let service = new_service();
+    let media = stored(&origin, &service, &png_bytes(1000), "image/png").await;
+    let (_, content) = paths(&service, &media);
+    for _ in 0..2 {
+        let read = get(&proxy, &content, &[]).await;
+        assert_eq!(read.status, StatusCode::FOUND);
+        assert_eq!(read.cache.as_deref(), Some("bypass"));
+        assert!(read.headers["location"]
+            .to_str()
+            .unwrap()
+            .contains("Signature="));
+    }
+    assert_eq!(origin_gets(&origin, &content).len(), 2);
+    proxy.wait_recorded(2);
+    assert_eq!(cache_count(&proxy, "content", "bypass"), 2.0);
+}
+
+#[tokio::test]
+async fn not_found_is_kept_for_the_negative_ttl_only_when_set() {
+    let origin = Origin::start();
+    let service = new_service();
+    let missing = "ME0123456789abcdef0123456789abcdef";
+    let (metadata, _) = paths(&service, missing);
+    let proxy = start(&origin, "");
+    for _ in 0..2 {
+        assert_eq!(
+            get(&proxy, &metadata, &[]).await.status,
+            StatusCode::NOT_FOUND
+        );
+    }
+    assert_eq!(origin_gets(&origin, &metadata).len(), 2);
+    drop(proxy);
+    let proxy = start(&origin, "cache:\n  negative_ttl: 5s\n");
+    for _ in 0..2 {
+        assert_eq!(
+            get(&proxy, &metadata, &[]).await.status,
+            StatusCode::NOT_FOUND
+        );
+    }
+    assert_eq!(origin_gets(&origin, &metadata).len(), 3);
+}
+
+#[tokio::test]
+async fn the_response_header_can_be_turned_off() {
+    let origin = Origin::start();
+    let proxy = start(&origin, "cache:\n  response_header: false\n");
+    let service = new_service();
+    let media = stored(&origin, &service, b"hi", "text/plain").await;
+    let read = get(&proxy, &paths(&service, &media).0, &[]).await;
+    assert_eq!(read.status, StatusCode::OK);
+    assert_eq!(read.cache, None);
+}
