@@ -81,18 +81,15 @@ async fn a_scripted_mix_shows_in_every_family_and_in_the_access_log() {
         mix.upload(MAIN, "image/png", png(3000)).await.status(),
         StatusCode::CREATED
     );
-    // Reads: metadata 200, content 302, unknown media 404.
+    // Reads: metadata and content twice each (a miss, then a hit), unknown media 404 (a miss).
     let media = format!("/v1/Services/{MAIN}/Media/{sid}");
-    assert_eq!(
-        mix.send("GET", &media, true, None, vec![]).await.status(),
-        StatusCode::OK
-    );
-    assert_eq!(
-        mix.send("GET", &format!("{media}/Content"), true, None, vec![])
-            .await
-            .status(),
-        StatusCode::FOUND
-    );
+    for path in [media.clone(), format!("{media}/Content")] {
+        for expected in ["miss", "hit"] {
+            let read = mix.send("GET", &path, true, None, vec![]).await;
+            assert_eq!(read.status(), StatusCode::OK);
+            assert_eq!(read.headers()["mediagate-cache"], expected);
+        }
+    }
     let unknown = format!(
         "/v1/Services/{MAIN}/Media/{}",
         mediagate::api::MediaSid::generate()
@@ -179,7 +176,7 @@ async fn a_scripted_mix_shows_in_every_family_and_in_the_access_log() {
         "quota_bytes"
     );
 
-    proxy.wait_recorded(16);
+    proxy.wait_recorded(18);
     let requests = |labels: &[(&str, &str)]| proxy.metric("mediagate_requests_total", labels);
     assert_eq!(
         requests(&[
@@ -197,7 +194,7 @@ async fn a_scripted_mix_shows_in_every_family_and_in_the_access_log() {
             ("status", "200"),
             ("service", MAIN)
         ]),
-        Some(1.0)
+        Some(2.0)
     );
     assert_eq!(
         requests(&[
@@ -212,10 +209,10 @@ async fn a_scripted_mix_shows_in_every_family_and_in_the_access_log() {
         requests(&[
             ("route", "content"),
             ("method", "GET"),
-            ("status", "302"),
+            ("status", "200"),
             ("service", MAIN)
         ]),
-        Some(1.0)
+        Some(2.0)
     );
     assert_eq!(
         requests(&[
@@ -334,7 +331,38 @@ async fn a_scripted_mix_shows_in_every_family_and_in_the_access_log() {
         proxy.metric("mediagate_uploads_in_flight", &[("service", MAIN)]),
         Some(0.0)
     );
-    // Upstream time for every request that reached the origin: 2 + 1 + 1 + 1 on MAIN, 1 on ONE_A_MINUTE.
+    // The cache: each read counted once, by kind and result; what the fills hold.
+    for (kind, result, count) in [
+        ("metadata", "miss", 2.0),
+        ("metadata", "hit", 1.0),
+        ("content", "miss", 1.0),
+        ("content", "hit", 1.0),
+        ("metadata", "bypass", 0.0),
+        ("content", "bypass", 0.0),
+        ("metadata", "stale", 0.0),
+    ] {
+        assert_eq!(
+            proxy.metric(
+                "mediagate_cache_requests_total",
+                &[("kind", kind), ("result", result)]
+            ),
+            Some(count),
+            "{kind} {result}"
+        );
+    }
+    let held = |kind| {
+        proxy
+            .metric("mediagate_cache_bytes", &[("kind", kind)])
+            .unwrap()
+    };
+    assert!(held("content") > 1000.0, "{}", held("content"));
+    assert!(held("metadata") > 500.0, "{}", held("metadata"));
+    assert_eq!(
+        proxy.metric("mediagate_cache_evictions_total", &[("kind", "content")]),
+        Some(0.0)
+    );
+    // Upstream time for every request that reached the origin (hits did not): 2 uploads + 1
+    // metadata + 1 content + 1 unknown on MAIN, 1 on ONE_A_MINUTE.
     let upstream: f64 = ["upload", "metadata", "content"]
         .iter()
         .map(|route| {
@@ -379,7 +407,7 @@ async fn a_scripted_mix_shows_in_every_family_and_in_the_access_log() {
     }
 
     // The access log: one JSON line per request, ids unique, no secret anywhere.
-    let total = 16;
+    let total = 18;
     let log = wait_for_lines(&proxy, total);
     let entries: Vec<Value> = log
         .lines()
@@ -418,6 +446,21 @@ async fn a_scripted_mix_shows_in_every_family_and_in_the_access_log() {
     }
     let read = entries.iter().find(|e| e["status"] == 200).unwrap();
     assert_eq!(read["media"], sid.as_str());
+    let mut caches: Vec<(String, String)> = entries
+        .iter()
+        .filter(|e| !e["cache"].is_null())
+        .map(|e| (e["route"].to_string(), e["cache"].to_string()))
+        .collect();
+    caches.sort();
+    let expected = [
+        ("content", "hit"),
+        ("content", "miss"),
+        ("metadata", "hit"),
+        ("metadata", "miss"),
+        ("metadata", "miss"),
+    ]
+    .map(|(route, cache)| (format!("\"{route}\""), format!("\"{cache}\"")));
+    assert_eq!(caches, expected);
     for secret in [
         TOKEN,
         AUTH_TOKEN,

@@ -93,3 +93,65 @@ fn a_configuration_that_fails_validation_is_refused_and_the_old_one_stays() {
     // Still the old policy, still serving.
     assert_eq!(upload_text(&proxy), 415);
 }
+
+#[tokio::test]
+async fn sighup_applies_new_cache_settings_and_a_new_memory_bound() {
+    let origin = Origin::start();
+    let mut config = ProxyConfig::to(&origin.url);
+    config.log_level = "info";
+    let proxy = Proxy::start(config);
+    let service = new_service();
+    let mut contents = Vec::new();
+    for i in 0..4u8 {
+        let mut bytes = png_bytes(600 * 1024);
+        bytes[100] = i;
+        let media = origin.upload(&service, &bytes, "image/png").await;
+        contents.push(format!(
+            "/v1/Services/{service}/Media/{}/Content",
+            media["sid"].as_str().unwrap()
+        ));
+    }
+    let read = |path: String| {
+        let url = proxy.url(&path);
+        async move {
+            let response = client().get(url).send().await.unwrap();
+            assert_eq!(response.status().as_u16(), 200);
+            let cache = response
+                .headers()
+                .get("mediagate-cache")
+                .map(|v| v.to_str().unwrap().to_string());
+            // Read to the end: a client that leaves early ends the fill.
+            response.bytes().await.unwrap();
+            cache
+        }
+    };
+    assert_eq!(read(contents[0].clone()).await.as_deref(), Some("miss"));
+    assert_eq!(read(contents[0].clone()).await.as_deref(), Some("hit"));
+
+    let mut smaller = ProxyConfig::to(&origin.url)
+        .with("cache:\n  memory: 1MiB\n  max_object: 1MiB\n  response_header: false\n");
+    smaller.log_level = "info";
+    proxy.rewrite_config(&smaller);
+    signal(&proxy.child, Signal::SIGHUP);
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            proxy.metric("mediagate_config_reloads_total", &[("result", "ok")]) == Some(1.0)
+        }),
+        "{}",
+        proxy.log()
+    );
+    // The header is gone, and the cache comes down to the new bound as entries come in.
+    for path in &contents {
+        assert_eq!(read(path.clone()).await, None);
+    }
+    let held = || {
+        proxy
+            .metric("mediagate_cache_bytes", &[("kind", "content")])
+            .unwrap()
+    };
+    assert!(
+        wait_for(Duration::from_secs(5), || held() <= 1024.0 * 1024.0),
+        "{} bytes held",
+        held()
+    );
+}

@@ -95,6 +95,10 @@ pub fn key(service: &ServiceSid, media: &MediaSid, kind: Kind) -> CacheKey {
     CacheKey::new(primary, label)
 }
 
+fn bytes_limit(memory: u64) -> usize {
+    usize::try_from(memory).unwrap_or(usize::MAX)
+}
+
 /// Sizes the eviction manager's LRU shards.
 const LRU_SHARDS: usize = 16;
 /// An estimate of the average entry, to size the LRU's index up front.
@@ -106,6 +110,8 @@ pub struct Cache {
     pub storage: &'static MemoryStore,
     pub eviction: &'static (dyn EvictionManager + Sync),
     pub lock: &'static CacheKeyLockImpl,
+    /// The eviction manager as what it is, to change its bound on reload.
+    lru: &'static LruManager<LRU_SHARDS>,
 }
 
 impl Cache {
@@ -113,7 +119,7 @@ impl Cache {
     /// `memory` bounds the cached bytes; `lock_age` is how long a fill may hold the lock
     /// before waiters stop waiting for it.
     pub fn leak(memory: u64, lock_age: Duration) -> &'static Cache {
-        let limit = usize::try_from(memory).unwrap_or(usize::MAX);
+        let limit = bytes_limit(memory);
         let items = usize::try_from(memory / TYPICAL_ENTRY).unwrap_or(0).max(64);
         let eviction: &'static LruManager<LRU_SHARDS> =
             Box::leak(Box::new(LruManager::with_capacity(limit, items)));
@@ -123,7 +129,14 @@ impl Cache {
             storage,
             eviction,
             lock,
+            lru: eviction,
         }))
+    }
+
+    /// A new bound on the cached bytes (`cache.memory` reloaded). A smaller bound is reached by
+    /// evicting as new entries come in.
+    pub fn resize(&self, memory: u64) {
+        self.lru.set_weight_limit(bytes_limit(memory));
     }
 
     /// Drops both kinds cached for one media (`DELETE /cache/{IS}/{ME}`); returns how many

@@ -69,7 +69,7 @@ pub fn run(config: Config, path: &Path) -> Result<(), String> {
     );
     admin.add_tcp(&config.server.metrics_listen.to_string());
 
-    let reloader = reload::Reloader::new(path.to_path_buf(), config.clone(), settings);
+    let reloader = reload::Reloader::new(path.to_path_buf(), config.clone(), settings, cache);
     server.add_service(proxy);
     server.add_service(admin);
     server.add_service(background_service("config reload", reloader));

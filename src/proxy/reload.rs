@@ -1,6 +1,6 @@
 //! Configuration reload on SIGHUP. The file is read and validated again; if it is good, new
-//! settings (access, upload policy, quota limits, credentials, upstream, metric label sets)
-//! replace the old ones at once, while requests already running finish with the settings they
+//! settings (access, upload policy, quota limits, credentials, upstream, cache TTLs and size,
+//! metric label sets) replace the old ones at once, while requests already running finish with the settings they
 //! started with and no connection is dropped. A file that fails validation is refused with a
 //! log line, and the running configuration stays. Listeners, threads, the access log switch and
 //! the quota backend are fixed at start: changing them needs a restart (or pingora's SIGQUIT
@@ -10,6 +10,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
+
+use crate::cache::Cache;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
@@ -22,14 +24,21 @@ pub struct Reloader {
     path: PathBuf,
     running: Mutex<Config>,
     settings: Arc<ArcSwap<Settings>>,
+    cache: &'static Cache,
 }
 
 impl Reloader {
-    pub fn new(path: PathBuf, running: Config, settings: Arc<ArcSwap<Settings>>) -> Reloader {
+    pub fn new(
+        path: PathBuf,
+        running: Config,
+        settings: Arc<ArcSwap<Settings>>,
+        cache: &'static Cache,
+    ) -> Reloader {
         Reloader {
             path,
             running: Mutex::new(running),
             settings,
+            cache,
         }
     }
 
@@ -44,6 +53,7 @@ impl Reloader {
             );
         }
         self.settings.store(Arc::new(settings));
+        self.cache.resize(config.cache.memory.bytes());
         *running = config;
         Ok(())
     }
