@@ -232,7 +232,7 @@ fn print_instructions(options: &DemoOptions, files: &DemoFiles, media: &Media) {
 Try (the proxy adds the credentials):
   curl -sS -X POST -H 'Content-Type: image/png' --data-binary @{sample} {proxy}/v1/Services/{DEMO_SERVICE}/Media
   curl -sS {proxy}{media_path}
-  curl -sSL -o copy.png {proxy}{media_path}/Content
+  curl -sS -o copy.png {proxy}{media_path}/Content
 
 Press Ctrl-C to stop.",
         metrics = options.metrics_listen,

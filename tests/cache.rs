@@ -561,3 +561,30 @@ async fn the_response_header_can_be_turned_off() {
     assert_eq!(read.status, StatusCode::OK);
     assert_eq!(read.cache, None);
 }
+
+#[tokio::test]
+async fn head_is_answered_from_the_cache_and_never_abandons_a_fill() {
+    let origin = Origin::start();
+    let proxy = start(&origin, "");
+    let service = new_service();
+    let bytes = png_bytes(200_000);
+    let media = stored(&origin, &service, &bytes, "image/png").await;
+    let (metadata, content) = paths(&service, &media);
+    for path in [&metadata, &content] {
+        let head = |proxy: &Proxy| client().head(proxy.url(path)).send();
+        let first = head(&proxy).await.unwrap();
+        assert_eq!(first.status(), StatusCode::OK, "{path}");
+        let started = Instant::now();
+        let read = get(&proxy, path, &[]).await;
+        assert_eq!(read.status, StatusCode::OK);
+        // Answered at once, not after a lock timeout.
+        assert!(started.elapsed() < Duration::from_secs(3), "{path}");
+        let cached = head(&proxy).await.unwrap();
+        assert_eq!(cached.status(), StatusCode::OK);
+        assert_eq!(cached.headers()["mediagate-cache"], "hit");
+        assert_eq!(
+            cached.headers()["content-length"],
+            read.body.len().to_string().as_str()
+        );
+    }
+}

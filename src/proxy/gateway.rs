@@ -427,6 +427,20 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    /// A lookup missed and this request holds the key's lock: it fetches for everyone waiting.
+    /// A HEAD would end once its client has the head, before the body reached the cache,
+    /// abandoning the fill; so a HEAD goes upstream as a HEAD, uncached, and the waiters fetch
+    /// for themselves.
+    fn cache_miss(&self, session: &mut Session, _ctx: &mut RequestCtx) {
+        if session.req_header().method == Method::HEAD {
+            session
+                .cache
+                .disable(NoCacheReason::Custom("HEAD fills nothing"));
+        } else {
+            session.cache.cache_miss();
+        }
+    }
+
     /// A miss (after the cache lock, for one request per key at a time): the API for metadata;
     /// for content, the signed URL the API redirects to, when redirects are followed.
     async fn upstream_peer(
@@ -446,6 +460,8 @@ impl ProxyHttp for Gateway {
         {
             return Ok(api);
         }
+        // The redirect's round trip is part of the upstream's time to answer.
+        ctx.upstream_sent = Some(Instant::now());
         let request = self.api_request(session, ctx)?;
         let resolved = self
             .content
@@ -484,7 +500,7 @@ impl ProxyHttp for Gateway {
             request.set_uri(uri);
             request.insert_header(http::header::HOST, signed.host.clone())?;
             request.insert_header(REQUEST_ID, &ctx.request_id)?;
-            ctx.upstream_sent = Some(Instant::now());
+            ctx.upstream_sent.get_or_insert_with(Instant::now);
             return Ok(());
         }
         ctx.settings.credentials.apply(request, route.service());
