@@ -189,6 +189,12 @@ async fn content_is_fetched_once_through_the_redirect_and_served_with_ranges_and
     assert_eq!(tail.body, &bytes[bytes.len() - 10..]);
     let outside = get(&proxy, &content, &[("range", "bytes=200000-")]).await;
     assert_eq!(outside.status, StatusCode::RANGE_NOT_SATISFIABLE);
+    let nothing = get(&proxy, &content, &[("range", "bytes=-0")]).await;
+    assert_eq!(nothing.status, StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(
+        nothing.headers["content-range"],
+        format!("bytes */{}", bytes.len()).as_str()
+    );
     let unchanged = get(&proxy, &content, &[("if-none-match", &etag)]).await;
     assert_eq!(unchanged.status, StatusCode::NOT_MODIFIED);
     assert!(unchanged.body.is_empty());
@@ -587,4 +593,17 @@ async fn head_is_answered_from_the_cache_and_never_abandons_a_fill() {
             read.body.len().to_string().as_str()
         );
     }
+
+    // A HEAD among concurrent GETs of a new media: the GETs still make one fill between them.
+    let media = stored(&origin, &service, &bytes, "image/png").await;
+    let (_, content) = paths(&service, &media);
+    let head = client().head(proxy.url(&content)).send();
+    let gets = join_all((0..10).map(|_| get(&proxy, &content, &[])));
+    let (head, gets) = tokio::join!(head, gets);
+    assert_eq!(head.unwrap().status(), StatusCode::OK);
+    for read in gets {
+        assert_eq!(sha256_hex(&read.body), sha256_hex(&bytes));
+    }
+    let signed_gets = origin_gets(&origin, &format!("/{media}"));
+    assert_eq!(signed_gets.len(), 1, "{signed_gets:?}");
 }

@@ -53,4 +53,10 @@ impl CacheKeyLock for FillLock {
     fn release(&self, key: &CacheKey, permit: WritePermit, reason: LockStatus) {
         self.inner.release(key, permit, reason);
     }
+
+    /// A writer that stops filling for a reason of its own (a HEAD) leaves the key to the
+    /// readers waiting on it: one of them fills it, rather than all going upstream uncached.
+    fn custom_lock_status(&self, _reason: &'static str) -> LockStatus {
+        LockStatus::TransientError
+    }
 }

@@ -133,10 +133,24 @@ impl Cache {
         }))
     }
 
-    /// A new bound on the cached bytes (`cache.memory` reloaded). A smaller bound is reached by
-    /// evicting as new entries come in.
+    /// A new bound on the cached bytes (`cache.memory` reloaded). A smaller bound is reached at
+    /// once, by evicting the least recently used entries of each shard in turn.
     pub fn resize(&self, memory: u64) {
-        self.lru.set_weight_limit(bytes_limit(memory));
+        let limit = bytes_limit(memory);
+        self.lru.set_weight_limit(limit);
+        let shards = self.lru.shards();
+        let (mut shard, mut empty_in_a_row) = (0, 0);
+        while self.lru.total_size() > limit && empty_in_a_row < shards {
+            match self.lru.peek_lru(shard) {
+                Some(entry) => {
+                    self.lru.remove(CacheEntryKeyRef::from(&entry));
+                    self.storage.remove(entry.key(), true);
+                    empty_in_a_row = 0;
+                }
+                None => empty_in_a_row += 1,
+            }
+            shard = (shard + 1) % shards;
+        }
     }
 
     /// Drops both kinds cached for one media (`DELETE /cache/{IS}/{ME}`); returns how many

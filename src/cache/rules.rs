@@ -54,6 +54,9 @@ impl CachePolicy {
                 return Err(NotKept::Forbidden);
             }
         }
+        if !shareable(response) {
+            return Err(NotKept::Personal);
+        }
         let ttl = match response.status.as_u16() {
             200 => match kind {
                 Kind::Metadata => self.metadata_ttl,
@@ -73,9 +76,28 @@ impl CachePolicy {
     }
 }
 
+/// Whether one answer can serve every reader: not one that sets a cookie, that is encoded (the
+/// proxy asks for `identity`; an upstream that encodes anyway would hand every reader what one
+/// accepted), or that varies on anything but the encoding.
+fn shareable(response: &ResponseHeader) -> bool {
+    let headers = &response.headers;
+    let encoded = headers
+        .get(http::header::CONTENT_ENCODING)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    let varies = headers.get_all(http::header::VARY).iter().any(|v| {
+        v.as_bytes()
+            .split(|b| *b == b',')
+            .map(|field| field.trim_ascii())
+            .any(|field| !field.is_empty() && !field.eq_ignore_ascii_case(b"accept-encoding"))
+    });
+    !encoded && !varies && !headers.contains_key(http::header::SET_COOKIE)
+}
+
 /// Why an answer is not kept.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NotKept {
+    /// It sets a cookie, is encoded, or varies by request headers (see `shareable`).
+    Personal,
     /// `Cache-Control: no-store`, `private`, `no-cache` or a zero max-age.
     Forbidden,
     /// Only 200s (and 404s when `negative_ttl` is set) are kept.
@@ -142,7 +164,8 @@ fn temporary_url_expiry(body: &[u8]) -> Result<Option<SystemTime>, ()> {
         .find(|(name, _)| name == "Expires")
         .and_then(|(_, value)| value.parse::<u64>().ok())
         .ok_or(())?;
-    Ok(Some(UNIX_EPOCH + Duration::from_secs(expires)))
+    // An absurd value from the upstream is not a reason to panic: it just bounds nothing.
+    Ok(UNIX_EPOCH.checked_add(Duration::from_secs(expires)))
 }
 
 #[cfg(test)]
@@ -179,6 +202,25 @@ mod tests {
             let r = response(200, &[("cache-control", cc)]);
             assert_eq!(p.ttl(Kind::Metadata, &r), Err(NotKept::Forbidden), "{cc}");
         }
+        for (name, value) in [
+            ("set-cookie", "a=b"),
+            ("content-encoding", "gzip"),
+            ("vary", "Accept-Language"),
+            ("vary", "*"),
+        ] {
+            let r = response(200, &[(name, value)]);
+            assert_eq!(p.ttl(Kind::Content, &r), Err(NotKept::Personal), "{name}");
+        }
+        let vary_encoding = response(200, &[("vary", "Accept-Encoding")]);
+        assert!(p.ttl(Kind::Content, &vary_encoding).is_ok());
+        assert_eq!(
+            temporary_url_expiry(br#"{"links":{"content_direct_temporary":"https://m/x?Expires=99999999999999999999"}}"#),
+            Err(())
+        );
+        assert_eq!(
+            temporary_url_expiry(br#"{"links":{"content_direct_temporary":"https://m/x?Expires=18446744073709551615"}}"#),
+            Ok(None)
+        );
         let short = response(200, &[("cache-control", "public, max-age=5")]);
         assert_eq!(p.ttl(Kind::Content, &short), Ok(Duration::from_secs(5)));
         assert_eq!(

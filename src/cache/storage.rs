@@ -104,21 +104,31 @@ impl MemoryStore {
     /// Drops the entry under `key`; `evicted` counts it as an eviction. Returns whether there
     /// was one.
     pub fn remove(&self, key: &CompactCacheKey, evicted: bool) -> bool {
-        let hash = key.combined_bin();
+        self.remove_hash(&key.combined_bin(), evicted)
+    }
+
+    fn remove_hash(&self, hash: &HashBinary, evicted: bool) -> bool {
         let removed = self
-            .shard(&hash)
+            .shard(hash)
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&hash);
-        let Some(entry) = removed else {
-            return false;
-        };
+            .remove(hash);
+        match removed {
+            Some(entry) => {
+                self.forget(&entry, evicted);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Takes a removed entry out of the counts.
+    fn forget(&self, entry: &Entry, evicted: bool) {
         let kind = entry.kind.index();
         self.bytes[kind].sub(gauge_value(entry.weight));
         if evicted {
             self.evictions[kind].inc();
         }
-        true
     }
 
     /// Whether a fresh entry is held under `key`.
@@ -186,6 +196,9 @@ impl Storage for MemoryStore {
         })
     }
 
+    /// A revalidation (the upstream's 304) renews an entry: under the same rules as a fill, so
+    /// metadata still never outlives the temporary URL in its body. The entry is replaced only
+    /// if it is still the one revalidated (a purge in between wins).
     async fn update_meta(
         &'static self,
         key: &CacheKey,
@@ -196,16 +209,32 @@ impl Storage for MemoryStore {
         let Some(old) = self.get(&hash) else {
             return Ok(false);
         };
-        self.insert(
+        let header = meta.response_header_copy();
+        let fresh_until =
+            rules::fresh_until_with_body(old.kind, &header, meta.fresh_until(), &old.body);
+        let mut shard = self.shard(&hash).write().unwrap_or_else(|p| p.into_inner());
+        if !shard
+            .get(&hash)
+            .is_some_and(|current| Arc::ptr_eq(current, &old))
+        {
+            return Ok(false);
+        }
+        let Some(fresh_until) = fresh_until else {
+            shard.remove(&hash);
+            drop(shard);
+            self.forget(&old, false);
+            return Ok(false);
+        };
+        shard.insert(
             hash,
-            Entry {
+            Arc::new(Entry {
                 kind: old.kind,
-                header: meta.response_header_copy(),
-                fresh_until: meta.fresh_until(),
+                header,
+                fresh_until,
                 created: meta.created(),
                 body: old.body.clone(),
                 weight: old.weight,
-            },
+            }),
         );
         Ok(true)
     }
@@ -319,6 +348,8 @@ impl HandleMiss for Fill {
         let fresh_until =
             rules::fresh_until_with_body(self.kind, &self.header, self.fresh_until, &body);
         let Some(fresh_until) = fresh_until else {
+            // An older entry under the key would now be outside the eviction manager's count.
+            self.store.remove_hash(&self.hash, false);
             return Ok(MissFinishType::Created(0));
         };
         let weight = body.len() + header_weight(&self.header) + ENTRY_OVERHEAD;

@@ -14,10 +14,13 @@ use http::HeaderMap;
 
 pub use content_type::TypeMatcher;
 pub use guard::UploadGuard;
+// For the fuzz targets in fuzz/ (the parsers as such, outside a request).
+pub use multipart::{boundary, find_file_part, FilePart, Scan};
+pub use sizes::{declared, parse_decimal, Declared, SizeError};
+pub use sniff::{check as sniff_check, executable, ENOUGH as SNIFF_ENOUGH, WINDOW as SNIFF_WINDOW};
 
-use content_type::essence;
+pub use content_type::essence;
 use guard::Inspector;
-use multipart::boundary;
 
 use crate::api::{RejectReason, ServiceSid};
 use crate::config::{Config, Uploads};

@@ -9,6 +9,7 @@ use http::{header, HeaderValue, Uri};
 use pingora::connectors::http::Connector;
 use pingora::connectors::ConnectorOptions;
 use pingora::http::RequestHeader;
+use pingora::protocols::http::client::HttpSession;
 use pingora::server::configuration::ServerConf;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, Result};
@@ -67,6 +68,18 @@ impl SignedUrl {
     }
 }
 
+impl SignedUrl {
+    /// The request for the bytes: the path and signature, the media host, the request id, and
+    /// nothing of the client's (no credential, no cookie, no encoding it happens to accept).
+    pub fn request(&self, method: http::Method, request_id: &str) -> Result<RequestHeader> {
+        let mut request = RequestHeader::build(method, self.path_and_query.as_bytes(), None)?;
+        request.insert_header(header::HOST, self.host.clone())?;
+        request.insert_header(header::ACCEPT_ENCODING, "identity")?;
+        request.insert_header("x-request-id", request_id)?;
+        Ok(request)
+    }
+}
+
 pub struct ContentResolver {
     connector: Connector,
 }
@@ -89,11 +102,44 @@ impl ContentResolver {
         api: &Endpoint,
         api_host: &HeaderValue,
     ) -> Result<Option<SignedUrl>> {
-        let (mut session, _reused) = self
+        match self.ask(peer, request.clone(), api, api_host).await {
+            // A pooled connection the API had already closed: once more, on a new one.
+            Err((e, true)) => {
+                log::debug!("content redirect on a reused connection failed, retrying: {e}");
+                self.ask(peer, request, api, api_host)
+                    .await
+                    .map_err(|(e, _)| e)
+            }
+            answer => answer.map_err(|(e, _)| e),
+        }
+    }
+
+    /// One attempt; an error says whether the connection was a reused one.
+    async fn ask(
+        &self,
+        peer: &HttpPeer,
+        request: RequestHeader,
+        api: &Endpoint,
+        api_host: &HeaderValue,
+    ) -> Result<Option<SignedUrl>, (Box<Error>, bool)> {
+        let (session, reused) = self
             .connector
             .get_http_session(peer)
             .await
-            .map_err(|e| e.into_up())?;
+            .map_err(|e| (e.into_up(), false))?;
+        self.exchange(session, peer, request, api, api_host)
+            .await
+            .map_err(|e| (e, reused))
+    }
+
+    async fn exchange(
+        &self,
+        mut session: HttpSession,
+        peer: &HttpPeer,
+        request: RequestHeader,
+        api: &Endpoint,
+        api_host: &HeaderValue,
+    ) -> Result<Option<SignedUrl>> {
         session
             .write_request_header(Box::new(request))
             .await

@@ -48,8 +48,8 @@ impl Injector {
     }
 }
 
-/// Removes every credential from a request: for hosts that must see none (signed URLs).
-pub fn strip(request: &mut RequestHeader) {
+/// Removes every credential the client may have sent.
+fn strip(request: &mut RequestHeader) {
     for name in CLIENT_CREDENTIAL_HEADERS {
         request.remove_header(name);
     }

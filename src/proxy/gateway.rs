@@ -13,13 +13,13 @@ use pingora::cache::{CacheKey, CacheMeta, CachePhase, NoCacheReason, RespCacheab
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{range_header_filter, FailToProxy, ProxyHttp, RangeType, Session};
 use pingora::upstreams::peer::HttpPeer;
-use pingora::{Error, ErrorSource, ErrorType, OrErr, Result};
+use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use bytes::Bytes;
 
 use super::access::AccessControl;
 use super::content::{ContentResolver, SignedUrl};
-use super::credentials::{self, Injector};
+use super::credentials::Injector;
 use super::reject::{self, Rejection};
 use super::upstream::UpstreamTarget;
 use crate::access_log::{AccessEntry, AccessLog};
@@ -72,6 +72,8 @@ impl Settings {
 
 /// The header that carries a request's id, to the upstream and back to the client.
 const REQUEST_ID: &str = "x-request-id";
+/// The only encoding asked for when the answer may be cached.
+const IDENTITY: &str = "identity";
 /// The header that tells the client what the cache did.
 const CACHE_HEADER: &str = "mediagate-cache";
 
@@ -451,7 +453,7 @@ impl ProxyHttp for Gateway {
         let settings = ctx.settings.clone();
         let upstream = &settings.upstream;
         if let Some(signed) = &ctx.signed {
-            return upstream.peer_for(&signed.endpoint).await;
+            return upstream.media_peer(&signed.endpoint).await;
         }
         let api = upstream.peer().await?;
         if !ctx
@@ -469,7 +471,7 @@ impl ProxyHttp for Gateway {
             .await?;
         match resolved {
             Some(signed) => {
-                let peer = upstream.peer_for(&signed.endpoint).await?;
+                let peer = upstream.media_peer(&signed.endpoint).await?;
                 ctx.signed = Some(signed);
                 Ok(peer)
             }
@@ -493,17 +495,17 @@ impl ProxyHttp for Gateway {
             );
         };
         if let Some(signed) = &ctx.signed {
-            // The signature is the authorisation: the media host sees no credential.
-            credentials::strip(request);
-            let uri = http::Uri::try_from(signed.path_and_query.as_str())
-                .or_err(ErrorType::InternalError, "the signed URL's path")?;
-            request.set_uri(uri);
-            request.insert_header(http::header::HOST, signed.host.clone())?;
-            request.insert_header(REQUEST_ID, &ctx.request_id)?;
+            // A request of our own: nothing of the client's reaches the media host.
+            *request = signed.request(request.method.clone(), &ctx.request_id)?;
             ctx.upstream_sent.get_or_insert_with(Instant::now);
             return Ok(());
         }
         ctx.settings.credentials.apply(request, route.service());
+        if ctx.cache.is_some_and(|usage| usage.consulted) {
+            // The answer may be served to every reader: nothing in it may depend on this one.
+            request.remove_header(&http::header::COOKIE);
+            request.insert_header(http::header::ACCEPT_ENCODING, IDENTITY)?;
+        }
         if ctx.continued {
             // The client has its 100 Continue; the upstream's would be a second one.
             request.remove_header(&http::header::EXPECT);
@@ -553,7 +555,7 @@ impl ProxyHttp for Gateway {
                 RespCacheable::Cacheable(CacheMeta::new(now + ttl, now, 0, 0, kept))
             }
             Err(NotKept::TooLarge) => RespCacheable::Uncacheable(NoCacheReason::ResponseTooLarge),
-            Err(NotKept::Forbidden | NotKept::Status) => {
+            Err(NotKept::Forbidden | NotKept::Status | NotKept::Personal) => {
                 RespCacheable::Uncacheable(NoCacheReason::OriginNotCache)
             }
         })
@@ -585,7 +587,14 @@ impl ProxyHttp for Gateway {
             return RangeType::None;
         }
         // pingora refuses ranges once their count reaches the limit: 2 admits exactly one.
-        range_header_filter(session.req_header(), response, Some(2))
+        match range_header_filter(session.req_header(), response, Some(2)) {
+            // `bytes=-0` asks for nothing: that cannot be satisfied.
+            RangeType::Single(range) if range.is_empty() => {
+                unsatisfiable(response, range.end);
+                RangeType::Invalid
+            }
+            range => range,
+        }
     }
 
     /// The answer head on its way to the client, from the upstream or the cache: it carries
@@ -698,6 +707,21 @@ fn check_framing(session: &Session) -> Result<(), &'static str> {
         .then(|| session.as_http1().map(|h1| h1.get_headers_raw_bytes()))
         .flatten();
     super::framing::check(headers, raw_head.as_deref())
+}
+
+/// Turns a range answer into `416 Range Not Satisfiable` for a body of `len` bytes.
+fn unsatisfiable(response: &mut ResponseHeader, len: usize) {
+    // A known status and well-formed values: these cannot fail.
+    let _ = response.set_status(http::StatusCode::RANGE_NOT_SATISFIABLE);
+    let _ = response.insert_header(http::header::CONTENT_LENGTH, "0");
+    let _ = response.insert_header(http::header::CONTENT_RANGE, format!("bytes */{len}"));
+    for name in [
+        http::header::ACCEPT_RANGES,
+        http::header::CONTENT_TYPE,
+        http::header::CONTENT_ENCODING,
+    ] {
+        response.remove_header(&name);
+    }
 }
 
 /// Whether this request is filling the cache from the upstream. pingora ends a request once the

@@ -68,9 +68,23 @@ impl UpstreamTarget {
         self.peer_for(&self.api).await
     }
 
-    /// A peer for any endpoint, with the API's timeouts.
-    pub async fn peer_for(&self, endpoint: &Endpoint) -> Result<Box<HttpPeer>> {
+    /// A peer for a signed content URL from the API's redirect (see `redirect_allowed`).
+    pub async fn media_peer(&self, endpoint: &Endpoint) -> Result<Box<HttpPeer>> {
         let addr = self.address(endpoint).await?;
+        let api = self.address(&self.api).await?;
+        if let Err(why) = redirect_allowed(&self.api, api.ip(), endpoint, addr.ip()) {
+            return Err(Error::explain(ErrorType::ConnectProxyFailure, why).into_up());
+        }
+        Ok(self.peer_at(addr, endpoint))
+    }
+
+    /// A peer for the API.
+    async fn peer_for(&self, endpoint: &Endpoint) -> Result<Box<HttpPeer>> {
+        let addr = self.address(endpoint).await?;
+        Ok(self.peer_at(addr, endpoint))
+    }
+
+    fn peer_at(&self, addr: SocketAddr, endpoint: &Endpoint) -> Box<HttpPeer> {
         // Always the host, IP literals included: pingora skips certificate verification for a
         // peer with an empty SNI, and rustls verifies an IP against the certificate's IP SANs.
         let mut peer = HttpPeer::new(addr, endpoint.tls, endpoint.host.clone());
@@ -78,7 +92,7 @@ impl UpstreamTarget {
         peer.options.read_timeout = Some(self.read_timeout);
         peer.options.write_timeout = Some(self.read_timeout);
         peer.options.idle_timeout = Some(POOL_IDLE);
-        Ok(Box::new(peer))
+        Box::new(peer)
     }
 
     async fn address(&self, endpoint: &Endpoint) -> Result<SocketAddr> {
@@ -114,5 +128,90 @@ impl UpstreamTarget {
         }
         dns.insert(key, (addr, Instant::now()));
         Ok(addr)
+    }
+}
+
+/// The API decides where a media's bytes are, but the sidecar does not follow it anywhere: not
+/// from HTTPS down to HTTP, and not to an internal address (loopback, private, link-local, …)
+/// unless the API itself is at one (a local origin, a test).
+fn redirect_allowed(
+    api: &Endpoint,
+    api_ip: IpAddr,
+    target: &Endpoint,
+    target_ip: IpAddr,
+) -> Result<(), &'static str> {
+    if api.tls && !target.tls {
+        return Err("the content redirect leaves HTTPS");
+    }
+    if is_internal(target_ip) && !is_internal(api_ip) {
+        return Err("the content redirect points inside the network");
+    }
+    Ok(())
+}
+
+fn is_internal(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                // 100.64.0.0/10, carrier-grade NAT
+                || (v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64)
+        }
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => is_internal(IpAddr::V4(v4)),
+            None => {
+                let first = v6.segments()[0];
+                v6.is_loopback()
+                    || v6.is_unspecified()
+                    || (first & 0xfe00) == 0xfc00 // unique local
+                    || (first & 0xffc0) == 0xfe80 // link-local
+            }
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint(tls: bool) -> Endpoint {
+        Endpoint {
+            host: "h".into(),
+            port: 443,
+            tls,
+        }
+    }
+
+    #[test]
+    fn redirects_stay_on_https_and_outside_the_network() {
+        let public: IpAddr = "34.1.2.3".parse().unwrap();
+        let https = endpoint(true);
+        let http = endpoint(false);
+        assert_eq!(redirect_allowed(&https, public, &https, public), Ok(()));
+        assert!(redirect_allowed(&https, public, &http, public).is_err());
+        for internal in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "192.168.0.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+        ] {
+            let ip: IpAddr = internal.parse().unwrap();
+            assert!(
+                redirect_allowed(&https, public, &https, ip).is_err(),
+                "{internal}"
+            );
+        }
+        // A local API (the local origin, tests) may redirect to itself.
+        let loopback: IpAddr = "127.0.0.1".parse().unwrap();
+        assert_eq!(redirect_allowed(&http, loopback, &http, loopback), Ok(()));
     }
 }

@@ -1,0 +1,295 @@
+#!/usr/bin/env bash
+# mediagate and nginx side by side, in one run, on the same origin: cache hits, pass-through
+# GETs, uploads, and mediagate's memory under 64 concurrent 50 MiB uploads. Writes
+# benches/RESULTS.md. See the README's "Load comparison against nginx".
+#
+# Topology (2 cores): the server under test (mediagate with `server.threads: 1`, or nginx with
+# `worker_processes 1`) is pinned to CPU 0; the load generator (wrk) and the origin to CPU 1.
+# Each scenario runs RUNS times (default 3) for DURATION seconds (default 5); the median counts.
+#
+#   benches/load/compare.sh            # everything, about 6 minutes after the release build
+#   RUNS=1 DURATION=2 benches/load/compare.sh   # a quick look
+set -euo pipefail
+
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+RUNS=${RUNS:-3}
+DURATION=${DURATION:-5}
+CLIENTS=${CLIENTS:-32}
+OUT=${OUT:-$ROOT/benches/RESULTS.md}
+ACCOUNT=AC00000000000000000000000000000000
+TOKEN=compare-token
+SERVICE=IS0123456789abcdef0123456789abcdef
+
+say() { printf '%s\n' "$*" >&2; }
+
+install_missing() {
+    local missing=()
+    command -v nginx >/dev/null || missing+=(nginx-light)
+    command -v wrk >/dev/null || missing+=(wrk)
+    command -v taskset >/dev/null || missing+=(util-linux)
+    command -v curl >/dev/null || missing+=(curl)
+    command -v python3 >/dev/null || missing+=(python3)
+    [ ${#missing[@]} -eq 0 ] && return
+    local sudo=
+    [ "$(id -u)" -ne 0 ] && sudo=sudo
+    say "installing ${missing[*]}"
+    $sudo apt-get update -qq
+    $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+install_missing
+say "building mediagate (release)"
+cargo build --release --quiet
+BIN=$ROOT/target/release/mediagate
+
+# Everything lives on tmpfs, so the disk does not set the pace, and goes when the script ends.
+BASE=/dev/shm
+[ -d "$BASE" ] || BASE=${TMPDIR:-/tmp}
+WORK=$(mktemp -d "$BASE/mediagate-compare.XXXXXX")
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+# mediagate's servers read their stdin from this fifo and exit when it closes: when this
+# script ends, however it ends, they do too (`--exit-with-parent`).
+mkfifo "$WORK/alive"
+exec 9<>"$WORK/alive"
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+wait_for_line() { # file pattern
+    for _ in $(seq 200); do
+        grep -q "$2" "$1" 2>/dev/null && return 0
+        sleep 0.05
+    done
+    say "timed out waiting for '$2' in $1"; cat "$1" >&2; exit 1
+}
+
+wait_ready() { # url
+    for _ in $(seq 200); do
+        curl -fsS -o /dev/null "$1" 2>/dev/null && return 0
+        sleep 0.05
+    done
+    say "timed out waiting for $1"; exit 1
+}
+
+# --- the origin (CPU 1) ------------------------------------------------------------------------
+taskset -c 1 "$BIN" origin --listen 127.0.0.1:0 --data "$WORK/store" \
+    --account-sid "$ACCOUNT" --auth-token "$TOKEN" --exit-with-parent \
+    <"$WORK/alive" >"$WORK/origin.out" 2>"$WORK/origin.err" &
+PIDS+=($!)
+wait_for_line "$WORK/origin.out" "listening on"
+ORIGIN=$(grep -o 'http://[0-9.:]*' "$WORK/origin.out" | head -1)
+ORIGIN_PORT=${ORIGIN##*:}
+BASIC=$(printf '%s:%s' "$ACCOUNT" "$TOKEN" | base64 -w0)
+
+# Bodies: a PNG head and filler, so mediagate's sniffing sees a PNG.
+make_body() { # bytes file
+    python3 - "$1" "$2" <<'PY'
+import sys
+size, path = int(sys.argv[1]), sys.argv[2]
+head = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\x0dIHDR"
+with open(path, "wb") as f:
+    f.write(head + bytes(i % 251 for i in range(size - len(head))))
+PY
+}
+make_body $((1024 * 1024)) "$WORK/1m.png"
+make_body 4096 "$WORK/4k.png"
+make_body $((50 * 1024 * 1024)) "$WORK/50m.png"
+
+MEDIA=$(curl -fsS -u "$ACCOUNT:$TOKEN" -H 'Content-Type: image/png' --data-binary @"$WORK/1m.png" \
+    "$ORIGIN/v1/Services/$SERVICE/Media" | python3 -c 'import json,sys; print(json.load(sys.stdin)["sid"])')
+METADATA=/v1/Services/$SERVICE/Media/$MEDIA
+CONTENT=$METADATA/Content
+UPLOAD=/v1/Services/$SERVICE/Media
+
+# --- mediagate (CPU 0): with every feature on, with the cache off, and a fresh one for memory --
+mediagate_config() { # listen metrics cache_memory
+    cat <<YAML
+server:
+  listen: 127.0.0.1:$1
+  metrics_listen: 127.0.0.1:$2
+  threads: 1
+  grace_period: 1s
+upstream:
+  url: $ORIGIN
+credentials:
+  username: $ACCOUNT
+  password: $TOKEN
+uploads:
+  max_size: 150MiB
+  sniff: true
+quotas:
+  uploads_per_minute: 100000000
+  bytes_per_hour: 1000TiB
+  concurrent_uploads: 10000
+cache:
+  memory: $3
+YAML
+}
+
+start_mediagate() { # name cache_memory -> sets PORT_<name>, METRICS_<name>, PID_<name>
+    local name=$1 port metrics
+    port=$(free_port); metrics=$(free_port)
+    mediagate_config "$port" "$metrics" "$2" >"$WORK/$name.yaml"
+    taskset -c 0 "$BIN" proxy --config "$WORK/$name.yaml" --exit-with-parent \
+        <"$WORK/alive" >/dev/null 2>"$WORK/$name.err" &
+    PIDS+=($!)
+    printf -v "PID_$name" '%s' "$!"
+    printf -v "PORT_$name" '%s' "$port"
+    wait_ready "http://127.0.0.1:$metrics/readyz"
+}
+start_mediagate mg 256MiB
+start_mediagate mgpass 0
+
+# --- nginx (CPU 0) -------------------------------------------------------------------------------
+NGINX_PORT=$(free_port); NGINX_TUNED_PORT=$(free_port); NGINX_PASS_PORT=$(free_port)
+mkdir -p "$WORK/nginx/cache"
+# nginx started as root runs its worker as `nobody`: let it into its own directories.
+chmod 755 "$WORK"
+chmod -R 777 "$WORK/nginx"
+fill() {
+    sed -e "s|@PREFIX@|$WORK/nginx|g" -e "s|@ORIGIN_PORT@|$ORIGIN_PORT|g" \
+        -e "s|@NGINX_PORT@|$NGINX_PORT|g" -e "s|@NGINX_TUNED_PORT@|$NGINX_TUNED_PORT|g" \
+        -e "s|@NGINX_PASS_PORT@|$NGINX_PASS_PORT|g" -e "s|@BASIC@|$BASIC|g" "$1"
+}
+fill config/nginx/compare.conf >"$WORK/nginx/nginx.conf"
+fill config/nginx/common.conf >"$WORK/nginx/common.conf"
+taskset -c 0 nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -g 'daemon off;' \
+    2>"$WORK/nginx.err" &
+PIDS+=($!)
+wait_ready "http://127.0.0.1:$NGINX_PASS_PORT$METADATA"
+
+# --- measuring -----------------------------------------------------------------------------------
+cat >"$WORK/post.lua" <<'LUA'
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "image/png"
+local auth = os.getenv("WRK_AUTH")
+if auth and auth ~= "" then wrk.headers["Authorization"] = auth end
+local f = assert(io.open(os.getenv("WRK_BODY"), "rb"))
+wrk.body = f:read("*a")
+f:close()
+LUA
+
+# One wrk run on CPU 1; prints "requests_per_s p50_ms p99_ms errors".
+wrk_once() { # url [body_file auth] [connections]
+    local url=$1 body=${2:-} auth=${3:-} conns=${4:-$CLIENTS} script=()
+    [ -n "$body" ] && script=(-s "$WORK/post.lua")
+    WRK_BODY=$body WRK_AUTH=$auth taskset -c 1 wrk -t1 -c"$conns" -d"${DURATION}s" --latency \
+        "${script[@]}" "$url" | python3 -c '
+import re, sys
+text = sys.stdin.read()
+def ms(label):
+    m = re.search(r"^\s*" + label + r"\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
+    if not m: return float("nan")
+    v, unit = float(m.group(1)), m.group(2)
+    return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+sock = re.search(r"Socket errors: (.*)", text)
+print(rps, ms("50%"), ms("99%"), (errors.group(1) if errors else "0") + (" sock:" + sock.group(1).replace(" ", "") if sock else ""))'
+}
+
+# RUNS runs; prints the run with the median requests/s.
+measure() {
+    local results=()
+    for _ in $(seq "$RUNS"); do results+=("$(wrk_once "$@")"); done
+    printf '%s\n' "${results[@]}" | sort -g -k1 | sed -n "$(( (RUNS + 1) / 2 ))p"
+}
+
+MG=http://127.0.0.1:$PORT_mg
+MGPASS=http://127.0.0.1:$PORT_mgpass
+NG=http://127.0.0.1:$NGINX_PORT
+NGT=http://127.0.0.1:$NGINX_TUNED_PORT
+NGPASS=http://127.0.0.1:$NGINX_PASS_PORT
+DIRECT_AUTH="Basic $BASIC"
+
+# Warm both caches (and check they answer the same bytes).
+fetch() { # url file
+    local status
+    status=$(curl -sS -o "$2" -w '%{http_code}' "$1")
+    [ "$status" = 200 ] || { say "$1 answered $status: $(head -c 300 "$2")"; tail -n 5 "$WORK"/*.err "$WORK"/nginx/error.log >&2; exit 1; }
+}
+for base in "$MG" "$NG"; do
+    fetch "$base$METADATA" "$WORK/warm.json"
+    fetch "$base$CONTENT" "$WORK/warm.bin"
+    cmp -s "$WORK/warm.bin" "$WORK/1m.png" || { say "$base served different content bytes"; exit 1; }
+done
+
+say "1/5 metadata, cache hits"
+META_MG=$(measure "$MG$METADATA"); META_NG=$(measure "$NG$METADATA")
+say "2/5 metadata, passed through"
+PASS_MG=$(measure "$MGPASS$METADATA"); PASS_NG=$(measure "$NGPASS$METADATA")
+say "3/5 1 MiB content, cache hits"
+CONT_MG=$(measure "$MG$CONTENT"); CONT_NG=$(measure "$NG$CONTENT")
+say "4/5 uploads: 1 MiB and 4 KiB"
+UP_MG=$(measure "$MG$UPLOAD" "$WORK/1m.png" "" 8)
+UP_NG=$(measure "$NG$UPLOAD" "$WORK/1m.png" "" 8)
+UP_NGT=$(measure "$NGT$UPLOAD" "$WORK/1m.png" "" 8)
+UP_DIRECT=$(measure "$ORIGIN$UPLOAD" "$WORK/1m.png" "$DIRECT_AUTH" 8)
+SMALL_MG=$(measure "$MG$UPLOAD" "$WORK/4k.png" "" 8)
+SMALL_NGT=$(measure "$NGT$UPLOAD" "$WORK/4k.png" "" 8)
+SMALL_DIRECT=$(measure "$ORIGIN$UPLOAD" "$WORK/4k.png" "$DIRECT_AUTH" 8)
+
+say "5/5 peak RSS, 64 concurrent 50 MiB uploads"
+start_mediagate mgrss 256MiB
+RSS_LOAD=$(wrk_once "http://127.0.0.1:$PORT_mgrss$UPLOAD" "$WORK/50m.png" "" 64)
+PEAK_KIB=$(awk '/VmHWM/ {print $2}' "/proc/$PID_mgrss/status")
+
+# --- the report ----------------------------------------------------------------------------------
+python3 - "$OUT" <<PY
+import sys, datetime, platform, subprocess
+out = sys.argv[1]
+def row(s): 
+    rps, p50, p99, err = s.split(" ", 3)
+    return float(rps), float(p50), float(p99), err
+MIB = 1024 * 1024
+meta_mg, meta_ng = row("$META_MG"), row("$META_NG")
+pass_mg, pass_ng = row("$PASS_MG"), row("$PASS_NG")
+cont_mg, cont_ng = row("$CONT_MG"), row("$CONT_NG")
+up_mg, up_ng, up_ngt, up_direct = row("$UP_MG"), row("$UP_NG"), row("$UP_NGT"), row("$UP_DIRECT")
+small_mg, small_ngt, small_direct = row("$SMALL_MG"), row("$SMALL_NGT"), row("$SMALL_DIRECT")
+rss_load = row("$RSS_LOAD")
+peak_mib = int("$PEAK_KIB") / 1024
+mbs = lambda r: r[0] * MIB / 1e6
+def ok(cond): return "met" if cond else "**missed**"
+def cmd(c): return subprocess.run(c, shell=True, capture_output=True, text=True).stdout.strip() or subprocess.run(c, shell=True, capture_output=True, text=True).stderr.strip()
+cpu = cmd("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2").strip()
+lines = [
+"# mediagate against nginx",
+"",
+f"Run {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.node()}: {cpu}, {cmd('nproc')} cores, Linux {platform.release()}.",
+f"{cmd('$BIN --version') or 'mediagate'} (release), {cmd('nginx -v 2>&1')}, {cmd('wrk -v 2>&1 | head -1').split(' Copyright')[0]}.",
+"",
+"Each server under test has one worker pinned to CPU 0 (mediagate \`server.threads: 1\`, nginx",
+"\`worker_processes 1\`); wrk and the origin run on CPU 1. Each figure is the median of $RUNS runs",
+f"of $DURATION s; ratios are mediagate / nginx from this run. Errors are non-2xx answers and",
+"socket errors wrk counted (0 expected).",
+"",
+"| scenario | mediagate | nginx | ratio | goal |",
+"| --- | --- | --- | --- | --- |",
+f"| metadata (~700 B JSON), cache hit, $CLIENTS connections: requests/s | {meta_mg[0]:,.0f} | {meta_ng[0]:,.0f} | {meta_mg[0]/meta_ng[0]:.2f} | ≥ 1.2: {ok(meta_mg[0] >= 1.2*meta_ng[0])} |",
+f"| same, p99 latency (ms) | {meta_mg[2]:.2f} | {meta_ng[2]:.2f} | | |",
+f"| metadata passed through (no cache): requests/s | {pass_mg[0]:,.0f} | {pass_ng[0]:,.0f} | {pass_mg[0]/pass_ng[0]:.2f} | ≥ 1.0: {ok(pass_mg[0] >= pass_ng[0])} |",
+f"| 1 MiB content, cache hit: MB/s | {mbs(cont_mg):,.0f} | {mbs(cont_ng):,.0f} | {cont_mg[0]/cont_ng[0]:.2f} | ≥ 1.0: {ok(cont_mg[0] >= cont_ng[0])} |",
+f"| 1 MiB uploads, 8 connections, policy and quotas on: MB/s | {mbs(up_mg):,.0f} | {mbs(up_ng):,.0f} (defaults), {mbs(up_ngt):,.0f} (64 KiB buffers) | {up_mg[0]/up_ngt[0]:.2f} (vs tuned) | ≥ 1.0 vs tuned: {ok(up_mg[0] >= up_ngt[0])} |",
+f"| same, direct to the origin (ceiling): MB/s | | | {mbs(up_direct):,.0f} | |",
+f"| 4 KiB uploads, 8 connections: requests/s | {small_mg[0]:,.0f} | {small_ngt[0]:,.0f} (64 KiB buffers) | {small_mg[0]/small_ngt[0]:.2f} | |",
+f"| same, p50 / p99 (ms); direct: {small_direct[1]:.3f} / {small_direct[2]:.3f} | {small_mg[1]:.3f} / {small_mg[2]:.3f} | {small_ngt[1]:.3f} / {small_ngt[2]:.3f} | | |",
+f"| 4 KiB uploads, p50 added over direct (µs) | {(small_mg[1]-small_direct[1])*1000:.0f} | {(small_ngt[1]-small_direct[1])*1000:.0f} | | < 150: {ok((small_mg[1]-small_direct[1])*1000 < 150)} |",
+f"| peak RSS during 64 concurrent 50 MiB uploads (MiB) | {peak_mib:.1f} | | | < 128: {ok(peak_mib < 128)} |",
+"",
+"Errors seen by wrk (non-2xx, socket): " + ", ".join(f"{n} {r[3]}" for n, r in [("meta mg", meta_mg), ("meta nginx", meta_ng), ("pass mg", pass_mg), ("pass nginx", pass_ng), ("content mg", cont_mg), ("content nginx", cont_ng), ("upload mg", up_mg), ("upload nginx", up_ng), ("upload nginx tuned", up_ngt), ("upload direct", up_direct), ("4k mg", small_mg), ("4k nginx", small_ngt), ("4k direct", small_direct), ("50 MiB mg", rss_load)]) + ".",
+"",
+"Rerun: \`benches/load/compare.sh\` (RUNS, DURATION, CLIENTS override the defaults). nginx's",
+"configuration is config/nginx/compare.conf and config/nginx/common.conf.",
+]
+open(out, "w").write("\n".join(lines) + "\n")
+print("\n".join(lines))
+PY
