@@ -6,6 +6,7 @@ pub mod api;
 pub mod cache;
 pub mod config;
 pub mod demo;
+pub mod idempotency;
 pub mod metrics;
 pub mod origin;
 pub mod policy;

@@ -71,6 +71,8 @@ pub struct Metrics {
     pub quota_backend_errors: IntCounter,
     /// Access log lines dropped because the writer fell behind.
     pub access_log_dropped: IntCounter,
+    /// Repeated uploads answered with the first one's answer (`Idempotency-Key`).
+    pub idempotent_replays: IntCounter,
     /// `result`: `ok`, `error`.
     pub config_reloads: IntCounterVec,
     pub build_info: IntGaugeVec,
@@ -162,6 +164,10 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         quota_backend_errors: counter(
             "mediagate_quota_backend_errors_total",
             "Failed calls to the quota backend.",
+        ),
+        idempotent_replays: counter(
+            "mediagate_idempotent_replays_total",
+            "Repeated uploads answered with the first upload's answer (Idempotency-Key).",
         ),
         access_log_dropped: counter(
             "mediagate_access_log_dropped_total",

@@ -41,6 +41,8 @@ pub enum ErrorCode {
     QuotaConcurrency,
     /// 91503: the quota backend cannot be reached and the configuration says deny.
     QuotaBackend,
+    /// 91424: an `Idempotency-Key` used again with a different body.
+    IdempotencyConflict,
     /// 91410: a temporary URL whose signature is wrong or expired.
     UrlExpired,
     /// 91500: something failed inside mediagate.
@@ -67,6 +69,7 @@ impl ErrorCode {
             ErrorCode::TypeNotAllowed => 91421,
             ErrorCode::SniffMismatch => 91422,
             ErrorCode::SizeMismatch => 91423,
+            ErrorCode::IdempotencyConflict => 91424,
             ErrorCode::QuotaUploads => 91429,
             ErrorCode::QuotaBytes => 91430,
             ErrorCode::QuotaConcurrency => 91431,

@@ -17,10 +17,12 @@ pub enum RejectReason {
     QuotaBytes,
     QuotaConcurrency,
     QuotaBackend,
+    /// A repeated `Idempotency-Key` with a different body.
+    IdempotencyConflict,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 12] = [
+    pub const ALL: [RejectReason; 13] = [
         RejectReason::Unauthorized,
         RejectReason::ForbiddenService,
         RejectReason::BadSid,
@@ -33,6 +35,7 @@ impl RejectReason {
         RejectReason::QuotaBytes,
         RejectReason::QuotaConcurrency,
         RejectReason::QuotaBackend,
+        RejectReason::IdempotencyConflict,
     ];
 
     /// The header and label value.
@@ -50,6 +53,7 @@ impl RejectReason {
             RejectReason::QuotaBytes => "quota_bytes",
             RejectReason::QuotaConcurrency => "quota_concurrency",
             RejectReason::QuotaBackend => "quota_backend",
+            RejectReason::IdempotencyConflict => "idempotency_conflict",
         }
     }
 
@@ -67,6 +71,7 @@ impl RejectReason {
             | RejectReason::QuotaBytes
             | RejectReason::QuotaConcurrency => 429,
             RejectReason::QuotaBackend => 503,
+            RejectReason::IdempotencyConflict => 422,
         }
     }
 
@@ -84,6 +89,7 @@ impl RejectReason {
             RejectReason::QuotaBytes => ErrorCode::QuotaBytes,
             RejectReason::QuotaConcurrency => ErrorCode::QuotaConcurrency,
             RejectReason::QuotaBackend => ErrorCode::QuotaBackend,
+            RejectReason::IdempotencyConflict => ErrorCode::IdempotencyConflict,
         }
     }
 }

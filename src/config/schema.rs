@@ -246,6 +246,9 @@ pub struct Uploads {
     pub allowed_types: Vec<String>,
     pub sniff: bool,
     pub require_content_size: bool,
+    /// How long a repeated `Idempotency-Key` gets the first upload's answer; `0s` turns it off.
+    /// For all services alike (not in a service's block).
+    pub idempotency_ttl: HumanDuration,
 }
 
 impl Default for Uploads {
@@ -263,6 +266,7 @@ impl Default for Uploads {
             .to_vec(),
             sniff: true,
             require_content_size: false,
+            idempotency_ttl: HumanDuration::secs(24 * 3600),
         }
     }
 }
@@ -294,6 +298,7 @@ impl Uploads {
             require_content_size: over
                 .require_content_size
                 .unwrap_or(self.require_content_size),
+            idempotency_ttl: self.idempotency_ttl,
         }
     }
 }

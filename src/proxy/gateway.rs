@@ -20,6 +20,7 @@ use bytes::Bytes;
 use super::access::AccessControl;
 use super::content::{ContentResolver, SignedUrl};
 use super::credentials::Injector;
+use super::idempotent::{self, IDEMPOTENCY_KEY};
 use super::reject::{self, Rejection};
 use super::upstream::UpstreamTarget;
 use crate::access_log::{AccessEntry, AccessLog};
@@ -27,6 +28,7 @@ use crate::api::{ApiError, ErrorCode, RejectReason, Route, RouteKind, ServiceSid
 use crate::cache::rules::NotKept;
 use crate::cache::{self, Cache, CachePolicy, Kind};
 use crate::config::{Config, OnBackendError};
+use crate::idempotency::{Answer, BodyHasher, Claim, Claimed, IdempotencyKey, Ledger};
 use crate::metrics::{metrics, InFlight, RequestMetrics, RequestRecord};
 use crate::policy::{self, UploadGuard, UploadPolicies};
 use crate::quota::{LimitBook, Outcome, Permit, Quota, Refused};
@@ -40,6 +42,8 @@ pub struct Gateway {
     cache: &'static Cache,
     /// Asks the API where a media's bytes are, for the content cache.
     content: ContentResolver,
+    /// The `Idempotency-Key`s of uploads; lives across reloads.
+    ledger: Arc<dyn Ledger>,
     access_log: AccessLog,
 }
 
@@ -52,6 +56,8 @@ pub struct Settings {
     credentials: Injector,
     upstream: UpstreamTarget,
     cache: CachePolicy,
+    /// Whether `Idempotency-Key` is honoured (`uploads.idempotency_ttl` above zero).
+    idempotency: bool,
     metrics: RequestMetrics,
 }
 
@@ -65,6 +71,7 @@ impl Settings {
             credentials: Injector::new(config)?,
             upstream: UpstreamTarget::new(&config.upstream)?,
             cache: CachePolicy::new(config),
+            idempotency: !config.uploads.idempotency_ttl.get().is_zero(),
             metrics: RequestMetrics::new(config.services.keys()),
         })
     }
@@ -107,6 +114,28 @@ pub struct RequestCtx {
     cache: Option<CacheUse>,
     /// Where a content miss fetches the bytes, once the API has said.
     signed: Option<SignedUrl>,
+    /// An upload's claim on its `Idempotency-Key`, its body's fingerprint as it streams, and
+    /// the upstream's answer as it comes back, for repeats.
+    claim: Option<Claim>,
+    fingerprint: Option<BodyHasher>,
+    answer: Option<AnswerCapture>,
+}
+
+/// The upstream's answer to an idempotent upload, kept for repeats.
+#[derive(Default)]
+struct AnswerCapture {
+    content_type: String,
+    body: bytes::BytesMut,
+    /// Past `idempotency::MAX_ANSWER`: not kept, and the key is given up.
+    too_long: bool,
+}
+
+/// What became of an upload's `Idempotency-Key`.
+enum Idempotency {
+    /// No key, a first upload under it, or no ledger to ask: the upload goes on.
+    Proceed,
+    /// A repeat: answered (with the first's answer, or a refusal).
+    Answered,
 }
 
 /// How a cacheable read used the cache.
@@ -124,12 +153,14 @@ impl Gateway {
         quota: Arc<dyn Quota>,
         cache: &'static Cache,
         content: ContentResolver,
+        ledger: Arc<dyn Ledger>,
     ) -> Gateway {
         Gateway {
             settings,
             quota,
             cache,
             content,
+            ledger,
             access_log: if config.server.access_log {
                 AccessLog::to_stdout()
             } else {
@@ -186,6 +217,93 @@ impl Gateway {
             .inspect_early(first.as_deref().unwrap_or_default(), end)
             .map(|()| guard)
             .map_err(Rejection::from))
+    }
+
+    /// An upload's `Idempotency-Key`: the first upload under it goes on (and its answer is
+    /// kept in `logging`); a repeat waits while the first runs, then gets its answer, or 422
+    /// when its body differs. A ledger that cannot be asked lets the upload go on without.
+    async fn idempotency(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        service: &ServiceSid,
+    ) -> Result<Idempotency> {
+        let Some(value) = session.req_header().headers.get(IDEMPOTENCY_KEY) else {
+            return Ok(Idempotency::Proceed);
+        };
+        if !ctx.settings.idempotency {
+            return Ok(Idempotency::Proceed);
+        }
+        let Some(key) = IdempotencyKey::parse(value.as_bytes()) else {
+            let error =
+                ApiError::bad_request("Idempotency-Key must be 1 to 255 visible ASCII characters");
+            refuse(session, ctx, Rejection::plain(error)).await?;
+            return Ok(Idempotency::Answered);
+        };
+        loop {
+            match self.ledger.claim(service, &key).await {
+                Ok(Claimed::First(claim)) => {
+                    ctx.claim = Some(claim);
+                    ctx.fingerprint = Some(BodyHasher::default());
+                    return Ok(Idempotency::Proceed);
+                }
+                Ok(Claimed::Done(answer)) => {
+                    self.repeat(session, ctx, service, &answer).await?;
+                    return Ok(Idempotency::Answered);
+                }
+                Ok(Claimed::Running) => self.ledger.wait(service, &key).await,
+                Err(e) => {
+                    log::warn!("idempotency ledger: {e}; the upload goes on without it");
+                    return Ok(Idempotency::Proceed);
+                }
+            }
+        }
+    }
+
+    /// A repeat of a completed upload: the first's answer if the bodies match, else 422.
+    async fn repeat(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        service: &ServiceSid,
+        answer: &Answer,
+    ) -> Result<()> {
+        if expects_continue(session) {
+            session.write_continue_response().await?;
+            ctx.continued = true;
+        }
+        let max = ctx.settings.uploads.for_service(service).max_size;
+        if idempotent::fingerprint(session, max).await? != Some(answer.body_sha256) {
+            let conflict = Rejection::because(
+                RejectReason::IdempotencyConflict,
+                "This Idempotency-Key was used for an upload with a different body",
+            );
+            return refuse(session, ctx, conflict).await.map(drop);
+        }
+        metrics().idempotent_replays.inc();
+        idempotent::replay(session, answer, &ctx.request_id).await
+    }
+
+    /// At the end of an idempotent upload: its answer is kept for repeats when the upstream
+    /// stored it, else the key is given up for the client's retry.
+    async fn settle_claim(&self, claim: Claim, ctx: &mut RequestCtx, stored: bool) {
+        let answer = ctx.answer.take().filter(|a| !a.too_long);
+        let fingerprint = ctx.fingerprint.take();
+        let result = match (answer, fingerprint, ctx.upstream_status) {
+            (Some(answer), Some(fingerprint), Some(status)) if stored => {
+                let answer = Answer {
+                    status,
+                    content_type: answer.content_type,
+                    body: answer.body.freeze(),
+                    body_sha256: fingerprint.finish(),
+                };
+                self.ledger.complete(claim, answer).await
+            }
+            _ => self.ledger.abandon(claim).await,
+        };
+        if let Err(e) = result {
+            log::warn!("idempotency ledger: {e}");
+        }
     }
 
     /// Reserves one upload and its declared bytes, and a concurrency slot. When the backend
@@ -320,6 +438,9 @@ impl ProxyHttp for Gateway {
             upstream_status: None,
             cache: None,
             signed: None,
+            claim: None,
+            fingerprint: None,
+            answer: None,
         }
     }
 
@@ -355,6 +476,9 @@ impl ProxyHttp for Gateway {
             return refuse(session, ctx, rejection).await;
         }
         if is_upload {
+            if let Idempotency::Answered = self.idempotency(session, ctx, &service).await? {
+                return Ok(true);
+            }
             match self.admit_upload(session, ctx, &service).await? {
                 Ok(guard) => ctx.upload = Some(guard),
                 Err(rejection) => return refuse(session, ctx, rejection).await,
@@ -373,10 +497,13 @@ impl ProxyHttp for Gateway {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        let chunk = body.as_deref().unwrap_or_default();
+        if let Some(fingerprint) = &mut ctx.fingerprint {
+            fingerprint.update(chunk);
+        }
         let Some(guard) = &mut ctx.upload else {
             return Ok(());
         };
-        let chunk = body.as_deref().unwrap_or_default();
         match guard.on_chunk(chunk, end_of_stream) {
             Ok(()) => Ok(()),
             Err(refusal) => {
@@ -528,10 +655,38 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         ctx.upstream_waited = ctx.upstream_sent.map(|sent| sent.elapsed());
         ctx.upstream_status = Some(response.status.as_u16());
+        if ctx.claim.is_some() && response.status.is_success() {
+            let content_type = response.headers.get(http::header::CONTENT_TYPE);
+            ctx.answer = Some(AnswerCapture {
+                content_type: content_type
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("application/json")
+                    .to_string(),
+                ..AnswerCapture::default()
+            });
+        }
         if response.status.is_server_error() {
             ctx.upstream_error = Some("status_5xx");
         }
         Ok(())
+    }
+
+    /// An idempotent upload's answer, kept as it passes (see `settle_claim`).
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        if let (Some(answer), Some(chunk)) = (&mut ctx.answer, body.as_ref()) {
+            if answer.body.len() + chunk.len() > crate::idempotency::MAX_ANSWER {
+                answer.too_long = true;
+            } else {
+                answer.body.extend_from_slice(chunk);
+            }
+        }
+        Ok(None)
     }
 
     /// Whether, and how long, the answer is kept: by kind and status, the upstream's
@@ -673,6 +828,9 @@ impl ProxyHttp for Gateway {
             });
         }
         ctx.in_flight = None;
+        if let Some(claim) = ctx.claim.take() {
+            self.settle_claim(claim, ctx, stored).await;
+        }
         let uploaded = sent.filter(|_| stored);
         self.record(session, ctx, status, uploaded);
     }

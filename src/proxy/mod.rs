@@ -8,6 +8,7 @@ mod content;
 mod credentials;
 mod framing;
 mod gateway;
+mod idempotent;
 mod reject;
 mod reload;
 mod upstream;
@@ -50,7 +51,8 @@ pub fn run(config: Config, path: &Path) -> Result<(), String> {
     let mut server = Server::new_with_opt_and_conf(None, server_conf(&config));
     server.bootstrap();
     let content = ContentResolver::new(&server.configuration);
-    let gateway = Gateway::new(&config, settings.clone(), quota, cache, content);
+    let ledger = crate::idempotency::ledger(&config)?;
+    let gateway = Gateway::new(&config, settings.clone(), quota, cache, content, ledger);
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,

@@ -60,16 +60,21 @@ impl Rejection {
         }
     }
 
-    /// An upload whose first bytes could not be kept for the upstream after inspection.
-    pub fn unreplayable() -> Rejection {
+    /// A refusal with no reason of the contract: the error alone.
+    pub fn plain(error: ApiError) -> Rejection {
         Rejection {
-            error: ApiError::bad_request(
-                "The request head and the first body bytes are too large to inspect",
-            ),
+            error,
             reason: None,
             allow: None,
             retry_after: None,
         }
+    }
+
+    /// An upload whose first bytes could not be kept for the upstream after inspection.
+    pub fn unreplayable() -> Rejection {
+        Rejection::plain(ApiError::bad_request(
+            "The request head and the first body bytes are too large to inspect",
+        ))
     }
 
     pub fn unauthorized() -> Rejection {
@@ -89,17 +94,10 @@ impl Rejection {
     pub fn from_route(error: RouteError) -> Rejection {
         match error {
             RouteError::BadSid => Rejection::new(ApiError::invalid_sid(), RejectReason::BadSid),
-            RouteError::NotFound => Rejection {
-                error: ApiError::resource_not_found(),
-                reason: None,
-                allow: None,
-                retry_after: None,
-            },
+            RouteError::NotFound => Rejection::plain(ApiError::resource_not_found()),
             RouteError::MethodNotAllowed(allow) => Rejection {
-                error: ApiError::method_not_allowed(),
-                reason: None,
                 allow: Some(allow),
-                retry_after: None,
+                ..Rejection::plain(ApiError::method_not_allowed())
             },
         }
     }

@@ -1,0 +1,153 @@
+//! `Idempotency-Key`: repeats of an upload get the first upload's answer, never a second Media;
+//! with one sidecar (memory) and with a fleet sharing a real redis-server.
+
+mod support;
+
+use futures_util::future::join_all;
+use reqwest::StatusCode;
+use serde_json::Value;
+use support::*;
+
+struct Answer {
+    status: StatusCode,
+    replayed: bool,
+    reason: Option<String>,
+    json: Value,
+}
+
+async fn upload(proxy: &Proxy, service: &str, key: Option<&str>, body: &[u8]) -> Answer {
+    let mut request = client()
+        .post(proxy.url(&format!("/v1/Services/{service}/Media")))
+        .header("Content-Type", "image/png")
+        .body(body.to_vec());
+    if let Some(key) = key {
+        request = request.header("Idempotency-Key", key);
+    }
+    let response = request.send().await.expect("upload");
+    let status = response.status();
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_string())
+    };
+    let replayed = header("idempotent-replayed").as_deref() == Some("true");
+    let reason = header("mediagate-reject");
+    let json = response.json().await.unwrap_or(Value::Null);
+    Answer {
+        status,
+        replayed,
+        reason,
+        json,
+    }
+}
+
+/// The uploads (POSTs that reached it) the origin received for `service`.
+fn stored_uploads(origin: &Origin, service: &str) -> usize {
+    origin
+        .requests_for(service)
+        .iter()
+        .filter(|e| e["method"] == "POST" && e["status"] == 201)
+        .count()
+}
+
+#[tokio::test]
+async fn five_concurrent_repeats_make_one_media_and_share_its_answer() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(ProxyConfig::to(&origin.url));
+    let service = new_service();
+    let body = png_bytes(300_000);
+    let answers = join_all((0..5).map(|_| upload(&proxy, &service, Some("retry-1"), &body))).await;
+    let sid = answers[0].json["sid"].clone();
+    assert!(sid.is_string(), "{}", answers[0].json);
+    for answer in &answers {
+        assert_eq!(answer.status, StatusCode::CREATED);
+        assert_eq!(answer.json["sid"], sid);
+    }
+    assert_eq!(answers.iter().filter(|a| a.replayed).count(), 4);
+    assert_eq!(stored_uploads(&origin, &service), 1);
+
+    // Later, sequentially: the same answer again.
+    let again = upload(&proxy, &service, Some("retry-1"), &body).await;
+    assert_eq!(again.status, StatusCode::CREATED);
+    assert!(again.replayed);
+    assert_eq!(again.json["sid"], sid);
+    assert_eq!(stored_uploads(&origin, &service), 1);
+    proxy.wait_recorded(6);
+    assert_eq!(
+        proxy.metric("mediagate_idempotent_replays_total", &[]),
+        Some(5.0)
+    );
+}
+
+#[tokio::test]
+async fn a_different_body_under_the_same_key_is_refused() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(ProxyConfig::to(&origin.url));
+    let service = new_service();
+    let first = upload(&proxy, &service, Some("k"), &png_bytes(1000)).await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    let other = upload(&proxy, &service, Some("k"), &png_bytes(1001)).await;
+    assert_eq!(other.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(other.reason.as_deref(), Some("idempotency_conflict"));
+    assert_eq!(other.json["code"], 91424);
+    assert_eq!(stored_uploads(&origin, &service), 1);
+
+    // Keys are per service, and uploads without a key are never matched.
+    let elsewhere = new_service();
+    let there = upload(&proxy, &elsewhere, Some("k"), &png_bytes(1001)).await;
+    assert_eq!(there.status, StatusCode::CREATED);
+    assert!(!there.replayed);
+    for _ in 0..2 {
+        let plain = upload(&proxy, &service, None, &png_bytes(1000)).await;
+        assert_eq!(plain.status, StatusCode::CREATED);
+        assert!(!plain.replayed);
+    }
+    assert_eq!(stored_uploads(&origin, &service), 3);
+
+    let bad = upload(&proxy, &service, Some("tab\tkey"), &png_bytes(10)).await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn a_failed_upload_frees_its_key_for_the_retry() {
+    let mut origin = Origin::start();
+    let proxy = Proxy::start(ProxyConfig::to(&origin.url));
+    let service = new_service();
+    let body = png_bytes(5000);
+    origin.stop();
+    let failed = upload(&proxy, &service, Some("after-outage"), &body).await;
+    assert_eq!(failed.status, StatusCode::BAD_GATEWAY);
+    origin.restart();
+    let retried = upload(&proxy, &service, Some("after-outage"), &body).await;
+    assert_eq!(retried.status, StatusCode::CREATED);
+    assert!(!retried.replayed);
+    let repeat = upload(&proxy, &service, Some("after-outage"), &body).await;
+    assert!(repeat.replayed);
+    assert_eq!(repeat.json["sid"], retried.json["sid"]);
+    assert_eq!(stored_uploads(&origin, &service), 1);
+}
+
+#[tokio::test]
+async fn a_fleet_sharing_redis_makes_one_media_per_key() {
+    let redis = RedisServer::start();
+    let origin = Origin::start();
+    let config =
+        || ProxyConfig::to(&origin.url).with(&format!("quotas:\n  backend: {}\n", redis.url()));
+    let (a, b) = (Proxy::start(config()), Proxy::start(config()));
+    let service = new_service();
+    let body = png_bytes(200_000);
+    let sends = (0..6).map(|i| {
+        let proxy = if i % 2 == 0 { &a } else { &b };
+        upload(proxy, &service, Some("fleet-key"), &body)
+    });
+    let answers = join_all(sends).await;
+    for answer in &answers {
+        assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.json);
+        assert_eq!(answer.json["sid"], answers[0].json["sid"]);
+    }
+    assert_eq!(answers.iter().filter(|a| a.replayed).count(), 5);
+    assert_eq!(stored_uploads(&origin, &service), 1);
+    let conflict = upload(&b, &service, Some("fleet-key"), &png_bytes(10)).await;
+    assert_eq!(conflict.status, StatusCode::UNPROCESSABLE_ENTITY);
+}
