@@ -73,6 +73,10 @@ pub struct Metrics {
     pub access_log_dropped: IntCounter,
     /// Repeated uploads answered with the first one's answer (`Idempotency-Key`).
     pub idempotent_replays: IntCounter,
+    /// Spooled uploads sent upstream again after a failure (`uploads.retry`).
+    pub upload_replays: IntCounter,
+    /// Uploads that streamed without a spool (budget spent, disk error): not retried.
+    pub uploads_unspooled: IntCounter,
     /// `result`: `ok`, `error`.
     pub config_reloads: IntCounterVec,
     pub build_info: IntGaugeVec,
@@ -164,6 +168,14 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         quota_backend_errors: counter(
             "mediagate_quota_backend_errors_total",
             "Failed calls to the quota backend.",
+        ),
+        upload_replays: counter(
+            "mediagate_upload_replays_total",
+            "Spooled uploads sent upstream again after the upstream failed them.",
+        ),
+        uploads_unspooled: counter(
+            "mediagate_uploads_unspooled_total",
+            "Uploads streamed without a spool (spool_max reached or a disk error), so not retried.",
         ),
         idempotent_replays: counter(
             "mediagate_idempotent_replays_total",

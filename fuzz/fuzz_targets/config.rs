@@ -36,7 +36,9 @@ fn lookup(name: &str) -> Option<String> {
 /// Whether any mapping key ends in `_file`.
 fn names_a_file(value: &Value) -> bool {
     match value {
-        Value::Mapping(map) => map.iter().any(|(k, v)| names_a_file_key(k) || names_a_file(v)),
+        Value::Mapping(map) => map
+            .iter()
+            .any(|(k, v)| names_a_file_key(k) || names_a_file(v)),
         Value::Sequence(items) => items.iter().any(names_a_file),
         Value::Tagged(tagged) => names_a_file(&tagged.value),
         _ => false,
@@ -79,7 +81,10 @@ fuzz_target!(|data: &[u8]| {
     };
 
     let printed_text = config.to_redacted_yaml();
-    assert!(!printed_text.starts_with("# cannot print"), "{printed_text}");
+    assert!(
+        !printed_text.starts_with("# cannot print"),
+        "{printed_text}"
+    );
     let printed: Value = serde_yaml::from_str(&printed_text)
         .unwrap_or_else(|e| panic!("the printed config is not YAML ({e}):\n{printed_text}"));
 

@@ -123,7 +123,10 @@ fuzz_target!(|data: &[u8]| {
     let ours = boundary(content_type);
     let theirs = multer::parse_boundary(content_type).ok();
     if let (Some(ours), Some(theirs)) = (&ours, &theirs) {
-        assert_eq!(ours, theirs, "the proxy and the origin read different boundaries");
+        assert_eq!(
+            ours, theirs,
+            "the proxy and the origin read different boundaries"
+        );
     }
     let Some(ours) = ours else { return };
     assert!(!ours.is_empty() && ours.len() <= 70);

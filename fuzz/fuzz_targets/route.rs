@@ -69,7 +69,10 @@ fn check_route(method: &Method, path: &str, route: &Route) {
         Route::MediaSet { .. } => RouteKind::MediaSet,
     };
     assert_eq!(route.kind(), kind);
-    assert_eq!(route.media().is_some(), matches!(kind, RouteKind::Metadata | RouteKind::Content));
+    assert_eq!(
+        route.media().is_some(),
+        matches!(kind, RouteKind::Metadata | RouteKind::Content)
+    );
     for m in allowed(route) {
         let m = Method::from_bytes(m.as_bytes()).unwrap();
         assert_eq!(Route::parse(&m, &canonical(route)).as_ref(), Ok(route));
@@ -88,7 +91,10 @@ fuzz_target!(|data: &[u8]| {
         Ok(route) => check_route(&method, path, &route),
         Err(RouteError::MethodNotAllowed(allow)) => {
             let names: Vec<&str> = allow.split(", ").collect();
-            assert!(!names.contains(&method.as_str()), "{method} refused but listed in {allow}");
+            assert!(
+                !names.contains(&method.as_str()),
+                "{method} refused but listed in {allow}"
+            );
             for name in names {
                 let m = Method::from_bytes(name.as_bytes()).unwrap();
                 let route = Route::parse(&m, path)

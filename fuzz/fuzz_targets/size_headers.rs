@@ -39,7 +39,11 @@ fn check_decimal(text: &str) {
     if let Some(n) = parsed {
         let spelled = n.to_string();
         let significant = text.trim_start_matches('0');
-        let expected = if significant.is_empty() { "0" } else { significant };
+        let expected = if significant.is_empty() {
+            "0"
+        } else {
+            significant
+        };
         assert_eq!(spelled, expected, "{text:?} parsed to {n}");
         assert_eq!(parse_decimal(&spelled), Some(n));
     }

@@ -30,18 +30,66 @@ use mediagate::policy::{
 
 /// Every type sniff.rs knows a signature for, and a few it does not.
 const TYPES: &[&str] = &[
-    "image/png", "image/apng", "image/jpeg", "image/jpg", "image/pjpeg", "image/gif",
-    "image/webp", "image/bmp", "image/x-bmp", "image/x-ms-bmp", "image/tiff", "image/tif",
-    "image/heic", "image/heif", "image/heic-sequence", "image/heif-sequence", "image/avif",
-    "image/avif-sequence", "video/mp4", "audio/mp4", "audio/m4a", "audio/x-m4a", "video/x-m4v",
-    "video/3gpp", "video/3gpp2", "audio/3gpp", "audio/3gpp2", "video/quicktime", "video/webm",
-    "audio/webm", "video/x-matroska", "audio/x-matroska", "audio/mpeg", "audio/mp3",
-    "audio/mpeg3", "audio/x-mpeg-3", "audio/ogg", "video/ogg", "application/ogg", "audio/opus",
-    "audio/vorbis", "audio/wav", "audio/x-wav", "audio/wave", "audio/vnd.wave", "audio/flac",
-    "audio/x-flac", "audio/aac", "audio/x-aac", "audio/aacp", "audio/x-hx-aac-adts",
-    "application/pdf", "application/zip", "application/x-zip-compressed", "text/plain",
+    "image/png",
+    "image/apng",
+    "image/jpeg",
+    "image/jpg",
+    "image/pjpeg",
+    "image/gif",
+    "image/webp",
+    "image/bmp",
+    "image/x-bmp",
+    "image/x-ms-bmp",
+    "image/tiff",
+    "image/tif",
+    "image/heic",
+    "image/heif",
+    "image/heic-sequence",
+    "image/heif-sequence",
+    "image/avif",
+    "image/avif-sequence",
+    "video/mp4",
+    "audio/mp4",
+    "audio/m4a",
+    "audio/x-m4a",
+    "video/x-m4v",
+    "video/3gpp",
+    "video/3gpp2",
+    "audio/3gpp",
+    "audio/3gpp2",
+    "video/quicktime",
+    "video/webm",
+    "audio/webm",
+    "video/x-matroska",
+    "audio/x-matroska",
+    "audio/mpeg",
+    "audio/mp3",
+    "audio/mpeg3",
+    "audio/x-mpeg-3",
+    "audio/ogg",
+    "video/ogg",
+    "application/ogg",
+    "audio/opus",
+    "audio/vorbis",
+    "audio/wav",
+    "audio/x-wav",
+    "audio/wave",
+    "audio/vnd.wave",
+    "audio/flac",
+    "audio/x-flac",
+    "audio/aac",
+    "audio/x-aac",
+    "audio/aacp",
+    "audio/x-hx-aac-adts",
+    "application/pdf",
+    "application/zip",
+    "application/x-zip-compressed",
+    "text/plain",
     // No known signature: only the executable check applies.
-    "application/octet-stream", "video/x-unknown", "image/svg+xml", "text/csv",
+    "application/octet-stream",
+    "video/x-unknown",
+    "image/svg+xml",
+    "text/csv",
 ];
 
 const TEXT: &str = "text/plain";
@@ -78,9 +126,25 @@ fn is_executable_refusal(r: &Result<(), Refusal>) -> bool {
 
 /// Prefix lengths worth checking: all of the first 96 bytes, then a spread up to `len`.
 fn prefix_lengths(len: usize) -> impl Iterator<Item = usize> {
-    let spread = [128, 255, 256, 512, 1023, 1024, 1025, 2048, 4096, len / 2, len - len.min(1), len];
-    (SNIFF_ENOUGH..=len.min(96))
-        .chain(spread.into_iter().filter(move |&n| n >= SNIFF_ENOUGH && n <= len))
+    let spread = [
+        128,
+        255,
+        256,
+        512,
+        1023,
+        1024,
+        1025,
+        2048,
+        4096,
+        len / 2,
+        len - len.min(1),
+        len,
+    ];
+    (SNIFF_ENOUGH..=len.min(96)).chain(
+        spread
+            .into_iter()
+            .filter(move |&n| n >= SNIFF_ENOUGH && n <= len),
+    )
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -103,12 +167,20 @@ fuzz_target!(|data: &[u8]| {
     let window = &content[..content.len().min(SNIFF_WINDOW)];
     if content.len() > SNIFF_WINDOW {
         assert_eq!(verdict, sniff_check(essence, window, false), "tail read");
-        assert_eq!(verdict, sniff_check(essence, &content, !complete), "complete past window");
+        assert_eq!(
+            verdict,
+            sniff_check(essence, &content, !complete),
+            "complete past window"
+        );
         let mut changed = content.clone();
         for b in &mut changed[SNIFF_WINDOW..] {
             *b ^= 0x55;
         }
-        assert_eq!(verdict, sniff_check(essence, &changed, complete), "tail read");
+        assert_eq!(
+            verdict,
+            sniff_check(essence, &changed, complete),
+            "tail read"
+        );
     }
     if executable(window).is_some() {
         assert!(verdict.is_err(), "executable accepted as {essence}");
@@ -149,11 +221,23 @@ fuzz_target!(|data: &[u8]| {
 
     // Through the guard, in one chunk or two.
     let whole = guard_verdict(essence, &content, content.len());
-    let splits = [1, SNIFF_ENOUGH, SNIFF_ENOUGH + 4, 0x3c, 0x40, 512, 1024, content.len() / 2];
+    let splits = [
+        1,
+        SNIFF_ENOUGH,
+        SNIFF_ENOUGH + 4,
+        0x3c,
+        0x40,
+        512,
+        1024,
+        content.len() / 2,
+    ];
     for split in splits.into_iter().filter(|&s| s > 0 && s < content.len()) {
         let chunked = guard_verdict(essence, &content, split);
         if is_executable_refusal(&whole) {
-            assert!(chunked.is_err(), "executable passes split at {split}: {whole:?}");
+            assert!(
+                chunked.is_err(),
+                "executable passes split at {split}: {whole:?}"
+            );
         } else if essence != TEXT && !is_executable_refusal(&chunked) {
             // (A prefix that may still turn out to be a PE file is refused: sniff.rs's choice.)
             assert_eq!(

@@ -249,6 +249,34 @@ pub struct Uploads {
     /// How long a repeated `Idempotency-Key` gets the first upload's answer; `0s` turns it off.
     /// For all services alike (not in a service's block).
     pub idempotency_ttl: HumanDuration,
+    /// Replaying uploads the upstream failed (all services alike).
+    pub retry: UploadRetry,
+}
+
+/// `uploads.retry`: an upload is spooled while it streams, and replayed when the upstream fails
+/// before answering or answers 502/503/504. Off (`attempts: 0`) by default.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UploadRetry {
+    /// Replays after the first try; 0 turns retrying (and spooling) off.
+    pub attempts: u32,
+    /// The wait before the first replay; doubled before each next one.
+    pub backoff: HumanDuration,
+    /// Where spooled bodies are written (created if missing; leftovers removed at start).
+    pub spool_dir: PathBuf,
+    /// The most bytes spooled at once; past it, uploads stream unspooled and are not retried.
+    pub spool_max: ByteSize,
+}
+
+impl Default for UploadRetry {
+    fn default() -> Self {
+        UploadRetry {
+            attempts: 0,
+            backoff: HumanDuration::millis(500),
+            spool_dir: std::env::temp_dir().join("mediagate-spool"),
+            spool_max: ByteSize::gib(1),
+        }
+    }
 }
 
 impl Default for Uploads {
@@ -267,6 +295,7 @@ impl Default for Uploads {
             sniff: true,
             require_content_size: false,
             idempotency_ttl: HumanDuration::secs(24 * 3600),
+            retry: UploadRetry::default(),
         }
     }
 }
@@ -299,6 +328,7 @@ impl Uploads {
                 .require_content_size
                 .unwrap_or(self.require_content_size),
             idempotency_ttl: self.idempotency_ttl,
+            retry: self.retry.clone(),
         }
     }
 }

@@ -28,6 +28,10 @@ impl ByteSize {
         ByteSize(n << 20)
     }
 
+    pub const fn gib(n: u64) -> ByteSize {
+        ByteSize(n << 30)
+    }
+
     pub fn bytes(self) -> u64 {
         self.0
     }
@@ -115,6 +119,10 @@ pub struct HumanDuration(pub Duration);
 impl HumanDuration {
     pub const fn secs(n: u64) -> HumanDuration {
         HumanDuration(Duration::from_secs(n))
+    }
+
+    pub const fn millis(n: u64) -> HumanDuration {
+        HumanDuration(Duration::from_millis(n))
     }
 
     pub fn get(self) -> Duration {

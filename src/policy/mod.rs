@@ -19,7 +19,7 @@ pub use multipart::{boundary, find_file_part, FilePart, Scan};
 pub use sizes::{declared, parse_decimal, Declared, SizeError};
 pub use sniff::{check as sniff_check, executable, ENOUGH as SNIFF_ENOUGH, WINDOW as SNIFF_WINDOW};
 
-pub use content_type::essence;
+use content_type::essence;
 use guard::Inspector;
 
 use crate::api::{RejectReason, ServiceSid};

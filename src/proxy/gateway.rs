@@ -22,6 +22,7 @@ use super::content::{ContentResolver, SignedUrl};
 use super::credentials::Injector;
 use super::idempotent::{self, IDEMPOTENCY_KEY};
 use super::reject::{self, Rejection};
+use super::replay::Replayer;
 use super::upstream::UpstreamTarget;
 use crate::access_log::{AccessEntry, AccessLog};
 use crate::api::{ApiError, ErrorCode, RejectReason, Route, RouteKind, ServiceSid};
@@ -32,6 +33,7 @@ use crate::idempotency::{Answer, BodyHasher, Claim, Claimed, IdempotencyKey, Led
 use crate::metrics::{metrics, InFlight, RequestMetrics, RequestRecord};
 use crate::policy::{self, UploadGuard, UploadPolicies};
 use crate::quota::{LimitBook, Outcome, Permit, Quota, Refused};
+use crate::spool::{Spool, SpoolDir};
 
 pub struct Gateway {
     /// What the configuration decides, swapped whole when it is reloaded (see `reload`).
@@ -44,6 +46,9 @@ pub struct Gateway {
     content: ContentResolver,
     /// The `Idempotency-Key`s of uploads; lives across reloads.
     ledger: Arc<dyn Ledger>,
+    /// Where uploads are spooled for a replay, when `uploads.retry` is on, and what replays.
+    spool: Option<Arc<SpoolDir>>,
+    replayer: Replayer,
     access_log: AccessLog,
 }
 
@@ -58,6 +63,9 @@ pub struct Settings {
     cache: CachePolicy,
     /// Whether `Idempotency-Key` is honoured (`uploads.idempotency_ttl` above zero).
     idempotency: bool,
+    /// `uploads.retry`: replays, and the wait before the first.
+    retry_attempts: u32,
+    retry_backoff: Duration,
     metrics: RequestMetrics,
 }
 
@@ -72,6 +80,8 @@ impl Settings {
             upstream: UpstreamTarget::new(&config.upstream)?,
             cache: CachePolicy::new(config),
             idempotency: !config.uploads.idempotency_ttl.get().is_zero(),
+            retry_attempts: config.uploads.retry.attempts,
+            retry_backoff: config.uploads.retry.backoff.get(),
             metrics: RequestMetrics::new(config.services.keys()),
         })
     }
@@ -119,6 +129,10 @@ pub struct RequestCtx {
     claim: Option<Claim>,
     fingerprint: Option<BodyHasher>,
     answer: Option<AnswerCapture>,
+    /// An upload's body, spooled for a replay (`uploads.retry`).
+    spool: Option<Spool>,
+    /// The upstream's 502/503/504 to an upload that will be replayed.
+    retry_status: Option<u16>,
 }
 
 /// The upstream's answer to an idempotent upload, kept for repeats.
@@ -146,21 +160,26 @@ struct CacheUse {
     consulted: bool,
 }
 
+/// What the gateway keeps for the life of the process, whatever reloads bring.
+pub struct Lasting {
+    pub quota: Arc<dyn Quota>,
+    pub cache: &'static Cache,
+    pub content: ContentResolver,
+    pub ledger: Arc<dyn Ledger>,
+    pub spool: Option<Arc<SpoolDir>>,
+    pub replayer: Replayer,
+}
+
 impl Gateway {
-    pub fn new(
-        config: &Config,
-        settings: Arc<ArcSwap<Settings>>,
-        quota: Arc<dyn Quota>,
-        cache: &'static Cache,
-        content: ContentResolver,
-        ledger: Arc<dyn Ledger>,
-    ) -> Gateway {
+    pub fn new(config: &Config, settings: Arc<ArcSwap<Settings>>, lasting: Lasting) -> Gateway {
         Gateway {
             settings,
-            quota,
-            cache,
-            content,
-            ledger,
+            quota: lasting.quota,
+            cache: lasting.cache,
+            content: lasting.content,
+            ledger: lasting.ledger,
+            spool: lasting.spool,
+            replayer: lasting.replayer,
             access_log: if config.server.access_log {
                 AccessLog::to_stdout()
             } else {
@@ -306,6 +325,78 @@ impl Gateway {
         }
     }
 
+    /// Opens the spool of an admitted upload, when retrying is on and the budget has room.
+    async fn start_spool(&self, ctx: &mut RequestCtx, declared: Option<u64>) {
+        let Some(dir) = &self.spool else { return };
+        if ctx.settings.retry_attempts == 0 {
+            return;
+        }
+        ctx.spool = dir.start(declared.unwrap_or(0)).await;
+        if ctx.spool.is_none() {
+            metrics().uploads_unspooled.inc();
+        }
+    }
+
+    /// An upload the upstream failed before answering (or answered 502/503/504): the rest of
+    /// the client's body is spooled, then the upload is sent again, after `backoff` and twice
+    /// that before each next try, up to `attempts` times. Returns the status answered to the
+    /// client, or `None` to answer the failure as usual.
+    async fn retry_upload(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> Option<u16> {
+        let retriable = ctx.retry_status.is_some() || e.esource() == &ErrorSource::Upstream;
+        let attempts = ctx.settings.retry_attempts;
+        if !retriable || attempts == 0 || ctx.spool.is_none() || final_status(session).is_some() {
+            return None;
+        }
+        if let Err(refusal) = finish_spooling(session, ctx).await {
+            let rejection = refusal?;
+            let status = rejection.error.status;
+            if let Err(e) = refuse(session, ctx, rejection).await {
+                log::debug!("cannot send the refusal: {e}");
+            }
+            return Some(status);
+        }
+        let mut backoff = ctx.settings.retry_backoff;
+        for attempt in 1..=attempts {
+            tokio::time::sleep(backoff).await;
+            backoff = backoff.saturating_mul(2);
+            metrics().upload_replays.inc();
+            match self.replay_once(session, ctx).await {
+                Ok((head, body))
+                    if !is_retried_status(head.status.as_u16()) || attempt == attempts =>
+                {
+                    return answer_replay(session, ctx, *head, body).await;
+                }
+                Ok((head, _)) => log::info!(
+                    "upload replay {attempt}/{attempts}: the upstream answered {}",
+                    head.status
+                ),
+                Err(e) => log::warn!("upload replay {attempt}/{attempts} failed: {e}"),
+            }
+        }
+        None
+    }
+
+    /// One replay of the spooled upload: the head the upstream would have had, the spool.
+    async fn replay_once(
+        &self,
+        session: &Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<(Box<ResponseHeader>, Bytes)> {
+        let mut head = session.req_header().clone();
+        api_head(&mut head, ctx)?;
+        let peer = ctx.settings.upstream.peer().await?;
+        let Some(spool) = ctx.spool.as_mut() else {
+            return Error::e_explain(ErrorType::InternalError, "a replay without a spool");
+        };
+        let (response, body) = self.replayer.send(&peer, head, spool).await?;
+        Ok((Box::new(response), body))
+    }
+
     /// Reserves one upload and its declared bytes, and a concurrency slot. When the backend
     /// cannot be asked, `quotas.on_backend_error` decides.
     async fn reserve_quota(
@@ -441,6 +532,8 @@ impl ProxyHttp for Gateway {
             claim: None,
             fingerprint: None,
             answer: None,
+            spool: None,
+            retry_status: None,
         }
     }
 
@@ -480,7 +573,10 @@ impl ProxyHttp for Gateway {
                 return Ok(true);
             }
             match self.admit_upload(session, ctx, &service).await? {
-                Ok(guard) => ctx.upload = Some(guard),
+                Ok(guard) => {
+                    self.start_spool(ctx, guard.declared_size()).await;
+                    ctx.upload = Some(guard);
+                }
                 Err(rejection) => return refuse(session, ctx, rejection).await,
             }
         }
@@ -504,17 +600,16 @@ impl ProxyHttp for Gateway {
         let Some(guard) = &mut ctx.upload else {
             return Ok(());
         };
-        match guard.on_chunk(chunk, end_of_stream) {
-            Ok(()) => Ok(()),
-            Err(refusal) => {
-                let status = refusal.reason.status();
-                ctx.refusal = Some(refusal.into());
-                Error::e_explain(
-                    ErrorType::HTTPStatus(status),
-                    "upload refused while streaming",
-                )
-            }
+        if let Err(refusal) = guard.on_chunk(chunk, end_of_stream) {
+            let status = refusal.reason.status();
+            ctx.refusal = Some(refusal.into());
+            return Error::e_explain(
+                ErrorType::HTTPStatus(status),
+                "upload refused while streaming",
+            );
         }
+        spool_chunk(ctx, chunk).await;
+        Ok(())
     }
 
     /// Reads of the cache go through `request_cache_filter` first: Media JSON and content are
@@ -614,34 +709,18 @@ impl ProxyHttp for Gateway {
         request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let Some(route) = &ctx.route else {
-            // request_filter answers every request it does not route: this cannot be reached.
-            return Error::e_explain(
-                ErrorType::InternalError,
-                "proxying a request without a route",
-            );
-        };
         if let Some(signed) = &ctx.signed {
             // A request of our own: nothing of the client's reaches the media host.
             *request = signed.request(request.method.clone(), &ctx.request_id)?;
             ctx.upstream_sent.get_or_insert_with(Instant::now);
             return Ok(());
         }
-        ctx.settings.credentials.apply(request, route.service());
+        api_head(request, ctx)?;
         if ctx.cache.is_some_and(|usage| usage.consulted) {
             // The answer may be served to every reader: nothing in it may depend on this one.
             request.remove_header(&http::header::COOKIE);
             request.insert_header(http::header::ACCEPT_ENCODING, IDENTITY)?;
         }
-        if ctx.continued {
-            // The client has its 100 Continue; the upstream's would be a second one.
-            request.remove_header(&http::header::EXPECT);
-        }
-        request.insert_header(
-            http::header::HOST,
-            ctx.settings.upstream.host_header().clone(),
-        )?;
-        request.insert_header(REQUEST_ID, &ctx.request_id)?;
         ctx.upstream_sent = Some(Instant::now());
         Ok(())
     }
@@ -655,6 +734,14 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         ctx.upstream_waited = ctx.upstream_sent.map(|sent| sent.elapsed());
         ctx.upstream_status = Some(response.status.as_u16());
+        if ctx.spool.is_some() && is_retried_status(response.status.as_u16()) {
+            ctx.upstream_error = Some("status_5xx");
+            ctx.retry_status = ctx.upstream_status;
+            return Error::e_explain(
+                ErrorType::HTTPStatus(response.status.as_u16()),
+                "the upstream failed an upload that will be replayed",
+            );
+        }
         if ctx.claim.is_some() && response.status.is_success() {
             let content_type = response.headers.get(http::header::CONTENT_TYPE);
             ctx.answer = Some(AnswerCapture {
@@ -788,8 +875,14 @@ impl ProxyHttp for Gateway {
                 can_reuse_downstream: false,
             };
         }
-        let error = classify_failure(e);
         ctx.upstream_error = upstream_error_kind(e).or(ctx.upstream_error);
+        if let Some(status) = self.retry_upload(session, e, ctx).await {
+            return FailToProxy {
+                error_code: status,
+                can_reuse_downstream: false,
+            };
+        }
+        let error = classify_failure(e);
         let status = match &error {
             Some(error) if final_status(session).is_none() => {
                 let id = [(REQUEST_ID, ctx.request_id.as_str())];
@@ -865,6 +958,107 @@ fn check_framing(session: &Session) -> Result<(), &'static str> {
         .then(|| session.as_http1().map(|h1| h1.get_headers_raw_bytes()))
         .flatten();
     super::framing::check(headers, raw_head.as_deref())
+}
+
+/// Upstream answers that make an upload worth sending again.
+fn is_retried_status(status: u16) -> bool {
+    matches!(status, 502..=504)
+}
+
+/// Adds an upload chunk to its spool; a spool that cannot take it is dropped (no replay then).
+async fn spool_chunk(ctx: &mut RequestCtx, chunk: &[u8]) {
+    let Some(spool) = &mut ctx.spool else { return };
+    if let Err(e) = spool.write(chunk).await {
+        log::warn!("spool: {e}; this upload will not be retried");
+        ctx.spool = None;
+        metrics().uploads_unspooled.inc();
+    }
+}
+
+/// The rest of a failed upload's body, read from the client through the same checks as while
+/// streaming, into the spool. `Err(Some)`: a refusal to answer; `Err(None)`: no replay (the
+/// client left, or the spool could not take it).
+async fn finish_spooling(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+) -> Result<(), Option<Rejection>> {
+    while !session.is_body_done() {
+        let chunk = session.read_request_body().await.map_err(|_| None)?;
+        let end = session.is_body_done();
+        let bytes = chunk.as_deref().unwrap_or_default();
+        if let Some(guard) = &mut ctx.upload {
+            guard
+                .on_chunk(bytes, end)
+                .map_err(|refusal| Some(Rejection::from(refusal)))?;
+        }
+        if let Some(fingerprint) = &mut ctx.fingerprint {
+            fingerprint.update(bytes);
+        }
+        spool_chunk(ctx, bytes).await;
+        if ctx.spool.is_none() {
+            return Err(None);
+        }
+        if chunk.is_none() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Answers the client with a replay's answer, and notes it as the upstream's.
+async fn answer_replay(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    mut head: ResponseHeader,
+    body: Bytes,
+) -> Option<u16> {
+    let status = head.status.as_u16();
+    ctx.upstream_status = Some(status);
+    if ctx.claim.is_some() && head.status.is_success() {
+        let content_type = head.headers.get(http::header::CONTENT_TYPE);
+        ctx.answer = Some(AnswerCapture {
+            content_type: content_type
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("application/json")
+                .to_string(),
+            body: bytes::BytesMut::from(&body[..]),
+            too_long: false,
+        });
+    }
+    head.remove_header(&http::header::TRANSFER_ENCODING);
+    head.remove_header(&http::header::CONNECTION);
+    let written = async {
+        head.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+        head.insert_header(REQUEST_ID, &ctx.request_id)?;
+        session.write_response_header(Box::new(head), false).await?;
+        session.write_response_body(Some(body), true).await
+    }
+    .await;
+    if let Err(e) = written {
+        log::debug!("cannot send the replayed upload's answer: {e}");
+    }
+    Some(status)
+}
+
+/// An API request's head from the client's: the client's credentials out, the service's in,
+/// the API's `Host`, the request id, and no second `Expect` once the client had its 100.
+fn api_head(request: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
+    let Some(route) = &ctx.route else {
+        // request_filter answers every request it does not route: this cannot be reached.
+        return Error::e_explain(
+            ErrorType::InternalError,
+            "proxying a request without a route",
+        );
+    };
+    ctx.settings.credentials.apply(request, route.service());
+    if ctx.continued {
+        request.remove_header(&http::header::EXPECT);
+    }
+    request.insert_header(
+        http::header::HOST,
+        ctx.settings.upstream.host_header().clone(),
+    )?;
+    request.insert_header(REQUEST_ID, &ctx.request_id)
 }
 
 /// Turns a range answer into `416 Range Not Satisfiable` for a body of `len` bytes.

@@ -11,6 +11,7 @@ mod gateway;
 mod idempotent;
 mod reject;
 mod reload;
+mod replay;
 mod upstream;
 
 use std::net::{SocketAddr, TcpListener};
@@ -50,9 +51,15 @@ pub fn run(config: Config, path: &Path) -> Result<(), String> {
 
     let mut server = Server::new_with_opt_and_conf(None, server_conf(&config));
     server.bootstrap();
-    let content = ContentResolver::new(&server.configuration);
-    let ledger = crate::idempotency::ledger(&config)?;
-    let gateway = Gateway::new(&config, settings.clone(), quota, cache, content, ledger);
+    let lasting = gateway::Lasting {
+        quota,
+        cache,
+        content: ContentResolver::new(&server.configuration),
+        ledger: crate::idempotency::ledger(&config)?,
+        spool: spool_dir(&config)?,
+        replayer: replay::Replayer::new(&server.configuration),
+    };
+    let gateway = Gateway::new(&config, settings.clone(), lasting);
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
@@ -82,6 +89,20 @@ pub fn run(config: Config, path: &Path) -> Result<(), String> {
         config.server.metrics_listen
     );
     server.run_forever()
+}
+
+/// The spool directory, when `uploads.retry` is on: created, and swept of a crash's leftovers.
+fn spool_dir(config: &Config) -> Result<Option<Arc<crate::spool::SpoolDir>>, String> {
+    let retry = &config.uploads.retry;
+    if retry.attempts == 0 {
+        return Ok(None);
+    }
+    crate::spool::SpoolDir::open(retry).map(Some).map_err(|e| {
+        format!(
+            "uploads.retry.spool_dir: {}: {e}",
+            retry.spool_dir.display()
+        )
+    })
 }
 
 /// How long one fill may hold a key's cache lock before the requests waiting on it stop waiting

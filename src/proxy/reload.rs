@@ -71,6 +71,9 @@ fn fixed_keys_changed(running: &Config, new: &Config) -> Vec<&'static str> {
     if running.quotas.slot_lease != new.quotas.slot_lease {
         changed.push("quotas.slot_lease");
     }
+    if running.uploads.retry != new.uploads.retry {
+        changed.push("uploads.retry");
+    }
     // The ledger keeps answers for the TTL it started with; turning it off (0s) does apply.
     let ttl = |c: &Config| c.uploads.idempotency_ttl.get();
     if ttl(running) != ttl(new) && !ttl(new).is_zero() {

@@ -1,0 +1,100 @@
+//! Sending a spooled upload upstream again (`uploads.retry`), on a connection of its own: the
+//! request head the proxy would send, the body from the spool, the answer read whole (the Media
+//! JSON, or an error).
+
+use bytes::{Bytes, BytesMut};
+use pingora::connectors::http::Connector;
+use pingora::connectors::ConnectorOptions;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::server::configuration::ServerConf;
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorType, Result};
+use tokio::io::AsyncReadExt;
+
+use crate::spool::Spool;
+
+/// The chunks the spool is read in.
+const CHUNK: usize = 64 * 1024;
+/// The largest answer read back: uploads are answered with a small JSON.
+const MAX_ANSWER: usize = 1 << 20;
+
+pub struct Replayer {
+    connector: Connector,
+}
+
+impl Replayer {
+    pub fn new(conf: &ServerConf) -> Replayer {
+        Replayer {
+            connector: Connector::new(Some(ConnectorOptions::from_server_conf(conf))),
+        }
+    }
+
+    /// Sends `head` with the spooled body; the upstream's answer, head and whole body.
+    pub async fn send(
+        &self,
+        peer: &HttpPeer,
+        mut head: RequestHeader,
+        spool: &mut Spool,
+    ) -> Result<(ResponseHeader, Bytes)> {
+        head.remove_header(&http::header::TRANSFER_ENCODING);
+        head.insert_header(http::header::CONTENT_LENGTH, spool.len().to_string())?;
+        let mut body = spool
+            .reader()
+            .await
+            .map_err(|e| Error::because(ErrorType::FileReadError, "the spooled upload", e))?;
+        // A new connection: the pooled ones may be what just failed.
+        let (mut session, _) = self
+            .connector
+            .get_http_session(peer)
+            .await
+            .map_err(|e| e.into_up())?;
+        session
+            .write_request_header(Box::new(head))
+            .await
+            .map_err(|e| e.into_up())?;
+        let mut left = spool.len();
+        let mut buffer = vec![0u8; CHUNK];
+        while left > 0 {
+            let n = body
+                .read(&mut buffer)
+                .await
+                .map_err(|e| Error::because(ErrorType::FileReadError, "the spooled upload", e))?;
+            if n == 0 {
+                return Error::e_explain(ErrorType::FileReadError, "the spool ended early");
+            }
+            left = left.saturating_sub(n as u64);
+            session
+                .write_request_body(Bytes::copy_from_slice(&buffer[..n]), left == 0)
+                .await
+                .map_err(|e| e.into_up())?;
+        }
+        session
+            .finish_request_body()
+            .await
+            .map_err(|e| e.into_up())?;
+        session
+            .read_response_header()
+            .await
+            .map_err(|e| e.into_up())?;
+        let Some(response) = session.response_header().cloned() else {
+            return Error::e_explain(ErrorType::InvalidHTTPHeader, "no answer head")
+                .map_err(|e| e.into_up());
+        };
+        let mut answer = BytesMut::new();
+        while let Some(chunk) = session
+            .read_response_body()
+            .await
+            .map_err(|e| e.into_up())?
+        {
+            if answer.len() + chunk.len() > MAX_ANSWER {
+                return Error::e_explain(
+                    ErrorType::InvalidHTTPHeader,
+                    "an upload answer over 1 MiB",
+                )
+                .map_err(|e| e.into_up());
+            }
+            answer.extend_from_slice(&chunk);
+        }
+        Ok((response, answer.freeze()))
+    }
+}

@@ -1,0 +1,202 @@
+//! Spooled upload bodies, so that an upload the upstream failed can be sent again
+//! (`uploads.retry`). While an upload streams upstream, its bytes are also written to a file of
+//! its own under `spool_dir`; the file goes when the upload ends, on every path (`Drop`), and
+//! files left by a crash are removed at start. The bytes spooled at once are bounded by
+//! `spool_max`: an upload that does not fit streams unspooled, and is not retried.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::io::AsyncWriteExt;
+
+use crate::config::UploadRetry;
+
+const PREFIX: &str = "upload-";
+const SUFFIX: &str = ".spool";
+
+pub struct SpoolDir {
+    dir: PathBuf,
+    max: u64,
+    /// Bytes reserved by the spools open now.
+    used: AtomicU64,
+    next: AtomicU64,
+}
+
+impl SpoolDir {
+    /// Creates the directory if needed and removes what a previous process left in it.
+    pub fn open(config: &UploadRetry) -> io::Result<Arc<SpoolDir>> {
+        std::fs::create_dir_all(&config.spool_dir)?;
+        let swept = sweep(&config.spool_dir)?;
+        if swept > 0 {
+            log::info!(
+                "spool: removed {swept} files left in {}",
+                config.spool_dir.display()
+            );
+        }
+        Ok(Arc::new(SpoolDir {
+            dir: config.spool_dir.clone(),
+            max: config.spool_max.bytes(),
+            used: AtomicU64::new(0),
+            next: AtomicU64::new(0),
+        }))
+    }
+
+    /// Takes `bytes` of the budget, if there are that many left.
+    fn reserve(&self, bytes: u64) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(bytes).filter(|total| *total <= self.max)
+            })
+            .is_ok()
+    }
+
+    fn release(&self, bytes: u64) {
+        self.used.fetch_sub(bytes, Ordering::AcqRel);
+    }
+
+    /// A spool for one upload, with `expected` bytes (its declared size) reserved up front;
+    /// `None` when the budget is spent or the file cannot be made.
+    pub async fn start(self: &Arc<Self>, expected: u64) -> Option<Spool> {
+        if !self.reserve(expected) {
+            return None;
+        }
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let path = self
+            .dir
+            .join(format!("{PREFIX}{}-{n}{SUFFIX}", std::process::id()));
+        match tokio::fs::File::create(&path).await {
+            Ok(file) => Some(Spool {
+                dir: self.clone(),
+                path,
+                file: Some(file),
+                reserved: expected,
+                written: 0,
+            }),
+            Err(e) => {
+                self.release(expected);
+                log::warn!("spool: cannot create {}: {e}", path.display());
+                None
+            }
+        }
+    }
+}
+
+/// Removes the spool files in `dir`; returns how many.
+fn sweep(dir: &Path) -> io::Result<usize> {
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(PREFIX) && name.ends_with(SUFFIX) {
+            std::fs::remove_file(entry.path())?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// One upload's spooled body.
+pub struct Spool {
+    dir: Arc<SpoolDir>,
+    path: PathBuf,
+    file: Option<tokio::fs::File>,
+    reserved: u64,
+    written: u64,
+}
+
+impl Spool {
+    /// Appends a chunk. An error (the budget, the disk) means the spool is incomplete: drop it.
+    pub async fn write(&mut self, chunk: &[u8]) -> io::Result<()> {
+        let after = self.written + chunk.len() as u64;
+        if after > self.reserved {
+            if !self.dir.reserve(after - self.reserved) {
+                return Err(io::Error::other("spool_max reached"));
+            }
+            self.reserved = after;
+        }
+        let file = self
+            .file
+            .as_mut()
+            .ok_or_else(|| io::Error::other("spool closed"))?;
+        file.write_all(chunk).await?;
+        self.written = after;
+        Ok(())
+    }
+
+    /// The bytes spooled.
+    pub fn len(&self) -> u64 {
+        self.written
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.written == 0
+    }
+
+    /// The spooled body from its start, for one replay.
+    pub async fn reader(&mut self) -> io::Result<tokio::fs::File> {
+        if let Some(file) = self.file.as_mut() {
+            file.flush().await?;
+        }
+        tokio::fs::File::open(&self.path).await
+    }
+}
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        self.file = None;
+        if let Err(e) = std::fs::remove_file(&self.path) {
+            log::warn!("spool: cannot remove {}: {e}", self.path.display());
+        }
+        self.dir.release(self.reserved);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ByteSize, HumanDuration};
+    use tokio::io::AsyncReadExt;
+
+    fn config(dir: &Path, max: u64) -> UploadRetry {
+        UploadRetry {
+            attempts: 1,
+            backoff: HumanDuration::secs(1),
+            spool_dir: dir.to_path_buf(),
+            spool_max: ByteSize::parse(&max.to_string()).unwrap(),
+        }
+    }
+
+    #[tokio::test]
+    async fn spools_within_the_budget_and_leaves_nothing_behind() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("upload-1-0.spool"), b"left by a crash").unwrap();
+        let dir = SpoolDir::open(&config(tmp.path(), 100)).unwrap();
+        assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
+
+        let mut spool = dir.start(60).await.unwrap();
+        spool.write(b"hello ").await.unwrap();
+        spool.write(b"world").await.unwrap();
+        let mut back = String::new();
+        spool
+            .reader()
+            .await
+            .unwrap()
+            .read_to_string(&mut back)
+            .await
+            .unwrap();
+        assert_eq!(back, "hello world");
+        // 60 of 100 reserved: another 60 does not fit, 40 does.
+        assert!(dir.start(60).await.is_none());
+        let mut small = dir.start(40).await.unwrap();
+        // Growing past its reservation needs budget the first spool holds.
+        assert!(small.write(&[0; 41]).await.is_err());
+        drop(spool);
+        assert!(dir.start(60).await.is_some());
+        drop(small);
+        assert_eq!(dir.used.load(Ordering::Acquire), 0);
+        assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
+    }
+}

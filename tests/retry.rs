@@ -1,0 +1,140 @@
+//! Uploads that survive an upstream fault (`uploads.retry`): the origin is killed in the middle of
+//! an upload, with retrying off and on.
+
+mod support;
+
+use std::io::Write;
+use std::time::Duration;
+
+use support::*;
+
+/// A proxy allowing one upload a minute, with `retry` as its `uploads.retry` block.
+fn config(origin: &Origin, spool: &std::path::Path, attempts: u32) -> ProxyConfig {
+    ProxyConfig::to(&origin.url).with(&format!(
+        "quotas:\n  uploads_per_minute: 1\nuploads:\n  retry:\n    attempts: {attempts}\n    backoff: 1s\n    spool_dir: {}\n    spool_max: 64MiB\n",
+        spool.display()
+    ))
+}
+
+const SIZE: usize = 2 * 1024 * 1024;
+const FIRST: usize = 256 * 1024;
+
+/// Starts an upload of `body`, sends its first part, and waits until the origin is receiving it.
+fn upload_started(
+    proxy: &Proxy,
+    origin: &Origin,
+    service: &str,
+    body: &[u8],
+) -> std::net::TcpStream {
+    let length = body.len().to_string();
+    let stream = open_upload(
+        proxy.listen,
+        &format!("/v1/Services/{service}/Media"),
+        &[("Content-Type", "image/png"), ("Content-Length", &length)],
+        &body[..FIRST],
+    );
+    assert!(
+        wait_for(Duration::from_secs(10), || !origin
+            .requests_for(service)
+            .is_empty()),
+        "the upload never reached the origin"
+    );
+    stream
+}
+
+fn stored_uploads(origin: &Origin, service: &str) -> usize {
+    origin
+        .requests_for(service)
+        .iter()
+        .filter(|e| e["method"] == "POST" && e["status"] == 201)
+        .count()
+}
+
+fn spool_files(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+}
+
+#[test]
+fn without_retry_a_killed_origin_means_502_nothing_stored_and_the_quota_refunded() {
+    let mut origin = Origin::start();
+    let spool = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start(config(&origin, spool.path(), 0));
+    let service = new_service();
+    let body = png_bytes(SIZE);
+    let mut stream = upload_started(&proxy, &origin, &service, &body);
+    origin.stop();
+    // The rest may no longer be wanted: the proxy may answer before it is sent.
+    let _ = stream.write_all(&body[FIRST..]);
+    let answer = read_response(&mut stream);
+    assert_eq!(answer.status, 502, "{answer:?}");
+    origin.restart();
+    assert!(origin.files_in("content").is_empty(), "nothing stored");
+    // The failed upload did not use the one upload a minute.
+    let (status, _) = mediagate::process::http_request(
+        proxy.listen,
+        "POST",
+        &format!("/v1/Services/{service}/Media"),
+        &[("Content-Type", "image/png")],
+        &png_bytes(1000),
+    )
+    .unwrap();
+    assert_eq!(status, 201);
+}
+
+#[test]
+fn with_retry_the_client_gets_one_201_and_the_origin_one_media() {
+    let mut origin = Origin::start();
+    let spool = tempfile::tempdir().unwrap();
+    // A crash's leftover is swept at start.
+    std::fs::write(spool.path().join("upload-1-7.spool"), b"left over").unwrap();
+    let proxy = Proxy::start(config(&origin, spool.path(), 3));
+    assert_eq!(spool_files(spool.path()), 0);
+    let service = new_service();
+    let body = png_bytes(SIZE);
+    let mut stream = upload_started(&proxy, &origin, &service, &body);
+    assert_eq!(spool_files(spool.path()), 1, "the upload is spooled");
+    origin.crash_and_restart();
+    stream.write_all(&body[FIRST..]).unwrap();
+    let answer = read_response(&mut stream);
+    assert_eq!(answer.status, 201, "{answer:?}\n{}", proxy.log());
+    let media: serde_json::Value = serde_json::from_str(&answer.body).unwrap();
+    assert_eq!(stored_uploads(&origin, &service), 1);
+    assert_eq!(media["size"], SIZE);
+    let stored = origin.files_in("content");
+    assert_eq!(stored.len(), 1);
+    assert_eq!(
+        sha256_hex(&std::fs::read(&stored[0]).unwrap()),
+        sha256_hex(&body)
+    );
+    proxy.wait_recorded(1);
+    assert!(proxy.metric("mediagate_upload_replays_total", &[]).unwrap() >= 1.0);
+    assert!(
+        wait_for(Duration::from_secs(5), || spool_files(spool.path()) == 0),
+        "the spool file is removed"
+    );
+}
+
+#[test]
+fn past_spool_max_an_upload_streams_unspooled() {
+    let origin = Origin::start();
+    let spool = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start(ProxyConfig::to(&origin.url).with(&format!(
+        "uploads:\n  retry:\n    attempts: 2\n    spool_dir: {}\n    spool_max: 1MiB\n",
+        spool.path().display()
+    )));
+    let (status, _) = mediagate::process::http_request(
+        proxy.listen,
+        "POST",
+        &format!("/v1/Services/{}/Media", new_service()),
+        &[("Content-Type", "image/png")],
+        &png_bytes(SIZE),
+    )
+    .unwrap();
+    assert_eq!(status, 201);
+    proxy.wait_recorded(1);
+    assert_eq!(
+        proxy.metric("mediagate_uploads_unspooled_total", &[]),
+        Some(1.0)
+    );
+    assert_eq!(spool_files(spool.path()), 0);
+}
