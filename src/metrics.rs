@@ -77,6 +77,8 @@ pub struct Metrics {
     pub upload_replays: IntCounter,
     /// Uploads that streamed without a spool (budget spent, disk error): not retried.
     pub uploads_unspooled: IntCounter,
+    /// `reason`: why a client connection was cut off (see `proxy::client_limits`).
+    pub clients_refused: IntCounterVec,
     /// `result`: `ok`, `error`.
     pub config_reloads: IntCounterVec,
     pub build_info: IntGaugeVec,
@@ -172,6 +174,11 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         upload_replays: counter(
             "mediagate_upload_replays_total",
             "Spooled uploads sent upstream again after the upstream failed them.",
+        ),
+        clients_refused: counters(
+            "mediagate_clients_refused_total",
+            "Client connections cut off by a limit, by reason.",
+            &["reason"],
         ),
         uploads_unspooled: counter(
             "mediagate_uploads_unspooled_total",

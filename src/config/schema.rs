@@ -42,6 +42,16 @@ pub struct Server {
     pub grace_period: HumanDuration,
     /// One JSON line per request on standard output.
     pub access_log: bool,
+    /// Client connections at once; past it, new ones get 503 and are closed.
+    pub max_connections: usize,
+    /// The most time a request head may take to arrive (slowloris).
+    pub head_timeout: HumanDuration,
+    /// The largest request head (request line and header lines).
+    pub max_head_size: ByteSize,
+    /// The most header lines in a request head.
+    pub max_headers: usize,
+    /// The slowest a request body may arrive, in bytes per second of waiting for it; 0: any.
+    pub min_body_rate: ByteSize,
 }
 
 impl Default for Server {
@@ -52,6 +62,11 @@ impl Default for Server {
             threads: 2,
             grace_period: HumanDuration::secs(5),
             access_log: true,
+            max_connections: 10_000,
+            head_timeout: HumanDuration::secs(10),
+            max_head_size: ByteSize::kib(64),
+            max_headers: 100,
+            min_body_rate: ByteSize::kib(1),
         }
     }
 }

@@ -24,6 +24,10 @@ const SIZE_UNITS: [(&str, u64); 9] = [
 ];
 
 impl ByteSize {
+    pub const fn kib(n: u64) -> ByteSize {
+        ByteSize(n << 10)
+    }
+
     pub const fn mib(n: u64) -> ByteSize {
         ByteSize(n << 20)
     }

@@ -4,6 +4,7 @@
 
 mod access;
 mod admin;
+mod client_limits;
 mod content;
 mod credentials;
 mod framing;
@@ -61,11 +62,13 @@ pub fn run(config: Config, path: &Path) -> Result<(), String> {
     };
     let gateway = Gateway::new(&config, settings.clone(), lasting);
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        gateway,
-        "mediagate proxy",
+    // Every client connection is counted and watched before pingora reads it.
+    client_limits::register_metrics();
+    let app = client_limits::Limited::new(
+        pingora::proxy::http_proxy(&server.configuration, gateway),
+        client_limits::ClientLimits::new(&config.server),
     );
+    let mut proxy = Service::new("mediagate proxy".to_string(), app);
     proxy.add_tcp(&config.server.listen.to_string());
 
     let mut admin = Service::new(

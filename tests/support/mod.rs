@@ -276,6 +276,8 @@ pub struct ProxyConfig {
     pub read_timeout: &'static str,
     /// More keys of the `upstream:` block, e.g. `ca_file`.
     pub upstream_extra: String,
+    /// More keys of the `server:` block, indented, e.g. `  head_timeout: 1s\n`.
+    pub server_extra: String,
     /// Extra YAML appended as is (top-level keys other than server and upstream).
     pub extra: String,
     /// `RUST_LOG` for the proxy (its log is `Proxy::log`).
@@ -290,6 +292,7 @@ impl ProxyConfig {
             grace_period: "1s",
             read_timeout: "5s",
             upstream_extra: String::new(),
+            server_extra: String::new(),
             log_level: "warn",
             extra: format!("credentials:\n  username: {ACCOUNT}\n  password: {AUTH_TOKEN}\n"),
         }
@@ -309,8 +312,8 @@ impl ProxyConfig {
 
     fn render(&self, listen: SocketAddr, metrics: SocketAddr) -> String {
         format!(
-            "server:\n  listen: {listen}\n  metrics_listen: {metrics}\n  threads: 2\n  grace_period: {}\nupstream:\n  url: {}\n  connect_timeout: 1s\n  read_timeout: {}\n{}{}",
-            self.grace_period, self.upstream, self.read_timeout, self.upstream_extra, self.extra
+            "server:\n  listen: {listen}\n  metrics_listen: {metrics}\n  threads: 2\n  grace_period: {}\n{}upstream:\n  url: {}\n  connect_timeout: 1s\n  read_timeout: {}\n{}{}",
+            self.grace_period, self.server_extra, self.upstream, self.read_timeout, self.upstream_extra, self.extra
         )
     }
 }

@@ -1,0 +1,621 @@
+//! Limits that hold off hostile and broken clients, applied to each client connection before
+//! pingora reads from it: at most `server.max_connections` connections at once; a request head
+//! must arrive within `server.head_timeout` (slowloris), within `server.max_head_size` bytes and
+//! `server.max_headers` header lines; a request body must keep up `server.min_body_rate`.
+//!
+//! pingora has none of these (it allows 1 MiB and 256 headers per head, and each read of a head
+//! may take 60 s), so the connection's stream is wrapped (`Watched`): it follows the bytes read
+//! to tell heads from bodies, and a client over a limit gets a clear answer (503, 408, 431)
+//! written on the socket, then its connection ends. Each refusal is counted in
+//! `mediagate_clients_refused_total{reason}`.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::apps::ServerApp;
+use pingora::protocols::raw_connect::ProxyDigest;
+use pingora::protocols::tls::{SslDigest, TlsRef};
+use pingora::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
+    TimingDigest, UniqueID, UniqueIDType, ALPN,
+};
+use pingora::server::ShutdownWatch;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+use crate::config::Server;
+use crate::metrics::metrics;
+
+/// The window the body rate is measured over.
+const RATE_WINDOW: Duration = Duration::from_secs(5);
+
+#[derive(Clone, Debug)]
+pub struct ClientLimits {
+    pub max_connections: usize,
+    pub head_timeout: Duration,
+    pub max_head_size: usize,
+    pub max_headers: usize,
+    /// Bytes per second; 0: no minimum.
+    pub min_body_rate: u64,
+}
+
+impl ClientLimits {
+    pub fn new(server: &Server) -> ClientLimits {
+        ClientLimits {
+            max_connections: server.max_connections,
+            head_timeout: server.head_timeout.get(),
+            max_head_size: usize::try_from(server.max_head_size.bytes()).unwrap_or(usize::MAX),
+            max_headers: server.max_headers,
+            min_body_rate: server.min_body_rate.bytes(),
+        }
+    }
+}
+
+/// Why a client was cut off: the `reason` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cutoff {
+    MaxConnections,
+    HeadTimeout,
+    HeadTooLarge,
+    TooManyHeaders,
+    SlowBody,
+}
+
+impl Cutoff {
+    const ALL: [Cutoff; 5] = [
+        Cutoff::MaxConnections,
+        Cutoff::HeadTimeout,
+        Cutoff::HeadTooLarge,
+        Cutoff::TooManyHeaders,
+        Cutoff::SlowBody,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Cutoff::MaxConnections => "max_connections",
+            Cutoff::HeadTimeout => "head_timeout",
+            Cutoff::HeadTooLarge => "head_too_large",
+            Cutoff::TooManyHeaders => "too_many_headers",
+            Cutoff::SlowBody => "slow_body",
+        }
+    }
+
+    /// The answer written on the socket before it closes.
+    fn answer(self) -> &'static [u8] {
+        match self {
+            Cutoff::MaxConnections => b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: 96\r\nRetry-After: 1\r\nConnection: close\r\n\r\n{\"status\":503,\"code\":91533,\"message\":\"Too many connections\",\"more_info\":\"mediagate#errors\"}\n",
+            Cutoff::HeadTimeout => b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\nContent-Length: 107\r\nConnection: close\r\n\r\n{\"status\":408,\"code\":91408,\"message\":\"The request head was not received in time\",\"more_info\":\"mediagate#errors\"}\n",
+            Cutoff::HeadTooLarge | Cutoff::TooManyHeaders => b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: application/json\r\nContent-Length: 99\r\nConnection: close\r\n\r\n{\"status\":431,\"code\":91431,\"message\":\"The request head is too large\",\"more_info\":\"mediagate#errors\"}\n",
+            // Mid-body there is no telling what the client reads any more: the connection ends.
+            Cutoff::SlowBody => b"",
+        }
+    }
+
+    fn count(self) {
+        metrics()
+            .clients_refused
+            .with_label_values(&[self.label()])
+            .inc();
+    }
+}
+
+/// Exports every reason at zero from the start.
+pub fn register_metrics() {
+    for cutoff in Cutoff::ALL {
+        metrics()
+            .clients_refused
+            .with_label_values(&[cutoff.label()]);
+    }
+}
+
+/// The proxy's application, with its connections counted and watched.
+pub struct Limited<A> {
+    app: Arc<A>,
+    limits: Arc<ClientLimits>,
+    open: Arc<AtomicUsize>,
+}
+
+impl<A> Limited<A> {
+    pub fn new(app: A, limits: ClientLimits) -> Limited<A> {
+        Limited {
+            app: Arc::new(app),
+            limits: Arc::new(limits),
+            open: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+}
+
+/// One open connection, counted until it is dropped.
+struct Open(Arc<AtomicUsize>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for Limited<A> {
+    async fn process_new(
+        self: &Arc<Self>,
+        mut stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let open = self.open.fetch_add(1, Ordering::AcqRel);
+        let _open = Open(self.open.clone());
+        if open >= self.limits.max_connections {
+            Cutoff::MaxConnections.count();
+            use tokio::io::AsyncWriteExt;
+            let _ = stream.write_all(Cutoff::MaxConnections.answer()).await;
+            let _ = stream.flush().await;
+            return None;
+        }
+        let watched: Stream = Box::new(Watched::new(stream, self.limits.clone()));
+        self.app.process_new(watched, shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        self.app.cleanup().await;
+    }
+}
+
+/// Where the reading of a connection is.
+#[derive(Debug)]
+enum Phase {
+    /// Reading a request head: `head` holds it so far.
+    Head { head: Vec<u8>, started: bool },
+    /// Reading a body of `left` more bytes (or chunked, until its last chunk).
+    Body { left: Option<u64>, tail: Vec<u8> },
+    /// Between a request and the next: the next head starts once an answer has been written.
+    Between,
+}
+
+/// A client connection, read under the limits.
+pub struct Watched {
+    inner: Stream,
+    limits: Arc<ClientLimits>,
+    phase: Phase,
+    /// Whether an answer was written since the last head: the next read starts a new head.
+    answered: bool,
+    /// The head's deadline, or when the body rate is next judged.
+    timer: Pin<Box<Sleep>>,
+    timer_on: bool,
+    /// The body rate counts only time spent waiting for the client (not time when the proxy
+    /// did not read, the upstream being slow): bytes, and that time, since the last judgement.
+    window_bytes: u64,
+    waited: Duration,
+    pending_since: Option<Instant>,
+    /// A cutoff decided, answered once.
+    cut: Option<Cutoff>,
+}
+
+impl fmt::Debug for Watched {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Watched")
+            .field("phase", &self.phase)
+            .finish()
+    }
+}
+
+impl Watched {
+    fn new(inner: Stream, limits: Arc<ClientLimits>) -> Watched {
+        let deadline = Instant::now() + limits.head_timeout;
+        Watched {
+            inner,
+            phase: Phase::Head {
+                head: Vec::new(),
+                // The first head's clock runs from the connection's start.
+                started: true,
+            },
+            limits,
+            answered: false,
+            timer: Box::pin(tokio::time::sleep_until(deadline)),
+            timer_on: true,
+            window_bytes: 0,
+            waited: Duration::ZERO,
+            pending_since: None,
+            cut: None,
+        }
+    }
+
+    fn arm(&mut self, after: Duration) {
+        self.timer.as_mut().reset(Instant::now() + after);
+        self.timer_on = true;
+    }
+
+    /// Follows the bytes just read; a limit they break is returned.
+    fn follow(&mut self, mut bytes: &[u8]) -> Result<(), Cutoff> {
+        while !bytes.is_empty() {
+            match &mut self.phase {
+                // A client that sends before its answer (pipelining): a new head all the same.
+                Phase::Between => self.start_head(),
+                Phase::Head { .. } => match self.follow_head(bytes)? {
+                    Some((used, framing)) => {
+                        bytes = &bytes[used..];
+                        self.start_body(framing);
+                    }
+                    None => break,
+                },
+                Phase::Body { left, tail } => {
+                    self.window_bytes += bytes.len() as u64;
+                    let done = match left {
+                        Some(left) => {
+                            let take = (*left).min(bytes.len() as u64);
+                            *left -= take;
+                            bytes = &bytes[usize::try_from(take).unwrap_or(bytes.len())..];
+                            *left == 0
+                        }
+                        None => {
+                            // Chunked: the last chunk is `0\r\n\r\n` (no trailers, in practice).
+                            tail.extend_from_slice(bytes);
+                            let found = memchr::memmem::find(tail, b"0\r\n\r\n").is_some();
+                            let keep_from = tail.len().saturating_sub(4);
+                            tail.drain(..keep_from);
+                            bytes = &[];
+                            found
+                        }
+                    };
+                    if done {
+                        self.phase = Phase::Between;
+                        self.timer_on = false;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds bytes to the head being read. When it is complete: how many of `bytes` it took,
+    /// and how its body is framed.
+    fn follow_head(&mut self, bytes: &[u8]) -> Result<Option<(usize, Framing)>, Cutoff> {
+        let Phase::Head { head, started } = &mut self.phase else {
+            return Ok(None);
+        };
+        let first_bytes = !*started;
+        *started = true;
+        let before = head.len();
+        head.extend_from_slice(bytes);
+        // The blank line may straddle two reads.
+        let scan_from = before.saturating_sub(3);
+        let end = find_head_end(&head[scan_from..]).map(|i| scan_from + i);
+        let result = if end.unwrap_or(head.len()) > self.limits.max_head_size {
+            Err(Cutoff::HeadTooLarge)
+        } else if let Some(end) = end {
+            head.truncate(end);
+            if count_lines(head) > self.limits.max_headers + 1 {
+                Err(Cutoff::TooManyHeaders)
+            } else {
+                Ok(Some((end - before, body_framing(head))))
+            }
+        } else {
+            Ok(None)
+        };
+        if first_bytes {
+            let timeout = self.limits.head_timeout;
+            self.arm(timeout);
+        }
+        result
+    }
+
+    fn start_head(&mut self) {
+        self.phase = Phase::Head {
+            head: Vec::new(),
+            started: false,
+        };
+        self.timer_on = false;
+        self.answered = false;
+    }
+
+    fn start_body(&mut self, framing: Framing) {
+        match framing {
+            Framing::None => {
+                self.phase = Phase::Between;
+                self.timer_on = false;
+            }
+            Framing::Length(left) => {
+                self.phase = Phase::Body {
+                    left: Some(left),
+                    tail: Vec::new(),
+                };
+                self.start_window();
+            }
+            Framing::Chunked => {
+                self.phase = Phase::Body {
+                    left: None,
+                    tail: Vec::new(),
+                };
+                self.start_window();
+            }
+        }
+    }
+
+    fn start_window(&mut self) {
+        self.window_bytes = 0;
+        self.waited = Duration::ZERO;
+        self.timer_on = false;
+    }
+
+    fn judging_rate(&self) -> bool {
+        self.limits.min_body_rate > 0 && matches!(self.phase, Phase::Body { .. })
+    }
+
+    /// The body's rate over the time waited for it, once a window's worth was waited.
+    fn judge_rate(&mut self) -> Result<(), Cutoff> {
+        if !self.judging_rate() || self.waited < RATE_WINDOW {
+            return Ok(());
+        }
+        let needed = self.limits.min_body_rate as f64 * self.waited.as_secs_f64();
+        if (self.window_bytes as f64) < needed {
+            return Err(Cutoff::SlowBody);
+        }
+        self.start_window();
+        Ok(())
+    }
+
+    /// The client keeps the proxy waiting: a late head, or a body too slow.
+    fn on_timer(&mut self) -> Result<(), Cutoff> {
+        match self.phase {
+            Phase::Head { started: true, .. } => Err(Cutoff::HeadTimeout),
+            Phase::Body { .. } => {
+                if let Some(since) = self.pending_since.replace(Instant::now()) {
+                    self.waited += since.elapsed();
+                }
+                self.judge_rate()?;
+                // Still waiting: the next judgement comes after another window of it.
+                let left = RATE_WINDOW.saturating_sub(self.waited);
+                self.arm(left);
+                Ok(())
+            }
+            _ => {
+                self.timer_on = false;
+                Ok(())
+            }
+        }
+    }
+
+    /// Ends the connection for `cutoff`: counted once, its answer written if the socket takes
+    /// it at once.
+    fn cut_off(&mut self, cx: &mut Context<'_>, cutoff: Cutoff) -> std::io::Error {
+        if self.cut.is_none() {
+            self.cut = Some(cutoff);
+            cutoff.count();
+            log::info!("client cut off: {}", cutoff.label());
+            let answer = cutoff.answer();
+            if !answer.is_empty() {
+                let _ = Pin::new(&mut self.inner).poll_write(cx, answer);
+                let _ = Pin::new(&mut self.inner).poll_flush(cx);
+            }
+        }
+        std::io::Error::new(std::io::ErrorKind::TimedOut, cutoff.label())
+    }
+}
+
+enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+}
+
+/// The end of a head (just past its blank line), if `bytes` hold it.
+fn find_head_end(bytes: &[u8]) -> Option<usize> {
+    memchr::memmem::find(bytes, b"\r\n\r\n").map(|i| i + 4)
+}
+
+fn count_lines(head: &[u8]) -> usize {
+    memchr::memmem::find_iter(head, b"\r\n").count()
+}
+
+/// How the body after `head` is framed. Malformed framing is pingora's and the proxy's to
+/// refuse; here it only decides what to watch, so doubt means "no body".
+fn body_framing(head: &[u8]) -> Framing {
+    let text = String::from_utf8_lossy(head);
+    let mut framing = Framing::None;
+    for line in text.split("\r\n").skip(1) {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let (name, value) = (name.trim(), value.trim());
+        if name.eq_ignore_ascii_case("transfer-encoding")
+            && value.to_ascii_lowercase().contains("chunked")
+        {
+            return Framing::Chunked;
+        }
+        if name.eq_ignore_ascii_case("content-length") {
+            if let Ok(n) = value.parse::<u64>() {
+                if n > 0 {
+                    framing = Framing::Length(n);
+                }
+            }
+        }
+    }
+    framing
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if let Some(cutoff) = this.cut {
+            return Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                cutoff.label(),
+            )));
+        }
+        if this.answered && matches!(this.phase, Phase::Between) {
+            this.start_head();
+        }
+        let filled = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if let Some(since) = this.pending_since.take() {
+                    this.waited += since.elapsed();
+                }
+                let new = &buf.filled()[filled..];
+                if let Err(cutoff) = this.follow(new).and_then(|()| this.judge_rate()) {
+                    return Poll::Ready(Err(this.cut_off(cx, cutoff)));
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => {
+                if this.pending_since.is_none() {
+                    this.pending_since = Some(Instant::now());
+                    if this.judging_rate() {
+                        let left = RATE_WINDOW.saturating_sub(this.waited);
+                        this.arm(left);
+                    }
+                }
+                while this.timer_on && this.timer.as_mut().poll(cx).is_ready() {
+                    if let Err(cutoff) = this.on_timer() {
+                        return Poll::Ready(Err(this.cut_off(cx, cutoff)));
+                    }
+                }
+                Poll::Pending
+            }
+            error => error,
+        }
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        // An interim `100 Continue` is not the answer: the body comes after it.
+        if !buf.starts_with(b"HTTP/1.1 100 ") && !buf.starts_with(b"HTTP/1.0 100 ") {
+            self.answered = true;
+        }
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let interim = bufs
+            .first()
+            .is_some_and(|b| b.starts_with(b"HTTP/1.1 100 "));
+        if !interim {
+            self.answered = true;
+        }
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[async_trait]
+impl Shutdown for Watched {
+    async fn shutdown(&mut self) {
+        self.inner.shutdown().await
+    }
+}
+
+impl UniqueID for Watched {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for Watched {
+    fn get_ssl(&self) -> Option<&TlsRef> {
+        self.inner.get_ssl()
+    }
+
+    fn get_ssl_digest(&self) -> Option<Arc<SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for Watched {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for Watched {
+    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+
+    fn set_proxy_digest(&mut self, digest: ProxyDigest) {
+        self.inner.set_proxy_digest(digest)
+    }
+}
+
+impl GetSocketDigest for Watched {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+
+    fn set_socket_digest(&mut self, digest: SocketDigest) {
+        self.inner.set_socket_digest(digest)
+    }
+}
+
+#[async_trait]
+impl Peek for Watched {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
+        self.inner.try_peek(buf).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn framing_of_a_head() {
+        assert!(matches!(
+            body_framing(b"POST / HTTP/1.1\r\nContent-Length: 12\r\n"),
+            Framing::Length(12)
+        ));
+        assert!(matches!(
+            body_framing(b"POST / HTTP/1.1\r\ntransfer-encoding: gzip, chunked\r\n"),
+            Framing::Chunked
+        ));
+        assert!(matches!(
+            body_framing(b"GET / HTTP/1.1\r\nHost: x\r\n"),
+            Framing::None
+        ));
+        assert!(matches!(
+            body_framing(b"POST / HTTP/1.1\r\nContent-Length: 0\r\n"),
+            Framing::None
+        ));
+        assert_eq!(find_head_end(b"GET / HTTP/1.1\r\n\r\nrest"), Some(18));
+        assert_eq!(count_lines(b"GET / HTTP/1.1\r\nA: b\r\nC: d\r\n"), 3);
+    }
+}

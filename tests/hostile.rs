@@ -1,0 +1,217 @@
+//! Hostile and broken clients held off: slow heads, huge heads, too many connections, bodies that
+//! barely move; and healthy clients keep their latency while 200 slow connections hang.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+/// A proxy whose `server:` block also has these (indented) keys.
+fn proxy_with(origin: &Origin, server: &str) -> Proxy {
+    let mut config = ProxyConfig::to(&origin.url);
+    config.server_extra = server.to_string();
+    Proxy::start(config)
+}
+
+fn refused(proxy: &Proxy, reason: &str) -> f64 {
+    proxy
+        .metric("mediagate_clients_refused_total", &[("reason", reason)])
+        .unwrap_or(0.0)
+}
+
+/// Connects and sends `bytes`, leaving the connection open.
+fn connect(proxy: &Proxy, bytes: &[u8]) -> TcpStream {
+    let mut stream = TcpStream::connect(proxy.listen).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    stream.write_all(bytes).expect("send");
+    stream
+}
+
+/// Opens `n` connections the proxy keeps open and idle. A connection the proxy refused right
+/// away (its readiness probe may still have held a place) is answered and closed at once: it is
+/// replaced.
+fn hold_idle(proxy: &Proxy, n: usize) -> Vec<TcpStream> {
+    let mut held = Vec::new();
+    while held.len() < n {
+        let mut stream = connect(proxy, b"");
+        stream
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let mut byte = [0u8; 1];
+        match stream.read(&mut byte) {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                held.push(stream)
+            }
+            _ => {}
+        }
+    }
+    held
+}
+
+/// Reads until the peer closes (or the read times out): what came back.
+fn read_all(stream: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    let _ = stream.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn a_head_that_takes_too_long_gets_408_even_when_it_trickles() {
+    let origin = Origin::start();
+    let proxy = proxy_with(&origin, "  head_timeout: 1s\n");
+    let started = Instant::now();
+    let mut stream = connect(&proxy, b"GET /v1/Services/IS0123456789abcdef0123456789abcdef/Media/ME0123456789abcdef0123456789abcdef HTTP/1.1\r\nHost: x\r\n");
+    // One header byte every 200 ms: never idle long, never done.
+    let mut writer = stream.try_clone().unwrap();
+    let trickle = std::thread::spawn(move || {
+        for _ in 0..50 {
+            if writer.write_all(b"X").is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
+    let answer = read_all(&mut stream);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    assert!(answer.contains("\"code\":91408"));
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let _ = trickle.join();
+    assert!(wait_for(Duration::from_secs(5), || refused(
+        &proxy,
+        "head_timeout"
+    ) == 1.0));
+    assert!(origin.journal().is_empty(), "nothing reached the origin");
+}
+
+#[test]
+fn heads_too_large_or_with_too_many_headers_get_431() {
+    let origin = Origin::start();
+    let proxy = proxy_with(&origin, "  max_head_size: 8KiB\n  max_headers: 20\n");
+    let path =
+        "/v1/Services/IS0123456789abcdef0123456789abcdef/Media/ME0123456789abcdef0123456789abcdef";
+    let big = format!(
+        "GET {path} HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(9000)
+    );
+    let answer = read_all(&mut connect(&proxy, big.as_bytes()));
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer:?}");
+    let many: String = (0..25).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let many = format!("GET {path} HTTP/1.1\r\nHost: x\r\n{many}\r\n");
+    let answer = read_all(&mut connect(&proxy, many.as_bytes()));
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer:?}");
+    assert!(wait_for(Duration::from_secs(5), || {
+        refused(&proxy, "head_too_large") == 1.0 && refused(&proxy, "too_many_headers") == 1.0
+    }));
+    // Within the limits, the same request goes through.
+    let fits = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-H: v\r\n\r\n");
+    let answer = read_all(&mut connect(&proxy, fits.as_bytes()));
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer:?}");
+    assert!(
+        origin.journal().len() == 1,
+        "only the request within limits reached the origin"
+    );
+}
+
+#[test]
+fn connections_past_the_maximum_get_503_until_one_closes() {
+    let origin = Origin::start();
+    let proxy = proxy_with(&origin, "  max_connections: 3\n  head_timeout: 30s\n");
+    let idle = hold_idle(&proxy, 3);
+    let answer = read_all(&mut connect(
+        &proxy,
+        b"GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    ));
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer:?}");
+    assert!(answer.contains("Retry-After: 1"), "{answer:?}");
+    drop(idle);
+    assert!(wait_for(Duration::from_secs(10), || {
+        let answer = read_all(&mut connect(
+            &proxy,
+            b"GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        ));
+        answer.starts_with("HTTP/1.1 404")
+    }));
+    assert!(refused(&proxy, "max_connections") >= 1.0);
+}
+
+#[test]
+fn a_body_that_barely_moves_is_cut_off() {
+    let origin = Origin::start();
+    let proxy = proxy_with(&origin, "  min_body_rate: 1KiB\n");
+    let service = new_service();
+    let head = format!(
+        "POST /v1/Services/{service}/Media HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 100000\r\n\r\nstarted"
+    );
+    let started = Instant::now();
+    let mut stream = connect(&proxy, head.as_bytes());
+    let answer = read_all(&mut stream);
+    assert!(!answer.starts_with("HTTP/1.1 201"), "{answer:?}");
+    // Judged over 5 s of waiting for the client.
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert!(wait_for(Duration::from_secs(5), || refused(
+        &proxy,
+        "slow_body"
+    ) == 1.0));
+    assert!(origin.files_in("content").is_empty());
+}
+
+/// The median time of `n` small uploads, one after another.
+fn median_upload(proxy: &Proxy, service: &str, n: usize) -> Duration {
+    let body = png_bytes(4096);
+    let mut times: Vec<Duration> = (0..n)
+        .map(|_| {
+            let started = Instant::now();
+            let (status, _) = mediagate::process::http_request(
+                proxy.listen,
+                "POST",
+                &format!("/v1/Services/{service}/Media"),
+                &[("Content-Type", "image/png")],
+                &body,
+            )
+            .expect("upload");
+            assert_eq!(status, 201);
+            started.elapsed()
+        })
+        .collect();
+    times.sort();
+    times[n / 2]
+}
+
+#[test]
+fn healthy_uploads_keep_their_latency_while_200_slow_connections_hang() {
+    let origin = Origin::start();
+    let proxy = proxy_with(&origin, "  head_timeout: 60s\n");
+    let service = new_service();
+    median_upload(&proxy, &service, 5); // warm-up
+    let idle = median_upload(&proxy, &service, 30);
+    let slow: Vec<TcpStream> = (0..200)
+        .map(|_| connect(&proxy, b"POST /v1/Services/IS0123456789abcdef0123456789abcdef/Media HTTP/1.1\r\nHost: x\r\n"))
+        .collect();
+    let mut writers: Vec<TcpStream> = slow.iter().map(|s| s.try_clone().unwrap()).collect();
+    let trickle = std::thread::spawn(move || {
+        for _ in 0..20 {
+            for writer in &mut writers {
+                let _ = writer.write_all(b"X");
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    });
+    let attacked = median_upload(&proxy, &service, 30);
+    let ratio = attacked.as_secs_f64() / idle.as_secs_f64();
+    assert!(
+        ratio < 2.0,
+        "median upload {idle:?} idle, {attacked:?} with 200 slow connections ({ratio:.2}x)"
+    );
+    let _ = trickle.join();
+    drop(slow);
+}
