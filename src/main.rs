@@ -29,6 +29,10 @@ enum Command {
         /// Exit when standard input closes (how the demo and tests tie a server to themselves).
         #[arg(long)]
         exit_with_parent: bool,
+        /// Take the listening sockets over from the running proxy (binary upgrade): waits on
+        /// `server.upgrade_sock` until the running proxy is sent SIGQUIT.
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Validate a configuration and print it with every secret shown as ***; exit 0 or 1.
     Check {
@@ -81,13 +85,14 @@ fn main() -> ExitCode {
         Command::Proxy {
             config,
             exit_with_parent,
+            upgrade,
         } => {
             if exit_with_parent {
                 process::exit_when_stdin_closes();
             }
             Config::load(&config)
                 .map_err(|e| e.to_string())
-                .and_then(|loaded| proxy::run(loaded, &config))
+                .and_then(|loaded| proxy::run(loaded, &config, upgrade))
         }
         Command::Check { config } => match Config::load(&config) {
             Ok(config) => {

@@ -52,6 +52,45 @@ pub struct Server {
     pub max_headers: usize,
     /// The slowest a request body may arrive, in bytes per second of waiting for it; 0: any.
     pub min_body_rate: ByteSize,
+    /// The Unix socket on which a new process started with `--upgrade` receives this one's
+    /// listening sockets when this one gets SIGQUIT (pingora's hand-over). Both must agree on it.
+    pub upgrade_sock: PathBuf,
+}
+
+impl Server {
+    pub const DEFAULT_UPGRADE_SOCK: &'static str = "/tmp/mediagate-upgrade.sock";
+    /// The longest path a Unix socket address holds (`sun_path`, less its final NUL).
+    const MAX_SOCKET_PATH: usize = 107;
+
+    /// `upgrade_sock` is where two processes meet, whatever their working directories: an
+    /// absolute path that fits a socket address. (pingora panics on a path that does not.)
+    fn check_upgrade_sock(&self) -> Result<(), ConfigError> {
+        let path = &self.upgrade_sock;
+        let err = |why: &str| {
+            ConfigError(format!(
+                r#"server.upgrade_sock: expected {why}, got "{}""#,
+                path.display()
+            ))
+        };
+        let Some(text) = path.to_str() else {
+            return Err(err("a UTF-8 path"));
+        };
+        if !path.is_absolute() {
+            return Err(err(
+                r#"an absolute path like "/run/mediagate/upgrade.sock""#,
+            ));
+        }
+        if path.file_name().is_none() || text.ends_with('/') {
+            return Err(err("the path of a socket file, not a directory"));
+        }
+        if text.len() > Server::MAX_SOCKET_PATH {
+            return Err(err(&format!(
+                "a path of at most {} bytes (a Unix socket address)",
+                Server::MAX_SOCKET_PATH
+            )));
+        }
+        Ok(())
+    }
 }
 
 impl Default for Server {
@@ -67,6 +106,7 @@ impl Default for Server {
             max_head_size: ByteSize::kib(64),
             max_headers: 100,
             min_body_rate: ByteSize::kib(1),
+            upgrade_sock: PathBuf::from(Server::DEFAULT_UPGRADE_SOCK),
         }
     }
 }
@@ -514,6 +554,7 @@ impl Config {
         if self.quotas.slot_lease.get() < std::time::Duration::from_secs(1) {
             return Err(ConfigError("quotas.slot_lease: must be at least 1s".into()));
         }
+        self.server.check_upgrade_sock()?;
         if self.server.listen == self.server.metrics_listen {
             return Err(ConfigError(
                 "server.metrics_listen: must differ from server.listen".into(),

@@ -32,6 +32,34 @@ fn minimal_config_takes_the_documented_defaults() {
     assert_eq!(config.cache.content_ttl, HumanDuration::secs(86_400));
     assert!(config.access.allow_unlisted_services);
     assert_eq!(config.quotas.backend, QuotaBackend::Memory);
+    assert_eq!(
+        config.server.upgrade_sock.to_str(),
+        Some("/tmp/mediagate-upgrade.sock")
+    );
+}
+
+#[test]
+fn upgrade_sock_must_be_an_absolute_socket_path() {
+    let config = parse(&format!(
+        "{MINIMAL}server:\n  upgrade_sock: /run/mediagate/upgrade.sock\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        config.server.upgrade_sock.to_str(),
+        Some("/run/mediagate/upgrade.sock")
+    );
+    let e = error(&format!("{MINIMAL}server:\n  upgrade_sock: upgrade.sock\n"));
+    assert_eq!(
+        e,
+        r#"server.upgrade_sock: expected an absolute path like "/run/mediagate/upgrade.sock", got "upgrade.sock""#
+    );
+    let e = error(&format!(
+        "{MINIMAL}server:\n  upgrade_sock: /run/mediagate/\n"
+    ));
+    assert!(e.contains("not a directory"), "{e}");
+    let long = format!("/{}", "d".repeat(120));
+    let e = error(&format!("{MINIMAL}server:\n  upgrade_sock: {long}\n"));
+    assert!(e.contains("at most 107 bytes"), "{e}");
 }
 
 #[test]

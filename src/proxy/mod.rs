@@ -24,7 +24,7 @@ use arc_swap::ArcSwap;
 use pingora::services::background::background_service;
 
 use pingora::apps::http_app::HttpServer;
-use pingora::server::configuration::ServerConf;
+use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::listening::Service;
 
@@ -37,12 +37,26 @@ use content::ContentResolver;
 /// How long pingora waits for runtimes to stop once the grace period is over.
 const RUNTIME_SHUTDOWN_SECS: u64 = 1;
 
+/// How long a process started with `--upgrade` waits for the running one's sockets: pingora
+/// 0.9.1 tries to accept on `upgrade_sock` 7 times, 1 s apart (fixed; its
+/// `upgrade_sock_connect_accept_max_retries` setting is not used).
+const UPGRADE_WAIT_SECS: u64 = 6;
+
 /// Builds the server and runs it until a signal ends it; SIGHUP reloads `path`. Returns only
 /// on a start-up error.
-pub fn run(config: Config, path: &Path) -> Result<(), String> {
-    // pingora reports a busy port only in its log; check first so the error is plain.
-    ensure_can_listen(config.server.listen, "server.listen")?;
-    ensure_can_listen(config.server.metrics_listen, "server.metrics_listen")?;
+///
+/// With `upgrade`, the listening sockets come from the running proxy instead of being bound:
+/// pingora waits on `server.upgrade_sock` for them, and the running proxy sends them there when
+/// it gets SIGQUIT (see the README, "Binary upgrades").
+pub fn run(config: Config, path: &Path, upgrade: bool) -> Result<(), String> {
+    if upgrade {
+        // The ports are the running proxy's until it hands them over: a bind would fail.
+        ensure_can_wait_for_sockets(&config.server.upgrade_sock)?;
+    } else {
+        // pingora reports a busy port only in its log; check first so the error is plain.
+        ensure_can_listen(config.server.listen, "server.listen")?;
+        ensure_can_listen(config.server.metrics_listen, "server.metrics_listen")?;
+    }
     let quota = crate::quota::backend(&config)?;
     let settings = Arc::new(ArcSwap::from_pointee(gateway::Settings::new(&config)?));
     let required_quota =
@@ -50,8 +64,20 @@ pub fn run(config: Config, path: &Path) -> Result<(), String> {
     crate::metrics::init();
     let cache = Cache::leak(config.cache.memory.bytes(), cache_lock_age(&config));
 
-    let mut server = Server::new_with_opt_and_conf(None, server_conf(&config));
+    let mut server = Server::new_with_opt_and_conf(server_opt(upgrade), server_conf(&config));
+    if upgrade {
+        log::info!(
+            "upgrade: waiting up to {UPGRADE_WAIT_SECS} s on {} for the running proxy's listening \
+             sockets: send it SIGQUIT",
+            config.server.upgrade_sock.display()
+        );
+    }
+    // In upgrade mode this blocks until the sockets arrive; if they do not, pingora logs
+    // "Bootstrap failed" and exits 1.
     server.bootstrap();
+    if upgrade {
+        log::info!("upgrade: listening sockets received from the running proxy");
+    }
     let lasting = gateway::Lasting {
         quota,
         cache,
@@ -114,12 +140,23 @@ fn cache_lock_age(config: &Config) -> Duration {
     config.upstream.connect_timeout.get() + config.upstream.read_timeout.get()
 }
 
+/// pingora's command-line options, which mediagate's own command line stands in for: only
+/// `--upgrade` is passed on.
+fn server_opt(upgrade: bool) -> Option<Opt> {
+    upgrade.then(|| Opt {
+        upgrade: true,
+        ..Opt::default()
+    })
+}
+
 fn server_conf(config: &Config) -> ServerConf {
     ServerConf {
         threads: config.server.threads,
         // On SIGTERM pingora stops accepting, lets in-flight requests run for the grace period,
         // then stops. Its default grace period is 300 s: always set ours.
         grace_period_seconds: Some(config.server.grace_period.whole_secs_ceil()),
+        // SIGQUIT sends the listening sockets here, to a new process started with --upgrade.
+        upgrade_sock: config.server.upgrade_sock.to_string_lossy().into_owned(),
         graceful_shutdown_timeout_seconds: Some(RUNTIME_SHUTDOWN_SECS),
         upstream_keepalive_pool_size: config.upstream.keepalive_pool,
         // With a CA file, only that CA is trusted for the upstream; otherwise the system roots.
@@ -129,6 +166,20 @@ fn server_conf(config: &Config) -> ServerConf {
             .as_ref()
             .map(|p| p.to_string_lossy().into_owned()),
         ..ServerConf::default()
+    }
+}
+
+/// pingora panics when it cannot create the upgrade socket: check its directory first.
+fn ensure_can_wait_for_sockets(upgrade_sock: &Path) -> Result<(), String> {
+    let dir = upgrade_sock.parent().unwrap_or(Path::new("/"));
+    if dir.is_dir() {
+        Ok(())
+    } else {
+        Err(format!(
+            "server.upgrade_sock: {}: the directory {} does not exist",
+            upgrade_sock.display(),
+            dir.display()
+        ))
     }
 }
 

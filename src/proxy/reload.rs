@@ -115,3 +115,21 @@ impl BackgroundService for Reloader {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(server: &str) -> Config {
+        let yaml = format!("credentials: {{username: u, password: p}}\nserver:\n{server}");
+        Config::from_yaml(&yaml, &|_| None).unwrap()
+    }
+
+    #[test]
+    fn the_upgrade_socket_changes_only_with_a_restart() {
+        let running = config("  upgrade_sock: /run/mediagate/a.sock\n");
+        let new = config("  upgrade_sock: /run/mediagate/b.sock\n");
+        assert_eq!(fixed_keys_changed(&running, &new), vec!["server"]);
+        assert!(fixed_keys_changed(&running, &running.clone()).is_empty());
+    }
+}

@@ -269,6 +269,10 @@ pub struct Proxy {
     pub dir: TempDir,
 }
 
+/// `server.upgrade_sock` of every test proxy: a file in its own directory, so proxies never meet
+/// each other's.
+const UPGRADE_SOCK: &str = "upgrade.sock";
+
 /// The parts of a proxy configuration a test varies; `listen` and `metrics_listen` are added.
 pub struct ProxyConfig {
     pub upstream: String,
@@ -310,10 +314,17 @@ impl ProxyConfig {
         self
     }
 
-    fn render(&self, listen: SocketAddr, metrics: SocketAddr) -> String {
+    /// The file's text; `dir` is the proxy's own directory, which holds its upgrade socket.
+    fn render(&self, listen: SocketAddr, metrics: SocketAddr, dir: &Path) -> String {
         format!(
-            "server:\n  listen: {listen}\n  metrics_listen: {metrics}\n  threads: 2\n  grace_period: {}\n{}upstream:\n  url: {}\n  connect_timeout: 1s\n  read_timeout: {}\n{}{}",
-            self.grace_period, self.server_extra, self.upstream, self.read_timeout, self.upstream_extra, self.extra
+            "server:\n  listen: {listen}\n  metrics_listen: {metrics}\n  threads: 2\n  grace_period: {}\n  upgrade_sock: {}\n{}upstream:\n  url: {}\n  connect_timeout: 1s\n  read_timeout: {}\n{}{}",
+            self.grace_period,
+            dir.join(UPGRADE_SOCK).display(),
+            self.server_extra,
+            self.upstream,
+            self.read_timeout,
+            self.upstream_extra,
+            self.extra
         )
     }
 }
@@ -337,7 +348,8 @@ impl Proxy {
         let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let config_path = dir.path().join("mediagate.yaml");
-        std::fs::write(&config_path, config.render(listen, metrics)).expect("write config");
+        std::fs::write(&config_path, config.render(listen, metrics, dir.path()))
+            .expect("write config");
         let log = std::fs::File::create(dir.path().join("proxy.log")).expect("log file");
         let access = std::fs::File::create(dir.path().join("access.log")).expect("access log file");
         let mut command = Command::new(binary());
@@ -377,7 +389,11 @@ impl Proxy {
     /// Writes a new configuration to the proxy's file (same listeners), for a reload.
     pub fn rewrite_config(&self, config: &ProxyConfig) {
         let path = self.dir.path().join("mediagate.yaml");
-        std::fs::write(path, config.render(self.listen, self.metrics)).expect("rewrite config");
+        std::fs::write(
+            path,
+            config.render(self.listen, self.metrics, self.dir.path()),
+        )
+        .expect("rewrite config");
     }
 
     /// Writes text to the proxy's configuration file as is.
@@ -428,6 +444,74 @@ impl Proxy {
 }
 
 impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A second proxy process on a running proxy's configuration file (same ports, same upgrade
+/// socket), started with `--upgrade`: a binary upgrade's new process. Ended by its PID on drop.
+pub struct Successor {
+    pub child: Child,
+    log: PathBuf,
+    access_log: PathBuf,
+}
+
+impl Proxy {
+    /// Starts `mediagate proxy --upgrade` on this proxy's configuration and returns once it
+    /// waits on the upgrade socket (pingora creates the socket file then): send this proxy
+    /// SIGQUIT next. Its logs are `successor.log` and `successor-access.log` in this proxy's
+    /// directory.
+    pub fn start_successor(&self) -> Successor {
+        let dir = self.dir.path();
+        let socket = dir.join(UPGRADE_SOCK);
+        let log = dir.join("successor.log");
+        let access_log = dir.join("successor-access.log");
+        let mut command = Command::new(binary());
+        command
+            .arg("proxy")
+            .arg("--config")
+            .arg(dir.join("mediagate.yaml"))
+            .arg("--upgrade")
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .stdout(std::fs::File::create(&access_log).expect("access log file"));
+        let child = tied_to_us(&mut command)
+            .env("RUST_LOG", "info")
+            .spawn()
+            .expect("start the successor");
+        let mut successor = Successor {
+            child,
+            log,
+            access_log,
+        };
+        let mut exited = None;
+        let waiting = wait_for(Duration::from_secs(30), || {
+            exited = successor.child.try_wait().ok().flatten();
+            exited.is_none() && socket.exists()
+        });
+        assert!(
+            waiting,
+            "the successor does not wait on {} (exit: {exited:?}); log:\n{}",
+            socket.display(),
+            successor.log()
+        );
+        successor
+    }
+}
+
+impl Successor {
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The access log as written so far: one text line per request.
+    pub fn access_log(&self) -> String {
+        std::fs::read_to_string(&self.access_log).unwrap_or_default()
+    }
+}
+
+impl Drop for Successor {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
