@@ -105,6 +105,7 @@ fn heads_too_large_or_with_too_many_headers_get_431() {
     );
     let answer = read_all(&mut connect(&proxy, big.as_bytes()));
     assert!(answer.starts_with("HTTP/1.1 431"), "{answer:?}");
+    assert!(answer.contains("\"code\":91432"), "{answer:?}");
     let many: String = (0..25).map(|i| format!("X-H{i}: v\r\n")).collect();
     let many = format!("GET {path} HTTP/1.1\r\nHost: x\r\n{many}\r\n");
     let answer = read_all(&mut connect(&proxy, many.as_bytes()));
@@ -133,6 +134,9 @@ fn connections_past_the_maximum_get_503_until_one_closes() {
     ));
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer:?}");
     assert!(answer.contains("Retry-After: 1"), "{answer:?}");
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let json: serde_json::Value = serde_json::from_str(body).expect("the error JSON");
+    assert_eq!(json["code"], 91533);
     drop(idle);
     assert!(wait_for(Duration::from_secs(10), || {
         let answer = read_all(&mut connect(

@@ -43,6 +43,12 @@ pub enum ErrorCode {
     QuotaBackend,
     /// 91424: an `Idempotency-Key` used again with a different body.
     IdempotencyConflict,
+    /// 91408: a request head that did not arrive within `server.head_timeout`.
+    HeadTimeout,
+    /// 91432: a request head over `server.max_head_size` or `server.max_headers`.
+    HeadTooLarge,
+    /// 91533: more client connections than `server.max_connections`.
+    TooManyConnections,
     /// 91410: a temporary URL whose signature is wrong or expired.
     UrlExpired,
     /// 91500: something failed inside mediagate.
@@ -70,6 +76,9 @@ impl ErrorCode {
             ErrorCode::SniffMismatch => 91422,
             ErrorCode::SizeMismatch => 91423,
             ErrorCode::IdempotencyConflict => 91424,
+            ErrorCode::HeadTimeout => 91408,
+            ErrorCode::HeadTooLarge => 91432,
+            ErrorCode::TooManyConnections => 91533,
             ErrorCode::QuotaUploads => 91429,
             ErrorCode::QuotaBytes => 91430,
             ErrorCode::QuotaConcurrency => 91431,

@@ -29,6 +29,7 @@ use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+use crate::api::{ApiError, ErrorCode};
 use crate::config::Server;
 use crate::metrics::metrics;
 
@@ -86,15 +87,42 @@ impl Cutoff {
         }
     }
 
-    /// The answer written on the socket before it closes.
-    fn answer(self) -> &'static [u8] {
-        match self {
-            Cutoff::MaxConnections => b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: 96\r\nRetry-After: 1\r\nConnection: close\r\n\r\n{\"status\":503,\"code\":91533,\"message\":\"Too many connections\",\"more_info\":\"mediagate#errors\"}\n",
-            Cutoff::HeadTimeout => b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\nContent-Length: 107\r\nConnection: close\r\n\r\n{\"status\":408,\"code\":91408,\"message\":\"The request head was not received in time\",\"more_info\":\"mediagate#errors\"}\n",
-            Cutoff::HeadTooLarge | Cutoff::TooManyHeaders => b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: application/json\r\nContent-Length: 99\r\nConnection: close\r\n\r\n{\"status\":431,\"code\":91431,\"message\":\"The request head is too large\",\"more_info\":\"mediagate#errors\"}\n",
-            // Mid-body there is no telling what the client reads any more: the connection ends.
-            Cutoff::SlowBody => b"",
-        }
+    /// The answer written on the socket before it closes: the error JSON, as every answer of
+    /// mediagate's own. Mid-body there is no telling what the client reads any more: none.
+    fn answer(self) -> Option<Vec<u8>> {
+        let (status, phrase, code, message, extra) = match self {
+            Cutoff::MaxConnections => (
+                503,
+                "Service Unavailable",
+                ErrorCode::TooManyConnections,
+                "Too many connections",
+                "Retry-After: 1\r\n",
+            ),
+            Cutoff::HeadTimeout => (
+                408,
+                "Request Timeout",
+                ErrorCode::HeadTimeout,
+                "The request head was not received in time",
+                "",
+            ),
+            Cutoff::HeadTooLarge | Cutoff::TooManyHeaders => (
+                431,
+                "Request Header Fields Too Large",
+                ErrorCode::HeadTooLarge,
+                "The request head is too large",
+                "",
+            ),
+            Cutoff::SlowBody => return None,
+        };
+        let body =
+            String::from_utf8_lossy(&ApiError::new(status, code, message).to_json()).into_owned();
+        Some(
+            format!(
+                "HTTP/1.1 {status} {phrase}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .into_bytes(),
+        )
     }
 
     fn count(self) {
@@ -152,7 +180,8 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Limited<A> {
         if open >= self.limits.max_connections {
             Cutoff::MaxConnections.count();
             use tokio::io::AsyncWriteExt;
-            let _ = stream.write_all(Cutoff::MaxConnections.answer()).await;
+            let answer = Cutoff::MaxConnections.answer().unwrap_or_default();
+            let _ = stream.write_all(&answer).await;
             let _ = stream.flush().await;
             return None;
         }
@@ -386,9 +415,8 @@ impl Watched {
             self.cut = Some(cutoff);
             cutoff.count();
             log::info!("client cut off: {}", cutoff.label());
-            let answer = cutoff.answer();
-            if !answer.is_empty() {
-                let _ = Pin::new(&mut self.inner).poll_write(cx, answer);
+            if let Some(answer) = cutoff.answer() {
+                let _ = Pin::new(&mut self.inner).poll_write(cx, &answer);
                 let _ = Pin::new(&mut self.inner).poll_flush(cx);
             }
         }
