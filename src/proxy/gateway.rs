@@ -463,9 +463,8 @@ impl Gateway {
         };
         ctx.settings.metrics.record(&record);
         self.access_log.write(&AccessEntry {
-            ts: chrono::Utc::now()
-                .format("%Y-%m-%dT%H:%M:%S%.6fZ")
-                .to_string(),
+            // RFC 3339 with microseconds, without parsing a format string per request.
+            ts: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
             request_id: &ctx.request_id,
             method: head.method.as_str(),
             path: head.uri.path(),
