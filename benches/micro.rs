@@ -106,12 +106,29 @@ fn quota_admission(c: &mut Criterion) {
     });
 }
 
+fn cache_key(c: &mut Criterion) {
+    let service =
+        mediagate::api::ServiceSid::parse("IS0123456789abcdef0123456789abcdef").expect("service");
+    let media =
+        mediagate::api::MediaSid::parse("ME0123456789abcdef0123456789abcdef").expect("media");
+    c.bench_function("cache_key_content", |b| {
+        b.iter(|| {
+            mediagate::cache::key(
+                black_box(&service),
+                black_box(&media),
+                mediagate::cache::Kind::Content,
+            )
+        })
+    });
+}
+
 criterion_group!(
     benches,
     route_parsing,
     sid_parsing,
     config_loading,
     upload_policy,
-    quota_admission
+    quota_admission,
+    cache_key
 );
 criterion_main!(benches);

@@ -118,7 +118,11 @@ fn write_lines(shared: &Shared) {
             std::mem::swap(&mut *waiting, &mut out_buffer);
         }
         let mut out = stdout.lock();
-        if out.write_all(&out_buffer).and_then(|()| out.flush()).is_err() {
+        if out
+            .write_all(&out_buffer)
+            .and_then(|()| out.flush())
+            .is_err()
+        {
             shared.closed.store(true, Ordering::Relaxed);
             return;
         }

@@ -25,9 +25,11 @@ pub struct SpoolDir {
 }
 
 impl SpoolDir {
-    /// Creates the directory if needed and removes what a previous process left in it.
+    /// Creates the directory if needed (owner-only: spooled uploads are private) and removes
+    /// what processes that are gone left in it.
     pub fn open(config: &UploadRetry) -> io::Result<Arc<SpoolDir>> {
         std::fs::create_dir_all(&config.spool_dir)?;
+        restrict(&config.spool_dir, 0o700)?;
         let swept = sweep(&config.spool_dir)?;
         if swept > 0 {
             log::info!(
@@ -66,7 +68,10 @@ impl SpoolDir {
         let path = self
             .dir
             .join(format!("{PREFIX}{}-{n}{SUFFIX}", std::process::id()));
-        match tokio::fs::File::create(&path).await {
+        let mut options = tokio::fs::OpenOptions::new();
+        // A fresh file only (never one planted under the name), readable by its owner only.
+        options.write(true).create_new(true).mode(0o600);
+        match options.open(&path).await {
             Ok(file) => Some(Spool {
                 dir: self.clone(),
                 path,
@@ -83,19 +88,42 @@ impl SpoolDir {
     }
 }
 
-/// Removes the spool files in `dir`; returns how many.
+fn restrict(path: &Path, mode: u32) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+}
+
+/// Removes the spool files in `dir` of processes that are gone; returns how many. The files of
+/// a live process (the one handing its sockets over in a binary upgrade) are its own.
 fn sweep(dir: &Path) -> io::Result<usize> {
     let mut removed = 0;
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if name.starts_with(PREFIX) && name.ends_with(SUFFIX) {
-            std::fs::remove_file(entry.path())?;
-            removed += 1;
+        let Some(pid) = spool_owner(&name.to_string_lossy()) else {
+            continue;
+        };
+        if pid != std::process::id() && process_lives(pid) {
+            continue;
+        }
+        match std::fs::remove_file(entry.path()) {
+            Ok(()) => removed += 1,
+            // Its owner removed it meanwhile.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
         }
     }
     Ok(removed)
+}
+
+/// The pid in a spool file's name, `upload-<pid>-<n>.spool`.
+fn spool_owner(name: &str) -> Option<u32> {
+    let middle = name.strip_prefix(PREFIX)?.strip_suffix(SUFFIX)?;
+    middle.split_once('-')?.0.parse().ok()
+}
+
+fn process_lives(pid: u32) -> bool {
+    Path::new("/proc").join(pid.to_string()).exists()
 }
 
 /// One upload's spooled body.
@@ -172,9 +200,15 @@ mod tests {
     #[tokio::test]
     async fn spools_within_the_budget_and_leaves_nothing_behind() {
         let tmp = tempfile::tempdir().unwrap();
-        std::fs::write(tmp.path().join("upload-1-0.spool"), b"left by a crash").unwrap();
+        // A file of a process that is gone goes; one of a live process stays.
+        let gone = tmp.path().join(format!("upload-{}-0.spool", u32::MAX - 1));
+        let live = tmp.path().join("upload-1-0.spool");
+        std::fs::write(&gone, b"left by a crash").unwrap();
+        std::fs::write(&live, b"another process's").unwrap();
         let dir = SpoolDir::open(&config(tmp.path(), 100)).unwrap();
-        assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
+        assert!(!gone.exists());
+        assert!(live.exists(), "pid 1 lives");
+        std::fs::remove_file(&live).unwrap();
 
         let mut spool = dir.start(60).await.unwrap();
         spool.write(b"hello ").await.unwrap();

@@ -106,21 +106,41 @@ fn heads_too_large_or_with_too_many_headers_get_431() {
     let answer = read_all(&mut connect(&proxy, big.as_bytes()));
     assert!(answer.starts_with("HTTP/1.1 431"), "{answer:?}");
     assert!(answer.contains("\"code\":91432"), "{answer:?}");
-    let many: String = (0..25).map(|i| format!("X-H{i}: v\r\n")).collect();
+    // Host and 20 more headers are 21: one too many.
+    let many: String = (0..20).map(|i| format!("X-H{i}: v\r\n")).collect();
     let many = format!("GET {path} HTTP/1.1\r\nHost: x\r\n{many}\r\n");
     let answer = read_all(&mut connect(&proxy, many.as_bytes()));
     assert!(answer.starts_with("HTTP/1.1 431"), "{answer:?}");
     assert!(wait_for(Duration::from_secs(5), || {
         refused(&proxy, "head_too_large") == 1.0 && refused(&proxy, "too_many_headers") == 1.0
     }));
-    // Within the limits, the same request goes through.
-    let fits = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-H: v\r\n\r\n");
+    // Within the limits (exactly 20 headers), the same request goes through.
+    let nineteen: String = (0..18).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let fits = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{nineteen}\r\n");
     let answer = read_all(&mut connect(&proxy, fits.as_bytes()));
     assert!(answer.starts_with("HTTP/1.1 404"), "{answer:?}");
     assert!(
         origin.journal().len() == 1,
         "only the request within limits reached the origin"
     );
+}
+
+#[test]
+fn a_chunked_body_ends_at_its_last_chunk_not_at_data_that_looks_like_it() {
+    let origin = Origin::start();
+    let proxy = proxy_with(&origin, "");
+    let service = new_service();
+    let data = b"plain words\r\n0\r\n\r\nand more after what looks like a last chunk";
+    let mut request = format!(
+        "POST /v1/Services/{service}/Media HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x};note=1\r\n",
+        data.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(data);
+    request.extend_from_slice(b"\r\n0\r\nX-Trailer: t\r\n\r\n");
+    let answer = read_all(&mut connect(&proxy, &request));
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer:?}");
+    assert_eq!(refused(&proxy, "head_too_large"), 0.0);
 }
 
 #[test]

@@ -86,7 +86,7 @@ fn with_retry_the_client_gets_one_201_and_the_origin_one_media() {
     let mut origin = Origin::start();
     let spool = tempfile::tempdir().unwrap();
     // A crash's leftover is swept at start.
-    std::fs::write(spool.path().join("upload-1-7.spool"), b"left over").unwrap();
+    std::fs::write(spool.path().join("upload-4294967294-7.spool"), b"left over").unwrap();
     let proxy = Proxy::start(config(&origin, spool.path(), 3));
     assert_eq!(spool_files(spool.path()), 0);
     let service = new_service();
@@ -111,6 +111,49 @@ fn with_retry_the_client_gets_one_201_and_the_origin_one_media() {
     assert!(
         wait_for(Duration::from_secs(5), || spool_files(spool.path()) == 0),
         "the spool file is removed"
+    );
+}
+
+#[test]
+fn an_upload_whose_upstream_refused_the_connection_is_replayed_whole() {
+    let mut origin = Origin::start();
+    let spool = tempfile::tempdir().unwrap();
+    let mut config = config(&origin, spool.path(), 3);
+    config.log_level = "info";
+    let proxy = Proxy::start(config);
+    let service = new_service();
+    // Small enough to be one chunk: the first chunk is read for inspection before any
+    // connection, and must not be lost when the connection is refused.
+    let body = png_bytes(5000);
+    origin.stop();
+    let listen = proxy.listen;
+    let path = format!("/v1/Services/{service}/Media");
+    let sent = body.clone();
+    let upload = std::thread::spawn(move || {
+        mediagate::process::http_request(
+            listen,
+            "POST",
+            &path,
+            &[("Content-Type", "image/png")],
+            &sent,
+        )
+        .expect("upload")
+    });
+    assert!(
+        wait_for(Duration::from_secs(10), || proxy
+            .log()
+            .contains("replaying it in")),
+        "{}",
+        proxy.log()
+    );
+    origin.restart();
+    let (status, answer) = upload.join().unwrap();
+    assert_eq!(status, 201, "{}", String::from_utf8_lossy(&answer));
+    let stored = origin.files_in("content");
+    assert_eq!(stored.len(), 1);
+    assert_eq!(
+        sha256_hex(&std::fs::read(&stored[0]).unwrap()),
+        sha256_hex(&body)
     );
 }
 

@@ -43,6 +43,8 @@ pub enum ErrorCode {
     QuotaBackend,
     /// 91424: an `Idempotency-Key` used again with a different body.
     IdempotencyConflict,
+    /// 91409: a repeated `Idempotency-Key` whose first upload is still running after long.
+    IdempotencyPending,
     /// 91408: a request head that did not arrive within `server.head_timeout`.
     HeadTimeout,
     /// 91432: a request head over `server.max_head_size` or `server.max_headers`.
@@ -77,6 +79,7 @@ impl ErrorCode {
             ErrorCode::SizeMismatch => 91423,
             ErrorCode::IdempotencyConflict => 91424,
             ErrorCode::HeadTimeout => 91408,
+            ErrorCode::IdempotencyPending => 91409,
             ErrorCode::HeadTooLarge => 91432,
             ErrorCode::TooManyConnections => 91533,
             ErrorCode::QuotaUploads => 91429,

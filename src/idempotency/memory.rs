@@ -67,18 +67,20 @@ impl MemoryLedger {
         }
     }
 
-    /// Removes the claim's slot if it is still the claim's; returns its waiters' notifier.
-    fn release(&self, claim: &Claim) -> Option<Arc<Notify>> {
+    /// Replaces the claim's slot, if it is still the claim's, by `next` (or nothing), under one
+    /// lock: no claim can slip in between. Returns the waiters' notifier.
+    fn release(&self, claim: &Claim, next: Option<Slot>) -> Option<Arc<Notify>> {
         let mut slots = self.slots();
         let id = (claim.service.clone(), claim.key.clone());
-        match slots.get(&id) {
-            Some(Slot::Running { token, done }) if *token == claim.token => {
-                let done = done.clone();
-                slots.remove(&id);
-                Some(done)
-            }
-            _ => None,
-        }
+        let done = match slots.get(&id) {
+            Some(Slot::Running { token, done }) if *token == claim.token => done.clone(),
+            _ => return None,
+        };
+        match next {
+            Some(slot) => slots.insert(id, slot),
+            None => slots.remove(&id),
+        };
+        Some(done)
     }
 }
 
@@ -129,22 +131,19 @@ impl Ledger for MemoryLedger {
     }
 
     async fn complete(&self, claim: Claim, answer: Answer) -> Result<(), String> {
-        if let Some(done) = self.release(&claim) {
-            self.slots().insert(
-                (claim.service, claim.key),
-                Slot::Done {
-                    answer,
-                    at: Instant::now(),
-                },
-            );
-            done.notify_waiters();
+        let done = Slot::Done {
+            answer,
+            at: Instant::now(),
+        };
+        if let Some(waiters) = self.release(&claim, Some(done)) {
+            waiters.notify_waiters();
         }
         Ok(())
     }
 
     async fn abandon(&self, claim: Claim) -> Result<(), String> {
-        if let Some(done) = self.release(&claim) {
-            done.notify_waiters();
+        if let Some(waiters) = self.release(&claim, None) {
+            waiters.notify_waiters();
         }
         Ok(())
     }

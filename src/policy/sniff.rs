@@ -5,8 +5,9 @@
 //! MP4/M4A/3GP (ISO media), QuickTime MOV, WebM/Matroska, MP3, Ogg, WAV, FLAC, AAC, PDF, ZIP,
 //! and text/plain (valid UTF-8). A type with no known signature passes.
 
-/// Bytes of content after which every signature can be decided.
-pub const ENOUGH: usize = 16;
+/// Bytes of content after which every signature can be decided: a PDF header may start this
+/// far in, and a PE file's header offset is at 0x3C.
+pub const ENOUGH: usize = PDF_HEADER_WINDOW;
 
 /// How much of the content is sniffed at most: every signature sits in its first bytes, and
 /// text is judged UTF-8 on this much, which keeps sniffing a few microseconds per upload.
@@ -136,7 +137,8 @@ fn iso_brands(h: &[u8]) -> Option<impl Iterator<Item = &[u8]>> {
         return None;
     }
     let size = u32::from_be_bytes(h.get(0..4)?.try_into().ok()?) as usize;
-    let end = size.clamp(12, h.len().max(12)).min(h.len());
+    // Brands past ENOUGH are not read: the verdict must not depend on how much has arrived.
+    let end = size.clamp(12, h.len().max(12)).min(h.len()).min(ENOUGH);
     let major = h.get(8..12)?;
     let compatible = h.get(16..end).unwrap_or(&[]).chunks_exact(4);
     Some(std::iter::once(major).chain(compatible))

@@ -154,3 +154,34 @@ fn text_cut_by_the_sniff_window_inside_a_character_passes() {
     text.extend("я".repeat(5 * 1024).as_bytes());
     assert!(guard.on_chunk(&text, true).is_ok());
 }
+
+#[test]
+fn the_verdict_does_not_depend_on_where_the_first_chunk_ends() {
+    // Found by fuzz/fuzz_targets/sniff.rs: decided on the first 16 bytes, a PE file passed as a
+    // type without a signature (its header offset, at 0x3C, was not in view yet), and a PDF
+    // whose header starts past byte 16 was refused.
+    let mut pe = vec![0u8; 0x90];
+    pe[..2].copy_from_slice(b"MZ");
+    pe[0x3c] = 0x80;
+    pe[0x80..0x84].copy_from_slice(b"PE\0\0");
+    let mut pdf = b"\n".repeat(100);
+    pdf.extend_from_slice(b"%PDF-1.7\n1 0 obj\n");
+    let r = Arc::new(UploadRules::new(&Uploads::default()));
+    for (essence, body, accepted) in [
+        ("image/svg+xml", &pe, false),
+        ("application/pdf", &pdf, true),
+    ] {
+        for split in 1..body.len() {
+            let mut guard = check_head(&r, &headers(&[("content-type", essence)])).unwrap();
+            let (a, b) = body.split_at(split);
+            let verdict = guard
+                .on_chunk(a, false)
+                .and_then(|()| guard.on_chunk(b, true));
+            assert_eq!(
+                verdict.is_ok(),
+                accepted,
+                "{essence} split at {split}: {verdict:?}"
+            );
+        }
+    }
+}

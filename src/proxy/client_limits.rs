@@ -199,8 +199,8 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Limited<A> {
 enum Phase {
     /// Reading a request head: `head` holds it so far.
     Head { head: Vec<u8>, started: bool },
-    /// Reading a body of `left` more bytes (or chunked, until its last chunk).
-    Body { left: Option<u64>, tail: Vec<u8> },
+    /// Reading a body: `Content-Length` bytes, or chunked until its last chunk.
+    Body(BodyLeft),
     /// Between a request and the next: the next head starts once an answer has been written.
     Between,
 }
@@ -271,26 +271,11 @@ impl Watched {
                     }
                     None => break,
                 },
-                Phase::Body { left, tail } => {
-                    self.window_bytes += bytes.len() as u64;
-                    let done = match left {
-                        Some(left) => {
-                            let take = (*left).min(bytes.len() as u64);
-                            *left -= take;
-                            bytes = &bytes[usize::try_from(take).unwrap_or(bytes.len())..];
-                            *left == 0
-                        }
-                        None => {
-                            // Chunked: the last chunk is `0\r\n\r\n` (no trailers, in practice).
-                            tail.extend_from_slice(bytes);
-                            let found = memchr::memmem::find(tail, b"0\r\n\r\n").is_some();
-                            let keep_from = tail.len().saturating_sub(4);
-                            tail.drain(..keep_from);
-                            bytes = &[];
-                            found
-                        }
-                    };
-                    if done {
+                Phase::Body(left) => {
+                    let used = left.follow(bytes);
+                    self.window_bytes += used as u64;
+                    bytes = &bytes[used..];
+                    if left.done() {
                         self.phase = Phase::Between;
                         self.timer_on = false;
                     }
@@ -317,7 +302,8 @@ impl Watched {
             Err(Cutoff::HeadTooLarge)
         } else if let Some(end) = end {
             head.truncate(end);
-            if count_lines(head) > self.limits.max_headers + 1 {
+            // The request line, one line per header, and the blank line: N headers, N + 2.
+            if count_lines(head) > self.limits.max_headers + 2 {
                 Err(Cutoff::TooManyHeaders)
             } else {
                 Ok(Some((end - before, body_framing(head))))
@@ -348,17 +334,11 @@ impl Watched {
                 self.timer_on = false;
             }
             Framing::Length(left) => {
-                self.phase = Phase::Body {
-                    left: Some(left),
-                    tail: Vec::new(),
-                };
+                self.phase = Phase::Body(BodyLeft::Length(left));
                 self.start_window();
             }
             Framing::Chunked => {
-                self.phase = Phase::Body {
-                    left: None,
-                    tail: Vec::new(),
-                };
+                self.phase = Phase::Body(BodyLeft::Chunked(Chunked::Size { size: 0 }));
                 self.start_window();
             }
         }
@@ -371,7 +351,7 @@ impl Watched {
     }
 
     fn judging_rate(&self) -> bool {
-        self.limits.min_body_rate > 0 && matches!(self.phase, Phase::Body { .. })
+        self.limits.min_body_rate > 0 && matches!(self.phase, Phase::Body(_))
     }
 
     /// The body's rate over the time waited for it, once a window's worth was waited.
@@ -391,7 +371,7 @@ impl Watched {
     fn on_timer(&mut self) -> Result<(), Cutoff> {
         match self.phase {
             Phase::Head { started: true, .. } => Err(Cutoff::HeadTimeout),
-            Phase::Body { .. } => {
+            Phase::Body(_) => {
                 if let Some(since) = self.pending_since.replace(Instant::now()) {
                     self.waited += since.elapsed();
                 }
@@ -421,6 +401,114 @@ impl Watched {
             }
         }
         std::io::Error::new(std::io::ErrorKind::TimedOut, cutoff.label())
+    }
+}
+
+/// What is left of a body.
+#[derive(Debug)]
+enum BodyLeft {
+    Length(u64),
+    Chunked(Chunked),
+}
+
+/// Where a chunked body is (RFC 9112 §7.1), followed byte by byte so that no data can pass for
+/// framing: a chunk's size line (with any extension), its data and CRLF, and after the last
+/// chunk the trailer lines up to the empty one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunked {
+    /// Hex digits of the size so far.
+    Size {
+        size: u64,
+    },
+    /// Past the size: an extension, up to the line's end.
+    Extension {
+        size: u64,
+    },
+    /// The size line's LF.
+    SizeLf {
+        size: u64,
+    },
+    Data {
+        left: u64,
+    },
+    DataCr,
+    DataLf,
+    /// After the last chunk: at the start of a trailer line (`fresh`) or inside one.
+    Trailer {
+        fresh: bool,
+    },
+    TrailerLf {
+        fresh: bool,
+    },
+    Done,
+}
+
+impl BodyLeft {
+    /// Follows body bytes; returns how many belong to this body.
+    fn follow(&mut self, bytes: &[u8]) -> usize {
+        match self {
+            BodyLeft::Length(left) => {
+                let take = (*left).min(bytes.len() as u64);
+                *left -= take;
+                usize::try_from(take).unwrap_or(bytes.len())
+            }
+            BodyLeft::Chunked(state) => {
+                let mut i = 0;
+                while i < bytes.len() && *state != Chunked::Done {
+                    if let Chunked::Data { left } = *state {
+                        let take = usize::try_from(left)
+                            .unwrap_or(usize::MAX)
+                            .min(bytes.len() - i);
+                        i += take;
+                        let left = left - take as u64;
+                        *state = if left == 0 {
+                            Chunked::DataCr
+                        } else {
+                            Chunked::Data { left }
+                        };
+                        continue;
+                    }
+                    *state = state.step(bytes[i]);
+                    i += 1;
+                }
+                i
+            }
+        }
+    }
+
+    fn done(&self) -> bool {
+        matches!(self, BodyLeft::Length(0) | BodyLeft::Chunked(Chunked::Done))
+    }
+}
+
+impl Chunked {
+    /// One byte of framing. Malformed framing is pingora's to refuse; here it only has to end
+    /// where the body ends, so an unexpected byte is taken as part of the line it is in.
+    fn step(self, byte: u8) -> Chunked {
+        use Chunked::*;
+        match (self, byte) {
+            (Size { size }, _) if byte.is_ascii_hexdigit() => Size {
+                size: size
+                    .saturating_mul(16)
+                    .saturating_add(u64::from((byte as char).to_digit(16).unwrap_or(0))),
+            },
+            (Size { size } | Extension { size }, b'\r') => SizeLf { size },
+            (Size { size } | Extension { size }, _) => Extension { size },
+            (SizeLf { size: 0 }, b'\n') => Trailer { fresh: true },
+            (SizeLf { size }, b'\n') => Data { left: size },
+            (SizeLf { size }, _) => Extension { size },
+            (Data { left }, _) => Data { left },
+            (DataCr, b'\r') => DataLf,
+            (DataCr, _) => DataCr,
+            (DataLf, b'\n') => Size { size: 0 },
+            (DataLf, _) => DataCr,
+            (Trailer { fresh }, b'\r') => TrailerLf { fresh },
+            (Trailer { .. }, _) => Trailer { fresh: false },
+            (TrailerLf { fresh: true }, b'\n') => Done,
+            (TrailerLf { .. }, b'\n') => Trailer { fresh: true },
+            (TrailerLf { .. }, _) => Trailer { fresh: false },
+            (Done, _) => Done,
+        }
     }
 }
 
@@ -644,6 +732,22 @@ mod tests {
             Framing::None
         ));
         assert_eq!(find_head_end(b"GET / HTTP/1.1\r\n\r\nrest"), Some(18));
+
+        // A chunked body ends at its last chunk and trailers, not at data that looks like it.
+        let body = b"5\r\n0\r\n\r\n\r\n3;ext=1\r\nabc\r\n0\r\nX-T: 1\r\n\r\nGET /next";
+        let mut left = BodyLeft::Chunked(Chunked::Size { size: 0 });
+        let used = left.follow(body);
+        assert!(left.done());
+        assert_eq!(&body[used..], b"GET /next");
+        // Split anywhere, the same.
+        for split in 1..body.len() - 9 {
+            let mut left = BodyLeft::Chunked(Chunked::Size { size: 0 });
+            let first = left.follow(&body[..split]);
+            assert_eq!(first, split);
+            assert!(!left.done(), "split at {split}");
+            assert_eq!(split + left.follow(&body[split..]), used);
+            assert!(left.done());
+        }
         assert_eq!(count_lines(b"GET / HTTP/1.1\r\nA: b\r\nC: d\r\n"), 3);
     }
 }

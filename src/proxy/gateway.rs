@@ -89,6 +89,8 @@ impl Settings {
 
 /// The header that carries a request's id, to the upstream and back to the client.
 const REQUEST_ID: &str = "x-request-id";
+/// The longest a repeat waits for the first upload under its key before it is told to come back.
+const IDEMPOTENT_WAIT: Duration = Duration::from_secs(5 * 60);
 /// The only encoding asked for when the answer may be cached.
 const IDENTITY: &str = "identity";
 /// The header that tells the client what the cache did.
@@ -133,6 +135,9 @@ pub struct RequestCtx {
     spool: Option<Spool>,
     /// The upstream's 502/503/504 to an upload that will be replayed.
     retry_status: Option<u16>,
+    /// Whether the body has started on its way upstream (`request_body_filter` ran). Until it
+    /// has, the first chunk, read for inspection, is only in pingora's retry buffer.
+    body_forwarded: bool,
 }
 
 /// The upstream's answer to an idempotent upload, kept for repeats.
@@ -259,7 +264,20 @@ impl Gateway {
             refuse(session, ctx, Rejection::plain(error)).await?;
             return Ok(Idempotency::Answered);
         };
+        let give_up = Instant::now() + IDEMPOTENT_WAIT;
         loop {
+            if Instant::now() > give_up {
+                let pending = Rejection {
+                    retry_after: Some(5),
+                    ..Rejection::plain(ApiError::new(
+                        409,
+                        ErrorCode::IdempotencyPending,
+                        "The upload under this Idempotency-Key is still running",
+                    ))
+                };
+                refuse(session, ctx, pending).await?;
+                return Ok(Idempotency::Answered);
+            }
             match self.ledger.claim(service, &key).await {
                 Ok(Claimed::First(claim)) => {
                     ctx.claim = Some(claim);
@@ -352,6 +370,14 @@ impl Gateway {
         if !retriable || attempts == 0 || ctx.spool.is_none() || final_status(session).is_some() {
             return None;
         }
+        if let Err(refusal) = spool_unforwarded(session, ctx).await {
+            let rejection = refusal?;
+            let status = rejection.error.status;
+            if let Err(e) = refuse(session, ctx, rejection).await {
+                log::debug!("cannot send the refusal: {e}");
+            }
+            return Some(status);
+        }
         if let Err(refusal) = finish_spooling(session, ctx).await {
             let rejection = refusal?;
             let status = rejection.error.status;
@@ -361,6 +387,10 @@ impl Gateway {
             return Some(status);
         }
         let mut backoff = ctx.settings.retry_backoff;
+        log::info!(
+            "upload {}: the upstream failed it ({e}); replaying it in {backoff:?}",
+            ctx.request_id
+        );
         for attempt in 1..=attempts {
             tokio::time::sleep(backoff).await;
             backoff = backoff.saturating_mul(2);
@@ -389,6 +419,8 @@ impl Gateway {
     ) -> Result<(Box<ResponseHeader>, Bytes)> {
         let mut head = session.req_header().clone();
         api_head(&mut head, ctx)?;
+        // The body is here, whole: the upstream has nothing to wait for.
+        head.remove_header(&http::header::EXPECT);
         let peer = ctx.settings.upstream.peer().await?;
         let Some(spool) = ctx.spool.as_mut() else {
             return Error::e_explain(ErrorType::InternalError, "a replay without a spool");
@@ -533,6 +565,7 @@ impl ProxyHttp for Gateway {
             answer: None,
             spool: None,
             retry_status: None,
+            body_forwarded: false,
         }
     }
 
@@ -575,6 +608,10 @@ impl ProxyHttp for Gateway {
                 Ok(guard) => {
                     self.start_spool(ctx, guard.declared_size()).await;
                     ctx.upload = Some(guard);
+                    // A client that leaves once its body is sent must not stop the proxy from
+                    // reading the upstream's answer: the quota and the idempotency key are
+                    // settled by it (stored or not).
+                    session.downstream_session.set_abort_on_close(false);
                 }
                 Err(rejection) => return refuse(session, ctx, rejection).await,
             }
@@ -592,6 +629,7 @@ impl ProxyHttp for Gateway {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        ctx.body_forwarded = true;
         let chunk = body.as_deref().unwrap_or_default();
         if let Some(fingerprint) = &mut ctx.fingerprint {
             fingerprint.update(chunk);
@@ -974,6 +1012,36 @@ async fn spool_chunk(ctx: &mut RequestCtx, chunk: &[u8]) {
     }
 }
 
+/// The first chunk, when the upstream failed before the body started on its way (a connection
+/// refused): it was read for inspection and is only in pingora's retry buffer, so it goes
+/// through the checks and into the spool here.
+async fn spool_unforwarded(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+) -> Result<(), Option<Rejection>> {
+    if ctx.body_forwarded {
+        return Ok(());
+    }
+    ctx.body_forwarded = true;
+    let Some(first) = session.as_ref().get_retry_buffer() else {
+        return Ok(());
+    };
+    let end = session.is_body_done();
+    if let Some(guard) = &mut ctx.upload {
+        guard
+            .on_chunk(&first, end)
+            .map_err(|refusal| Some(Rejection::from(refusal)))?;
+    }
+    if let Some(fingerprint) = &mut ctx.fingerprint {
+        fingerprint.update(&first);
+    }
+    spool_chunk(ctx, &first).await;
+    if ctx.spool.is_none() {
+        return Err(None);
+    }
+    Ok(())
+}
+
 /// The rest of a failed upload's body, read from the client through the same checks as while
 /// streaming, into the spool. `Err(Some)`: a refusal to answer; `Err(None)`: no replay (the
 /// client left, or the spool could not take it).
@@ -981,6 +1049,11 @@ async fn finish_spooling(
     session: &mut Session,
     ctx: &mut RequestCtx,
 ) -> Result<(), Option<Rejection>> {
+    if !session.is_body_done() && expects_continue(session) && !ctx.continued {
+        // The client still waits for this before it sends the rest.
+        session.write_continue_response().await.map_err(|_| None)?;
+        ctx.continued = true;
+    }
     while !session.is_body_done() {
         let chunk = session.read_request_body().await.map_err(|_| None)?;
         let end = session.is_body_done();

@@ -65,6 +65,16 @@ pub fn run(config: Config, path: &Path, upgrade: bool) -> Result<(), String> {
     let cache = Cache::leak(config.cache.memory.bytes(), cache_lock_age(&config));
 
     let mut server = Server::new_with_opt_and_conf(server_opt(upgrade), server_conf(&config));
+    // Everything that can fail is made before the sockets are taken over: once an upgrade has
+    // them, this process must serve.
+    let lasting = gateway::Lasting {
+        quota,
+        cache,
+        content: ContentResolver::new(&server.configuration),
+        ledger: crate::idempotency::ledger(&config)?,
+        spool: spool_dir(&config)?,
+        replayer: replay::Replayer::new(&server.configuration),
+    };
     if upgrade {
         log::info!(
             "upgrade: waiting up to {UPGRADE_WAIT_SECS} s on {} for the running proxy's listening \
@@ -78,14 +88,6 @@ pub fn run(config: Config, path: &Path, upgrade: bool) -> Result<(), String> {
     if upgrade {
         log::info!("upgrade: listening sockets received from the running proxy");
     }
-    let lasting = gateway::Lasting {
-        quota,
-        cache,
-        content: ContentResolver::new(&server.configuration),
-        ledger: crate::idempotency::ledger(&config)?,
-        spool: spool_dir(&config)?,
-        replayer: replay::Replayer::new(&server.configuration),
-    };
     let gateway = Gateway::new(&config, settings.clone(), lasting);
 
     // Every client connection is counted and watched before pingora reads it.

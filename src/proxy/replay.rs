@@ -72,13 +72,19 @@ impl Replayer {
             .finish_request_body()
             .await
             .map_err(|e| e.into_up())?;
-        session
-            .read_response_header()
-            .await
-            .map_err(|e| e.into_up())?;
-        let Some(response) = session.response_header().cloned() else {
-            return Error::e_explain(ErrorType::InvalidHTTPHeader, "no answer head")
-                .map_err(|e| e.into_up());
+        // An interim answer (`100 Continue`) is not the answer.
+        let response = loop {
+            session
+                .read_response_header()
+                .await
+                .map_err(|e| e.into_up())?;
+            let Some(response) = session.response_header() else {
+                return Error::e_explain(ErrorType::InvalidHTTPHeader, "no answer head")
+                    .map_err(|e| e.into_up());
+            };
+            if !response.status.is_informational() {
+                break response.clone();
+            }
         };
         let mut answer = BytesMut::new();
         while let Some(chunk) = session
