@@ -103,16 +103,17 @@ pub fn find_file_part(buf: &[u8], boundary: &str) -> Scan {
             Some(b"\r\n") => pos += 2,
             Some(_) => return Scan::Malformed("a boundary line with trailing text"),
         }
-        let (headers, body_start) = if buf[pos..].starts_with(b"\r\n") {
-            ("", pos + 2)
-        } else {
-            match find(buf, b"\r\n\r\n", pos) {
-                Some(end) => match std::str::from_utf8(&buf[pos..end]) {
-                    Ok(text) => (text, end + 4),
-                    Err(_) => return Scan::Malformed("part headers are not text"),
-                },
-                None => return Scan::NeedMore,
-            }
+        if buf[pos..].starts_with(b"\r\n") {
+            // Other parsers read a head up to the next CRLFCRLF: this part's content, the next
+            // delimiter and the next part's head would be its head, and that part skipped.
+            return Scan::Malformed("a part without headers");
+        }
+        let (headers, body_start) = match find(buf, b"\r\n\r\n", pos) {
+            Some(end) => match std::str::from_utf8(&buf[pos..end]) {
+                Ok(text) => (text, end + 4),
+                Err(_) => return Scan::Malformed("part headers are not text"),
+            },
+            None => return Scan::NeedMore,
         };
         let head = match PartHead::parse(headers) {
             Ok(head) => head,
@@ -203,7 +204,30 @@ fn disposition_name(value: &str) -> Result<Option<String>, &'static str> {
     if value.to_ascii_lowercase().matches("name=").count() > visible {
         return Err("a part's Content-Disposition hides a name inside a quoted value");
     }
+    // Parsers differ on `\` escapes, on whitespace around and inside an unquoted value, and on
+    // what whitespace is: the name must be written `name="…"` without `\`, or `name=token`.
+    if let Some((_, name)) = names.first() {
+        let plain = !value.contains('\\')
+            && value
+                .split(';')
+                .map(|p| p.trim_matches([' ', '\t']))
+                .any(|p| {
+                    p == format!("name=\"{name}\"")
+                        || (p == format!("name={name}") && is_token(name))
+                });
+        if !plain {
+            return Err("a part's name is written in a way parsers read differently");
+        }
+    }
     Ok(names.first().map(|(_, v)| v.clone()))
+}
+
+/// An HTTP token: what an unquoted parameter value may be.
+fn is_token(text: &str) -> bool {
+    !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// The index of `needle` in `haystack` at or after `from`.
@@ -282,6 +306,26 @@ mod tests {
         ] {
             assert!(matches!(find_file_part(form(head).as_bytes(), "b"), Scan::Malformed(_)), "{head}");
         }
+        // multer (the local origin's parser) reads these names otherwise (see the multer check
+        // of fuzz/fuzz_targets/multipart_head.rs), and a part without headers as one whose head
+        // runs on to the next CRLFCRLF (found by that target).
+        for head in [
+            "Content-Disposition: form-data; name=\"fil\\e\"",
+            "Content-Disposition: form-data; name=file x",
+            "Content-Disposition: form-data; name= \"file\"",
+            "Content-Disposition: form-data; filename=\"file\"; name=\u{a0}file",
+            "Content-Disposition: form-data;\u{b}name=\"file\"",
+        ] {
+            assert!(
+                matches!(
+                    find_file_part(form(head).as_bytes(), "b"),
+                    Scan::Malformed(_)
+                ),
+                "{head}"
+            );
+        }
+        let headless = b"--b\r\n\r\nx\r\n--b\r\nContent-Disposition: form-data; name=file\r\n\r\ny\r\n--b--\r\n";
+        assert!(matches!(find_file_part(headless, "b"), Scan::Malformed(_)));
         let fine = "Content-Disposition: form-data; name=\"file\"; filename=\"a;b.png\"\r\nContent-Type: image/png";
         assert!(matches!(
             find_file_part(form(fine).as_bytes(), "b"),

@@ -66,15 +66,17 @@ enum Cutoff {
     HeadTooLarge,
     TooManyHeaders,
     SlowBody,
+    BadChunk,
 }
 
 impl Cutoff {
-    const ALL: [Cutoff; 5] = [
+    const ALL: [Cutoff; 6] = [
         Cutoff::MaxConnections,
         Cutoff::HeadTimeout,
         Cutoff::HeadTooLarge,
         Cutoff::TooManyHeaders,
         Cutoff::SlowBody,
+        Cutoff::BadChunk,
     ];
 
     fn label(self) -> &'static str {
@@ -84,6 +86,7 @@ impl Cutoff {
             Cutoff::HeadTooLarge => "head_too_large",
             Cutoff::TooManyHeaders => "too_many_headers",
             Cutoff::SlowBody => "slow_body",
+            Cutoff::BadChunk => "bad_chunk",
         }
     }
 
@@ -110,6 +113,13 @@ impl Cutoff {
                 "Request Header Fields Too Large",
                 ErrorCode::HeadTooLarge,
                 "The request head is too large",
+                "",
+            ),
+            Cutoff::BadChunk => (
+                400,
+                "Bad Request",
+                ErrorCode::BadRequest,
+                "The request body's chunked framing is malformed",
                 "",
             ),
             Cutoff::SlowBody => return None,
@@ -272,7 +282,7 @@ impl Watched {
                     None => break,
                 },
                 Phase::Body(left) => {
-                    let used = left.follow(bytes);
+                    let used = left.follow(bytes)?;
                     self.window_bytes += used as u64;
                     bytes = &bytes[used..];
                     if left.done() {
@@ -338,7 +348,7 @@ impl Watched {
                 self.start_window();
             }
             Framing::Chunked => {
-                self.phase = Phase::Body(BodyLeft::Chunked(Chunked::Size { size: 0 }));
+                self.phase = Phase::Body(BodyLeft::chunked());
                 self.start_window();
             }
         }
@@ -416,9 +426,10 @@ enum BodyLeft {
 /// chunk the trailer lines up to the empty one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Chunked {
-    /// Hex digits of the size so far.
+    /// Hex digits of the size so far (`digits`: at least one).
     Size {
         size: u64,
+        digits: bool,
     },
     /// Past the size: an extension, up to the line's end.
     Extension {
@@ -441,16 +452,25 @@ enum Chunked {
         fresh: bool,
     },
     Done,
+    /// A size line without a size: framing two parsers could read two ways.
+    Malformed,
 }
 
 impl BodyLeft {
+    fn chunked() -> BodyLeft {
+        BodyLeft::Chunked(Chunked::Size {
+            size: 0,
+            digits: false,
+        })
+    }
+
     /// Follows body bytes; returns how many belong to this body.
-    fn follow(&mut self, bytes: &[u8]) -> usize {
+    fn follow(&mut self, bytes: &[u8]) -> Result<usize, Cutoff> {
         match self {
             BodyLeft::Length(left) => {
                 let take = (*left).min(bytes.len() as u64);
                 *left -= take;
-                usize::try_from(take).unwrap_or(bytes.len())
+                Ok(usize::try_from(take).unwrap_or(bytes.len()))
             }
             BodyLeft::Chunked(state) => {
                 let mut i = 0;
@@ -469,9 +489,12 @@ impl BodyLeft {
                         continue;
                     }
                     *state = state.step(bytes[i]);
+                    if *state == Chunked::Malformed {
+                        return Err(Cutoff::BadChunk);
+                    }
                     i += 1;
                 }
-                i
+                Ok(i)
             }
         }
     }
@@ -482,25 +505,32 @@ impl BodyLeft {
 }
 
 impl Chunked {
-    /// One byte of framing. Malformed framing is pingora's to refuse; here it only has to end
-    /// where the body ends, so an unexpected byte is taken as part of the line it is in.
+    /// One byte of framing. A size line must start with a size (not empty, no sign, no
+    /// space): anything else is refused. Past that, other malformed framing is pingora's to
+    /// refuse; here it only has to end where the body ends, so an unexpected byte is taken as
+    /// part of the line it is in.
     fn step(self, byte: u8) -> Chunked {
         use Chunked::*;
         match (self, byte) {
-            (Size { size }, _) if byte.is_ascii_hexdigit() => Size {
+            (Size { size, .. }, _) if byte.is_ascii_hexdigit() => Size {
                 size: size
                     .saturating_mul(16)
                     .saturating_add(u64::from((byte as char).to_digit(16).unwrap_or(0))),
+                digits: true,
             },
-            (Size { size } | Extension { size }, b'\r') => SizeLf { size },
-            (Size { size } | Extension { size }, _) => Extension { size },
+            (Size { digits: false, .. }, _) => Malformed,
+            (Size { size, .. } | Extension { size }, b'\r') => SizeLf { size },
+            (Size { size, .. } | Extension { size }, _) => Extension { size },
             (SizeLf { size: 0 }, b'\n') => Trailer { fresh: true },
             (SizeLf { size }, b'\n') => Data { left: size },
             (SizeLf { size }, _) => Extension { size },
             (Data { left }, _) => Data { left },
             (DataCr, b'\r') => DataLf,
             (DataCr, _) => DataCr,
-            (DataLf, b'\n') => Size { size: 0 },
+            (DataLf, b'\n') => Size {
+                size: 0,
+                digits: false,
+            },
             (DataLf, _) => DataCr,
             (Trailer { fresh }, b'\r') => TrailerLf { fresh },
             (Trailer { .. }, _) => Trailer { fresh: false },
@@ -508,6 +538,7 @@ impl Chunked {
             (TrailerLf { .. }, b'\n') => Trailer { fresh: true },
             (TrailerLf { .. }, _) => Trailer { fresh: false },
             (Done, _) => Done,
+            (Malformed, _) => Malformed,
         }
     }
 }
@@ -735,19 +766,32 @@ mod tests {
 
         // A chunked body ends at its last chunk and trailers, not at data that looks like it.
         let body = b"5\r\n0\r\n\r\n\r\n3;ext=1\r\nabc\r\n0\r\nX-T: 1\r\n\r\nGET /next";
-        let mut left = BodyLeft::Chunked(Chunked::Size { size: 0 });
-        let used = left.follow(body);
+        let mut left = BodyLeft::chunked();
+        let used = left.follow(body).unwrap();
         assert!(left.done());
         assert_eq!(&body[used..], b"GET /next");
         // Split anywhere, the same.
         for split in 1..body.len() - 9 {
-            let mut left = BodyLeft::Chunked(Chunked::Size { size: 0 });
-            let first = left.follow(&body[..split]);
+            let mut left = BodyLeft::chunked();
+            let first = left.follow(&body[..split]).unwrap();
             assert_eq!(first, split);
             assert!(!left.done(), "split at {split}");
-            assert_eq!(split + left.follow(&body[split..]), used);
+            assert_eq!(split + left.follow(&body[split..]).unwrap(), used);
             assert!(left.done());
         }
-        assert_eq!(count_lines(b"GET / HTTP/1.1\r\nA: b\r\nC: d\r\n"), 3);
+        for bad in [
+            &b"\r\nabc"[..],
+            b"zz\r\n",
+            b"-5\r\n",
+            b"+5\r\n",
+            b" 5\r\n",
+            b";x\r\n",
+        ] {
+            assert_eq!(
+                BodyLeft::chunked().follow(bad),
+                Err(Cutoff::BadChunk),
+                "{bad:?}"
+            );
+        }
     }
 }

@@ -216,7 +216,7 @@ impl Gateway {
             Err(rejection) => return Ok(Err(rejection)),
         }
         ctx.in_flight = Some(settings.metrics.upload_started(service));
-        if !guard.inspecting() {
+        if !guard.inspecting() && !is_chunked(session) {
             return Ok(Ok(guard));
         }
         let (first, end) = if session.is_body_empty() || session.is_body_done() {
@@ -228,15 +228,14 @@ impl Gateway {
                 session.write_continue_response().await?;
                 ctx.continued = true;
             }
-            session.enable_retry_buffering();
-            let first = session.read_request_body().await?;
-            if session.as_ref().retry_buffer_truncated() {
-                // pingora could not keep the chunk to replay it upstream (it can exceed the
-                // buffer after a very large head): fail closed rather than lose inspected bytes.
-                return Ok(Err(Rejection::unreplayable()));
+            match read_first_chunk(session).await? {
+                Ok(first) => (first, session.is_body_done()),
+                Err(rejection) => return Ok(Err(rejection)),
             }
-            (first, session.is_body_done())
         };
+        if !guard.inspecting() {
+            return Ok(Ok(guard));
+        }
         Ok(guard
             .inspect_early(first.as_deref().unwrap_or_default(), end)
             .map(|()| guard)
@@ -599,6 +598,12 @@ impl ProxyHttp for Gateway {
             .map(|v| v.as_bytes());
         if let Err(rejection) = ctx.settings.access.check(authorization, &service) {
             return refuse(session, ctx, rejection).await;
+        }
+        if !is_upload && is_chunked(session) {
+            // Its first chunk size is read (and checked) before anything goes upstream.
+            if let Err(rejection) = read_first_chunk(session).await? {
+                return refuse(session, ctx, rejection).await;
+            }
         }
         if is_upload {
             if let Idempotency::Answered = self.idempotency(session, ctx, &service).await? {
@@ -995,6 +1000,39 @@ fn check_framing(session: &Session) -> Result<(), &'static str> {
         .then(|| session.as_http1().map(|h1| h1.get_headers_raw_bytes()))
         .flatten();
     super::framing::check(headers, raw_head.as_deref())
+}
+
+/// Whether the request's body is chunked.
+fn is_chunked(session: &Session) -> bool {
+    session
+        .req_header()
+        .headers
+        .get(http::header::TRANSFER_ENCODING)
+        .is_some_and(|v| {
+            v.as_bytes()
+                .rsplit(|b| *b == b',')
+                .next()
+                .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+        })
+}
+
+/// Reads the body's first chunk before anything goes upstream, kept in pingora's retry buffer
+/// to be sent on once the request is let through. Reading it checks its framing (a malformed
+/// chunk size is an error here, answered 400, and the upstream never sees the request), and
+/// gives the upload policy its first bytes.
+async fn read_first_chunk(session: &mut Session) -> Result<Result<Option<Bytes>, Rejection>> {
+    session.enable_retry_buffering();
+    // A framing error is the client's: answered 400 (see `classify_failure`).
+    let first = session
+        .read_request_body()
+        .await
+        .map_err(|e| e.into_down())?;
+    if session.as_ref().retry_buffer_truncated() {
+        // pingora could not keep the chunk to replay it upstream (it can exceed the buffer
+        // after a very large head): fail closed rather than lose bytes.
+        return Ok(Err(Rejection::unreplayable()));
+    }
+    Ok(Ok(first))
 }
 
 /// Upstream answers that make an upload worth sending again.
