@@ -161,3 +161,31 @@ async fn sighup_applies_new_cache_settings_and_a_new_memory_bound() {
         held()
     );
 }
+
+#[test]
+fn sighup_with_a_changed_quota_applies_to_the_next_upload() {
+    let origin = Origin::start();
+    let quota = |n: u32| {
+        let mut config = ProxyConfig::to(&origin.url).with(&format!(
+            "uploads:\n  allowed_types: [text/plain]\nquotas:\n  uploads_per_minute: {n}\nservices:\n  {SERVICE}: {{}}\n"
+        ));
+        config.log_level = "info";
+        config
+    };
+    let proxy = Proxy::start(quota(1));
+    assert_eq!(upload_text(&proxy), 201);
+    assert_eq!(upload_text(&proxy), 429);
+    proxy.rewrite_config(&quota(3));
+    signal(&proxy.child, Signal::SIGHUP);
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            proxy.metric("mediagate_config_reloads_total", &[("result", "ok")]) == Some(1.0)
+        }),
+        "{}",
+        proxy.log()
+    );
+    // The count so far (1) stays: two more fit under the new limit of 3, not a third.
+    assert_eq!(upload_text(&proxy), 201);
+    assert_eq!(upload_text(&proxy), 201);
+    assert_eq!(upload_text(&proxy), 429);
+}
