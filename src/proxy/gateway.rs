@@ -138,6 +138,8 @@ pub struct RequestCtx {
     /// Whether the body has started on its way upstream (`request_body_filter` ran). Until it
     /// has, the first chunk, read for inspection, is only in pingora's retry buffer.
     body_forwarded: bool,
+    /// Whether a replay of the upload answered the client.
+    replayed: bool,
 }
 
 /// The upstream's answer to an idempotent upload, kept for repeats.
@@ -565,6 +567,7 @@ impl ProxyHttp for Gateway {
             spool: None,
             retry_status: None,
             body_forwarded: false,
+            replayed: false,
         }
     }
 
@@ -942,9 +945,10 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    /// mediagate logs its own refusals; pingora's error line would repeat them.
+    /// mediagate logs its own refusals and replays; pingora's error line would repeat them (and
+    /// call a replayed upload a failure).
     fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, _error: &Error) -> bool {
-        ctx.rejected.is_some()
+        ctx.rejected.is_some() || ctx.replayed
     }
 
     /// After the last byte, on every path: the quota reservation is settled, and the request
@@ -1124,6 +1128,7 @@ async fn answer_replay(
 ) -> Option<u16> {
     let status = head.status.as_u16();
     ctx.upstream_status = Some(status);
+    ctx.replayed = true;
     if ctx.claim.is_some() && head.status.is_success() {
         let content_type = head.headers.get(http::header::CONTENT_TYPE);
         ctx.answer = Some(AnswerCapture {
