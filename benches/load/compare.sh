@@ -298,3 +298,7 @@ f"| peak RSS during 64 concurrent 50 MiB uploads (MiB) | {peak_mib:.1f} | | | < 
 open(out, "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
 PY
+# What was changed for these figures, and what each change did, is kept by hand beside the script.
+if [ -f benches/load/changes.md ]; then
+    { echo; cat benches/load/changes.md; } >>"$OUT"
+fi
