@@ -13,6 +13,7 @@ pub mod policy;
 pub mod process;
 pub mod proxy;
 pub mod quota;
+pub mod redis_link;
 pub mod spool;
 
 #[cfg(test)]

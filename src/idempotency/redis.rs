@@ -7,21 +7,18 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use redis::{Script, Value};
-use tokio::sync::OnceCell;
 
 use super::{Answer, Claim, Claimed, IdempotencyKey, Ledger};
 use crate::api::ServiceSid;
+use crate::redis_link::RedisLink;
 
-/// How long a call to Redis may take.
-const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
 /// How often a repeat looks again while the first upload runs on some sidecar.
 const POLL: Duration = Duration::from_millis(100);
 
 pub struct RedisLedger {
-    client: redis::Client,
-    connection: OnceCell<ConnectionManager>,
+    redis: RedisLink,
     claim: Script,
     complete: Script,
     abandon: Script,
@@ -35,8 +32,7 @@ pub struct RedisLedger {
 impl RedisLedger {
     pub fn new(url: &str, ttl: Duration, lease: Duration) -> Result<RedisLedger, String> {
         Ok(RedisLedger {
-            client: redis::Client::open(url).map_err(|e| format!("quotas.backend: {e}"))?,
-            connection: OnceCell::new(),
+            redis: RedisLink::open(url, "quotas.backend")?,
             claim: Script::new(include_str!("claim.lua")),
             complete: Script::new(include_str!("complete.lua")),
             abandon: Script::new(include_str!("abandon.lua")),
@@ -48,15 +44,7 @@ impl RedisLedger {
     }
 
     async fn connection(&self) -> Result<ConnectionManager, String> {
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(REDIS_TIMEOUT)
-            .set_response_timeout(REDIS_TIMEOUT)
-            .set_number_of_retries(1);
-        self.connection
-            .get_or_try_init(|| self.client.get_connection_manager_with_config(config))
-            .await
-            .cloned()
-            .map_err(|e| format!("redis: {e}"))
+        self.redis.connection().await
     }
 
     fn token(&self) -> u64 {

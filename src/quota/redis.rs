@@ -10,25 +10,20 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use redis::Script;
-use tokio::sync::OnceCell;
 
 use super::window::BUCKETS;
 use super::{Limits, Outcome, OverQuota, Permit, Quota, Refused, HOUR_MS, MINUTE_MS};
 use crate::api::{RejectReason, ServiceSid};
-
-/// How long a call to Redis may take before the backend counts as unreachable.
-const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
+use crate::redis_link::RedisLink;
 
 pub struct RedisQuota {
     shared: Arc<Shared>,
 }
 
 struct Shared {
-    client: redis::Client,
-    /// Made on first use, on the runtime that serves requests; it reconnects by itself.
-    connection: OnceCell<ConnectionManager>,
+    redis: RedisLink,
     admit: Script,
     settle: Script,
     renew: Script,
@@ -43,11 +38,9 @@ struct Shared {
 
 impl RedisQuota {
     pub fn new(url: &str, lease: Duration) -> Result<RedisQuota, String> {
-        let client = redis::Client::open(url).map_err(|e| format!("quotas.backend: {e}"))?;
         Ok(RedisQuota {
             shared: Arc::new(Shared {
-                client,
-                connection: OnceCell::new(),
+                redis: RedisLink::open(url, "quotas.backend")?,
                 admit: Script::new(include_str!("admit.lua")),
                 settle: Script::new(include_str!("settle.lua")),
                 renew: Script::new(include_str!("renew.lua")),
@@ -68,15 +61,7 @@ fn keys(service: &ServiceSid) -> [String; 3] {
 
 impl Shared {
     async fn connection(&self) -> Result<ConnectionManager, String> {
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(REDIS_TIMEOUT)
-            .set_response_timeout(REDIS_TIMEOUT)
-            .set_number_of_retries(1);
-        self.connection
-            .get_or_try_init(|| self.client.get_connection_manager_with_config(config))
-            .await
-            .cloned()
-            .map_err(|e| format!("redis: {e}"))
+        self.redis.connection().await
     }
 
     fn held(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
