@@ -8,7 +8,7 @@
 use http::{header, HeaderValue, Uri};
 use pingora::connectors::http::Connector;
 use pingora::connectors::ConnectorOptions;
-use pingora::http::RequestHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::client::HttpSession;
 use pingora::server::configuration::ServerConf;
 use pingora::upstreams::peer::HttpPeer;
@@ -80,6 +80,24 @@ impl SignedUrl {
     }
 }
 
+/// Reads the head of an upstream's answer to a request of the proxy's own, past any interim
+/// (`100 Continue`) head.
+pub async fn answer_head(session: &mut HttpSession) -> Result<ResponseHeader> {
+    loop {
+        session
+            .read_response_header()
+            .await
+            .map_err(|e| e.into_up())?;
+        let Some(response) = session.response_header() else {
+            return Error::e_explain(ErrorType::InvalidHTTPHeader, "no answer head")
+                .map_err(|e| e.into_up());
+        };
+        if !response.status.is_informational() {
+            return Ok(response.clone());
+        }
+    }
+}
+
 pub struct ContentResolver {
     connector: Connector,
 }
@@ -148,14 +166,7 @@ impl ContentResolver {
             .finish_request_body()
             .await
             .map_err(|e| e.into_up())?;
-        session
-            .read_response_header()
-            .await
-            .map_err(|e| e.into_up())?;
-        let Some(response) = session.response_header() else {
-            return Error::e_explain(ErrorType::InvalidHTTPHeader, "no answer head")
-                .map_err(|e| e.into_up());
-        };
+        let response = answer_head(&mut session).await?;
         if !response.status.is_redirection() || response.status == http::StatusCode::NOT_MODIFIED {
             return Ok(None);
         }

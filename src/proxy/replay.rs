@@ -11,6 +11,7 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, Result};
 use tokio::io::AsyncReadExt;
 
+use super::content::answer_head;
 use crate::spool::Spool;
 
 /// The chunks the spool is read in.
@@ -72,20 +73,7 @@ impl Replayer {
             .finish_request_body()
             .await
             .map_err(|e| e.into_up())?;
-        // An interim answer (`100 Continue`) is not the answer.
-        let response = loop {
-            session
-                .read_response_header()
-                .await
-                .map_err(|e| e.into_up())?;
-            let Some(response) = session.response_header() else {
-                return Error::e_explain(ErrorType::InvalidHTTPHeader, "no answer head")
-                    .map_err(|e| e.into_up());
-            };
-            if !response.status.is_informational() {
-                break response.clone();
-            }
-        };
+        let response = answer_head(&mut session).await?;
         let mut answer = BytesMut::new();
         while let Some(chunk) = session
             .read_response_body()
