@@ -45,7 +45,8 @@ pub enum ErrorCode {
     IdempotencyConflict,
     /// 91409: a repeated `Idempotency-Key` whose first upload is still running after long.
     IdempotencyPending,
-    /// 91408: a request head that did not arrive within `server.head_timeout`.
+    /// 91408: a request head that did not arrive within `server.head_timeout`, or a body slower
+    /// than `server.min_body_rate`.
     HeadTimeout,
     /// 91432: a request head over `server.max_head_size` or `server.max_headers`.
     HeadTooLarge,

@@ -91,7 +91,7 @@ impl Cutoff {
     }
 
     /// The answer written on the socket before it closes: the error JSON, as every answer of
-    /// mediagate's own. Mid-body there is no telling what the client reads any more: none.
+    /// mediagate's own (a server may answer before it has read the whole request).
     fn answer(self) -> Option<Vec<u8>> {
         let (status, phrase, code, message, extra) = match self {
             Cutoff::MaxConnections => (
@@ -122,7 +122,13 @@ impl Cutoff {
                 "The request body's chunked framing is malformed",
                 "",
             ),
-            Cutoff::SlowBody => return None,
+            Cutoff::SlowBody => (
+                408,
+                "Request Timeout",
+                ErrorCode::HeadTimeout,
+                "The request body arrived too slowly",
+                "",
+            ),
         };
         let body =
             String::from_utf8_lossy(&ApiError::new(status, code, message).to_json()).into_owned();
