@@ -110,7 +110,7 @@ async fn a_second_read_is_a_hit_and_the_origin_saw_one_request() {
             > 0.0
     );
     // A miss is logged after its fill completes, which may be after the next read's hit.
-    let log = proxy.access_log();
+    let log = proxy.access_log_lines(2);
     let mut caches: Vec<String> = log
         .lines()
         .map(|l| serde_json::from_str::<Value>(l).unwrap()["cache"].to_string())

@@ -408,7 +408,7 @@ async fn a_scripted_mix_shows_in_every_family_and_in_the_access_log() {
 
     // The access log: one JSON line per request, ids unique, no secret anywhere.
     let total = 18;
-    let log = wait_for_lines(&proxy, total);
+    let log = proxy.access_log_lines(total);
     let entries: Vec<Value> = log
         .lines()
         .map(|l| serde_json::from_str(l).expect("a JSON line"))
@@ -482,16 +482,6 @@ async fn a_scripted_mix_shows_in_every_family_and_in_the_access_log() {
     assert!(ids.iter().filter(|id| upstream_ids.contains(**id)).count() >= 6);
 }
 
-/// The access log is written by a thread of its own: wait for its lines to land.
-fn wait_for_lines(proxy: &Proxy, count: usize) -> String {
-    let mut log = String::new();
-    wait_for(Duration::from_secs(10), || {
-        log = proxy.access_log();
-        log.lines().count() >= count
-    });
-    log
-}
-
 #[tokio::test]
 async fn upstream_failures_are_counted_by_kind() {
     let down = Proxy::start(ProxyConfig::to(&format!(
@@ -518,7 +508,7 @@ async fn upstream_failures_are_counted_by_kind() {
         down.metric("mediagate_upstream_errors_total", &[("kind", "timeout")]),
         Some(0.0)
     );
-    let log = wait_for_lines(&down, 1);
+    let log = down.access_log_lines(1);
     let entry: Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
     assert_eq!(entry["upstream_error"], "connect");
     assert_eq!(entry["status"], 502);

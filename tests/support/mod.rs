@@ -410,6 +410,17 @@ impl Proxy {
         std::fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default()
     }
 
+    /// The access log once it has at least `count` lines: its writer writes them out every
+    /// few milliseconds, after the requests were answered.
+    pub fn access_log_lines(&self, count: usize) -> String {
+        let mut log = String::new();
+        wait_for(Duration::from_secs(10), || {
+            log = self.access_log();
+            log.lines().count() >= count
+        });
+        log
+    }
+
     /// `/metrics` as text.
     pub fn metrics_text(&self) -> String {
         let (status, body) =
