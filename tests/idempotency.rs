@@ -42,15 +42,6 @@ async fn upload(proxy: &Proxy, service: &str, key: Option<&str>, body: &[u8]) ->
     }
 }
 
-/// The uploads (POSTs that reached it) the origin received for `service`.
-fn stored_uploads(origin: &Origin, service: &str) -> usize {
-    origin
-        .requests_for(service)
-        .iter()
-        .filter(|e| e["method"] == "POST" && e["status"] == 201)
-        .count()
-}
-
 #[tokio::test]
 async fn five_concurrent_repeats_make_one_media_and_share_its_answer() {
     let origin = Origin::start();
@@ -65,14 +56,14 @@ async fn five_concurrent_repeats_make_one_media_and_share_its_answer() {
         assert_eq!(answer.json["sid"], sid);
     }
     assert_eq!(answers.iter().filter(|a| a.replayed).count(), 4);
-    assert_eq!(stored_uploads(&origin, &service), 1);
+    assert_eq!(origin.stored_uploads(&service), 1);
 
     // Later, sequentially: the same answer again.
     let again = upload(&proxy, &service, Some("retry-1"), &body).await;
     assert_eq!(again.status, StatusCode::CREATED);
     assert!(again.replayed);
     assert_eq!(again.json["sid"], sid);
-    assert_eq!(stored_uploads(&origin, &service), 1);
+    assert_eq!(origin.stored_uploads(&service), 1);
     proxy.wait_recorded(6);
     assert_eq!(
         proxy.metric("mediagate_idempotent_replays_total", &[]),
@@ -91,7 +82,7 @@ async fn a_different_body_under_the_same_key_is_refused() {
     assert_eq!(other.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(other.reason.as_deref(), Some("idempotency_conflict"));
     assert_eq!(other.json["code"], 91424);
-    assert_eq!(stored_uploads(&origin, &service), 1);
+    assert_eq!(origin.stored_uploads(&service), 1);
 
     // Keys are per service, and uploads without a key are never matched.
     let elsewhere = new_service();
@@ -103,7 +94,7 @@ async fn a_different_body_under_the_same_key_is_refused() {
         assert_eq!(plain.status, StatusCode::CREATED);
         assert!(!plain.replayed);
     }
-    assert_eq!(stored_uploads(&origin, &service), 3);
+    assert_eq!(origin.stored_uploads(&service), 3);
 
     let bad = upload(&proxy, &service, Some("tab\tkey"), &png_bytes(10)).await;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
@@ -125,7 +116,7 @@ async fn a_failed_upload_frees_its_key_for_the_retry() {
     let repeat = upload(&proxy, &service, Some("after-outage"), &body).await;
     assert!(repeat.replayed);
     assert_eq!(repeat.json["sid"], retried.json["sid"]);
-    assert_eq!(stored_uploads(&origin, &service), 1);
+    assert_eq!(origin.stored_uploads(&service), 1);
 }
 
 #[tokio::test]
@@ -147,7 +138,7 @@ async fn a_fleet_sharing_redis_makes_one_media_per_key() {
         assert_eq!(answer.json["sid"], answers[0].json["sid"]);
     }
     assert_eq!(answers.iter().filter(|a| a.replayed).count(), 5);
-    assert_eq!(stored_uploads(&origin, &service), 1);
+    assert_eq!(origin.stored_uploads(&service), 1);
     let conflict = upload(&b, &service, Some("fleet-key"), &png_bytes(10)).await;
     assert_eq!(conflict.status, StatusCode::UNPROCESSABLE_ENTITY);
 }

@@ -42,14 +42,6 @@ fn upload_started(
     stream
 }
 
-fn stored_uploads(origin: &Origin, service: &str) -> usize {
-    origin
-        .requests_for(service)
-        .iter()
-        .filter(|e| e["method"] == "POST" && e["status"] == 201)
-        .count()
-}
-
 fn spool_files(dir: &std::path::Path) -> usize {
     std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
 }
@@ -98,7 +90,7 @@ fn with_retry_the_client_gets_one_201_and_the_origin_one_media() {
     let answer = read_response(&mut stream);
     assert_eq!(answer.status, 201, "{answer:?}\n{}", proxy.log());
     let media: serde_json::Value = serde_json::from_str(&answer.body).unwrap();
-    assert_eq!(stored_uploads(&origin, &service), 1);
+    assert_eq!(origin.stored_uploads(&service), 1);
     assert_eq!(media["size"], SIZE);
     let stored = origin.files_in("content");
     assert_eq!(stored.len(), 1);

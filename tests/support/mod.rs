@@ -220,6 +220,14 @@ impl Origin {
             .collect()
     }
 
+    /// The uploads of `service` the origin stored (answered 201).
+    pub fn stored_uploads(&self, service: &str) -> usize {
+        self.requests_for(service)
+            .iter()
+            .filter(|e| e["method"] == "POST" && e["status"] == 201)
+            .count()
+    }
+
     /// Files in a store subdirectory (`content`, `tmp`).
     pub fn files_in(&self, sub: &str) -> Vec<PathBuf> {
         std::fs::read_dir(self.data.join(sub))
