@@ -47,7 +47,6 @@ async fn run(per_task: usize) {
     let started = Instant::now();
     let tasks = (0..TASKS).map(|_| {
         let quota = quota.clone();
-        let service = service.clone();
         tokio::spawn(async move {
             let mut latencies = Vec::with_capacity(per_task);
             for _ in 0..per_task {

@@ -4,11 +4,11 @@
 //! blocks a proxy thread: past `BACKLOG` bytes waiting, lines are dropped and counted in
 //! `mediagate_access_log_dropped_total`.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
@@ -23,7 +23,8 @@ const WRITE_EVERY: Duration = Duration::from_millis(10);
 /// One request, as logged. Never a credential, a token, a header value or a body.
 #[derive(Debug, Serialize)]
 pub struct AccessEntry<'a> {
-    pub ts: String,
+    /// RFC 3339 in UTC with microseconds (`Timestamp::now`).
+    pub ts: &'a str,
     pub request_id: &'a str,
     pub method: &'a str,
     /// The path without its query.
@@ -56,6 +57,50 @@ struct Shared {
 thread_local! {
     /// Each proxy thread's line being made, so that a line costs no allocation.
     static LINE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// The last second formatted on this thread (`Timestamp::now`).
+    static SECOND: Cell<(u64, [u8; SECOND_LEN])> = const { Cell::new((u64::MAX, [0; SECOND_LEN])) };
+}
+
+/// `2026-11-26T22:49:11`
+const SECOND_LEN: usize = 19;
+
+/// A moment as RFC 3339 in UTC with microseconds (`2026-11-26T22:49:11.312003Z`), made without
+/// an allocation: the date and time to the second are formatted once a second per thread.
+pub struct Timestamp([u8; SECOND_LEN + 8]);
+
+impl Timestamp {
+    pub fn now() -> Timestamp {
+        let since_epoch = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        let secs = since_epoch.as_secs();
+        let (cached, mut second) = SECOND.get();
+        if cached != secs {
+            let formatted = i64::try_from(secs)
+                .ok()
+                .and_then(|s| chrono::DateTime::from_timestamp(s, 0))
+                .map(|t| t.format("%Y-%m-%dT%H:%M:%S").to_string())
+                .unwrap_or_default();
+            if formatted.len() == SECOND_LEN {
+                second.copy_from_slice(formatted.as_bytes());
+                SECOND.set((secs, second));
+            }
+        }
+        let mut text = [0u8; SECOND_LEN + 8];
+        text[..SECOND_LEN].copy_from_slice(&second);
+        text[SECOND_LEN] = b'.';
+        let mut micros = since_epoch.subsec_micros();
+        for digit in text[SECOND_LEN + 1..SECOND_LEN + 7].iter_mut().rev() {
+            *digit = b'0' + (micros % 10) as u8;
+            micros /= 10;
+        }
+        text[SECOND_LEN + 7] = b'Z';
+        Timestamp(text)
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
 }
 
 impl AccessLog {
@@ -127,5 +172,30 @@ fn write_lines(shared: &Shared) {
             return;
         }
         out_buffer.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_rfc3339_with_microseconds_and_agree_with_chrono() {
+        let before = chrono::Utc::now();
+        let ts = Timestamp::now();
+        let after = chrono::Utc::now();
+        let parsed = chrono::DateTime::parse_from_rfc3339(ts.as_str()).expect("RFC 3339");
+        assert_eq!(ts.as_str().len(), "2026-11-26T22:49:11.312003Z".len());
+        assert!(ts.as_str().ends_with('Z'));
+        let micros = parsed.timestamp_micros();
+        assert!(
+            before.timestamp_micros() <= micros && micros <= after.timestamp_micros(),
+            "{before} <= {} <= {after}",
+            ts.as_str()
+        );
+        // A second formatted once is reused: two in a row agree to the second.
+        let again = Timestamp::now();
+        let parsed_again = chrono::DateTime::parse_from_rfc3339(again.as_str()).expect("RFC 3339");
+        assert!(parsed_again >= parsed);
     }
 }

@@ -330,7 +330,7 @@ impl RequestMetrics {
                 .map(|r| m.upstream_duration.with_label_values(&[r.label()])),
             services: services
                 .into_iter()
-                .map(|sid| (sid.clone(), ServiceHandles::new(sid.as_str())))
+                .map(|sid| (*sid, ServiceHandles::new(sid.as_str())))
                 .collect(),
             other: ServiceHandles::new("other"),
             statuses: (0..600).map(|s| s.to_string()).collect(),

@@ -521,13 +521,42 @@ async fn metrics_count_requests_and_health_answers() {
 }
 
 #[tokio::test]
+async fn a_small_upload_goes_upstream_only_once_its_body_is_whole() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(ProxyConfig::to(&origin.url));
+    let (held, probe) = (new_service(), new_service());
+    let body = png_bytes(8 * 1024);
+    let length = body.len().to_string();
+    let head = [
+        ("Content-Type", "image/png"),
+        ("Content-Length", length.as_str()),
+    ];
+    let mut stream = open_upload(proxy.listen, &upload_path(&held), &head, &body[..1000]);
+    // Admitted (counted in flight), its body is being read...
+    let in_flight = || proxy.metric("mediagate_uploads_in_flight", &[("service", "other")]);
+    assert!(wait_for(Duration::from_secs(10), || in_flight() == Some(1.0)));
+    // ...while a whole upload goes up and back, and the origin has not seen the first.
+    let mut other = open_upload(proxy.listen, &upload_path(&probe), &head, &body);
+    assert_eq!(read_answer(&mut other).0, 201);
+    assert!(
+        origin.requests_for(&held).is_empty(),
+        "a small upload went upstream before its body was whole"
+    );
+
+    std::io::Write::write_all(&mut stream, &body[1000..]).unwrap();
+    let (status, answer) = read_answer(&mut stream);
+    assert_eq!(status, 201, "{answer}");
+    assert_eq!(origin.stored_uploads(&held), 1);
+}
+
+#[tokio::test]
 async fn sigterm_lets_an_in_flight_upload_finish_then_exits_0() {
     let origin = Origin::start();
     let mut config = ProxyConfig::to(&origin.url);
     config.grace_period = "3s";
     let mut proxy = Proxy::start(config);
     let service = new_service();
-    let body = png_bytes(64 * 1024);
+    let body = png_bytes(STREAMED_UPLOAD);
     let mut stream = open_upload(
         proxy.listen,
         &upload_path(&service),

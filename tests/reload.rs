@@ -39,12 +39,14 @@ fn sighup_applies_a_new_policy_and_keeps_connections() {
     assert_eq!(upload_text(&proxy), 415);
 
     // An upload in flight across the reload finishes on its connection.
-    let head = [("Content-Type", "image/png"), ("Content-Length", "1000")];
+    let body = png_bytes(STREAMED_UPLOAD);
+    let length = body.len().to_string();
+    let head = [("Content-Type", "image/png"), ("Content-Length", &length)];
     let mut held = open_upload(
         proxy.listen,
         &format!("/v1/Services/{SERVICE}/Media"),
         &head,
-        b"\x89PNG\r\n\x1a\n",
+        &body[..1000],
     );
     assert!(wait_for(Duration::from_secs(10), || !origin
         .requests_for(SERVICE)
@@ -58,7 +60,7 @@ fn sighup_applies_a_new_policy_and_keeps_connections() {
         proxy.log()
     );
 
-    held.write_all(&[7u8; 992]).unwrap();
+    held.write_all(&body[1000..]).unwrap();
     assert_eq!(read_answer(&mut held).0, 201);
     let counted = wait_for(Duration::from_secs(10), || {
         proxy.metric("mediagate_config_reloads_total", &[("result", "ok")]) == Some(1.0)

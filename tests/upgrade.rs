@@ -108,7 +108,7 @@ fn sigquit_hands_the_listeners_to_the_upgraded_process_without_refusing_a_reques
     let sid = upload(old.listen, &service).expect("an upload through the old process");
 
     // An upload in flight on the old process, to finish after the hand-over.
-    let body = png_bytes(64 * 1024);
+    let body = png_bytes(STREAMED_UPLOAD);
     let mut in_flight = open_upload(
         old.listen,
         &upload_path(&service),

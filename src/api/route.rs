@@ -46,15 +46,21 @@ pub enum RouteError {
 impl Route {
     /// Parses a request's method and path (without the query string).
     pub fn parse(method: &Method, path: &str) -> Result<Route, RouteError> {
-        let segments: Vec<&str> = match path.strip_prefix("/v1/Services/") {
-            Some(rest) => rest.split('/').collect(),
-            None => return Err(RouteError::NotFound),
+        let Some(rest) = path.strip_prefix("/v1/Services/") else {
+            return Err(RouteError::NotFound);
         };
-        let (route, allow) = match segments.as_slice() {
-            [service, "Media"] => (Route::upload(service)?, "POST"),
-            [service, "MediaSet"] => (Route::media_set(service)?, "POST"),
-            [service, "Media", media] => (Route::metadata(service, media)?, "GET, HEAD"),
-            [service, "Media", media, "Content"] => (Route::content(service, media)?, "GET, HEAD"),
+        // At most four segments; a fifth means no route (and costs no allocation to find out).
+        let mut parts = rest.split('/');
+        let segments: [Option<&str>; 5] = std::array::from_fn(|_| parts.next());
+        let (route, allow) = match segments {
+            [Some(service), Some("Media"), None, ..] => (Route::upload(service)?, "POST"),
+            [Some(service), Some("MediaSet"), None, ..] => (Route::media_set(service)?, "POST"),
+            [Some(service), Some("Media"), Some(media), None, _] => {
+                (Route::metadata(service, media)?, "GET, HEAD")
+            }
+            [Some(service), Some("Media"), Some(media), Some("Content"), None] => {
+                (Route::content(service, media)?, "GET, HEAD")
+            }
             _ => return Err(RouteError::NotFound),
         };
         let method_fits = match route {

@@ -71,7 +71,7 @@ impl MemoryLedger {
     /// lock: no claim can slip in between. Returns the waiters' notifier.
     fn release(&self, claim: &Claim, next: Option<Slot>) -> Option<Arc<Notify>> {
         let mut slots = self.slots();
-        let id = (claim.service.clone(), claim.key.clone());
+        let id = (claim.service, claim.key.clone());
         let done = match slots.get(&id) {
             Some(Slot::Running { token, done }) if *token == claim.token => done.clone(),
             _ => return None,
@@ -88,7 +88,7 @@ impl MemoryLedger {
 impl Ledger for MemoryLedger {
     async fn claim(&self, service: &ServiceSid, key: &IdempotencyKey) -> Result<Claimed, String> {
         let mut slots = self.slots();
-        let id = (service.clone(), key.clone());
+        let id = (*service, key.clone());
         match slots.get(&id) {
             Some(Slot::Done { answer, at }) if at.elapsed() < self.ttl => {
                 return Ok(Claimed::Done(answer.clone()))
@@ -106,14 +106,14 @@ impl Ledger for MemoryLedger {
             },
         );
         Ok(Claimed::First(Claim {
-            service: service.clone(),
+            service: *service,
             key: key.clone(),
             token,
         }))
     }
 
     async fn wait(&self, service: &ServiceSid, key: &IdempotencyKey) {
-        let done = match self.slots().get(&(service.clone(), key.clone())) {
+        let done = match self.slots().get(&(*service, key.clone())) {
             Some(Slot::Running { done, .. }) => done.clone(),
             _ => return,
         };
@@ -122,7 +122,7 @@ impl Ledger for MemoryLedger {
         // Registered before looking again, so a completion in between is not missed.
         notified.as_mut().enable();
         if !matches!(
-            self.slots().get(&(service.clone(), key.clone())),
+            self.slots().get(&(*service, key.clone())),
             Some(Slot::Running { .. })
         ) {
             return;

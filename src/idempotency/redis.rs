@@ -76,7 +76,7 @@ impl Ledger for RedisLedger {
             .await
             .map_err(|e| format!("redis: {e}"))?;
         parse_claim(&reply, || Claim {
-            service: service.clone(),
+            service: *service,
             key: key.clone(),
             token,
         })

@@ -59,12 +59,7 @@ impl UploadPolicies {
             per_service: config
                 .services
                 .keys()
-                .map(|sid| {
-                    (
-                        sid.clone(),
-                        Arc::new(UploadRules::new(&config.uploads_for(sid))),
-                    )
-                })
+                .map(|sid| (*sid, Arc::new(UploadRules::new(&config.uploads_for(sid)))))
                 .collect(),
         }
     }

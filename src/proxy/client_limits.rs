@@ -13,11 +13,12 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use memchr::memmem;
 use pingora::apps::ServerApp;
 use pingora::protocols::raw_connect::ProxyDigest;
 use pingora::protocols::tls::{SslDigest, TlsRef};
@@ -213,8 +214,8 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Limited<A> {
 /// Where the reading of a connection is.
 #[derive(Debug)]
 enum Phase {
-    /// Reading a request head: `head` holds it so far.
-    Head { head: Vec<u8>, started: bool },
+    /// Reading a request head (`started`: its first byte came).
+    Head { started: bool },
     /// Reading a body: `Content-Length` bytes, or chunked until its last chunk.
     Body(BodyLeft),
     /// Between a request and the next: the next head starts once an answer has been written.
@@ -226,6 +227,8 @@ pub struct Watched {
     inner: Stream,
     limits: Arc<ClientLimits>,
     phase: Phase,
+    /// The head read so far, when it comes in more than one read (kept for the next one).
+    head: Vec<u8>,
     /// Whether an answer was written since the last head: the next read starts a new head.
     answered: bool,
     /// The head's deadline, or when the body rate is next judged.
@@ -253,11 +256,9 @@ impl Watched {
         let deadline = Instant::now() + limits.head_timeout;
         Watched {
             inner,
-            phase: Phase::Head {
-                head: Vec::new(),
-                // The first head's clock runs from the connection's start.
-                started: true,
-            },
+            // The first head's clock runs from the connection's start.
+            phase: Phase::Head { started: true },
+            head: Vec::new(),
             limits,
             answered: false,
             timer: Box::pin(tokio::time::sleep_until(deadline)),
@@ -304,41 +305,39 @@ impl Watched {
     /// Adds bytes to the head being read. When it is complete: how many of `bytes` it took,
     /// and how its body is framed.
     fn follow_head(&mut self, bytes: &[u8]) -> Result<Option<(usize, Framing)>, Cutoff> {
-        let Phase::Head { head, started } = &mut self.phase else {
+        let Phase::Head { started } = &mut self.phase else {
             return Ok(None);
         };
-        let first_bytes = !*started;
-        *started = true;
+        if !*started {
+            *started = true;
+            let timeout = self.limits.head_timeout;
+            self.arm(timeout);
+        }
+        let (head, limits) = (&mut self.head, &self.limits);
+        // Most heads come whole in one read: judged where they lie, without a copy.
+        if head.is_empty() {
+            if let Some(end) = find_head_end(bytes) {
+                return judge_head(&bytes[..end], limits).map(|framing| Some((end, framing)));
+            }
+        }
         let before = head.len();
         head.extend_from_slice(bytes);
         // The blank line may straddle two reads.
         let scan_from = before.saturating_sub(3);
-        let end = find_head_end(&head[scan_from..]).map(|i| scan_from + i);
-        let result = if end.unwrap_or(head.len()) > self.limits.max_head_size {
-            Err(Cutoff::HeadTooLarge)
-        } else if let Some(end) = end {
-            head.truncate(end);
-            // The request line, one line per header, and the blank line: N headers, N + 2.
-            if count_lines(head) > self.limits.max_headers + 2 {
-                Err(Cutoff::TooManyHeaders)
-            } else {
-                Ok(Some((end - before, body_framing(head))))
+        match find_head_end(&head[scan_from..]).map(|i| scan_from + i) {
+            Some(end) => {
+                let framing = judge_head(&head[..end], limits)?;
+                head.clear();
+                Ok(Some((end - before, framing)))
             }
-        } else {
-            Ok(None)
-        };
-        if first_bytes {
-            let timeout = self.limits.head_timeout;
-            self.arm(timeout);
+            None if head.len() > limits.max_head_size => Err(Cutoff::HeadTooLarge),
+            None => Ok(None),
         }
-        result
     }
 
     fn start_head(&mut self) {
-        self.phase = Phase::Head {
-            head: Vec::new(),
-            started: false,
-        };
+        self.head.clear();
+        self.phase = Phase::Head { started: false };
         self.timer_on = false;
         self.answered = false;
     }
@@ -555,32 +554,50 @@ enum Framing {
     Chunked,
 }
 
+/// Checks a whole head (up to its blank line) against the limits; returns its body's framing.
+fn judge_head(head: &[u8], limits: &ClientLimits) -> Result<Framing, Cutoff> {
+    if head.len() > limits.max_head_size {
+        return Err(Cutoff::HeadTooLarge);
+    }
+    // The request line, one line per header, and the blank line: N headers, N + 2.
+    if count_lines(head) > limits.max_headers + 2 {
+        return Err(Cutoff::TooManyHeaders);
+    }
+    Ok(body_framing(head))
+}
+
 /// The end of a head (just past its blank line), if `bytes` hold it.
 fn find_head_end(bytes: &[u8]) -> Option<usize> {
-    memchr::memmem::find(bytes, b"\r\n\r\n").map(|i| i + 4)
+    static BLANK_LINE: LazyLock<memmem::Finder<'static>> =
+        LazyLock::new(|| memmem::Finder::new(b"\r\n\r\n"));
+    BLANK_LINE.find(bytes).map(|i| i + 4)
 }
 
 fn count_lines(head: &[u8]) -> usize {
-    memchr::memmem::find_iter(head, b"\r\n").count()
+    memchr::memchr_iter(b'\n', head).count()
 }
 
 /// How the body after `head` is framed. Malformed framing is pingora's and the proxy's to
 /// refuse; here it only decides what to watch, so doubt means "no body".
 fn body_framing(head: &[u8]) -> Framing {
-    let text = String::from_utf8_lossy(head);
     let mut framing = Framing::None;
-    for line in text.split("\r\n").skip(1) {
-        let Some((name, value)) = line.split_once(':') else {
+    for line in head.split(|&b| b == b'\n').skip(1) {
+        let Some(colon) = memchr::memchr(b':', line) else {
             continue;
         };
-        let (name, value) = (name.trim(), value.trim());
-        if name.eq_ignore_ascii_case("transfer-encoding")
-            && value.to_ascii_lowercase().contains("chunked")
+        let (name, value) = (line[..colon].trim_ascii(), line[colon + 1..].trim_ascii());
+        if name.eq_ignore_ascii_case(b"transfer-encoding")
+            && value
+                .windows(b"chunked".len())
+                .any(|w| w.eq_ignore_ascii_case(b"chunked"))
         {
             return Framing::Chunked;
         }
-        if name.eq_ignore_ascii_case("content-length") {
-            if let Ok(n) = value.parse::<u64>() {
+        if name.eq_ignore_ascii_case(b"content-length") {
+            if let Some(n) = std::str::from_utf8(value)
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+            {
                 if n > 0 {
                     framing = Framing::Length(n);
                 }

@@ -26,12 +26,7 @@ impl Injector {
             .services
             .iter()
             .filter_map(|(sid, s)| s.credentials.as_ref().map(|c| (sid, c)))
-            .map(|(sid, c)| {
-                Ok((
-                    sid.clone(),
-                    basic(c, &format!("services.{sid}.credentials"))?,
-                ))
-            })
+            .map(|(sid, c)| Ok((*sid, basic(c, &format!("services.{sid}.credentials"))?)))
             .collect::<Result<_, String>>()?;
         Ok(Injector {
             default: basic(&config.credentials, "credentials")?,

@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use http::Method;
+use http::{HeaderValue, Method};
 use pingora::cache::{CacheKey, CacheMeta, CachePhase, NoCacheReason, RespCacheable};
 use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::modules::http::HttpModules;
 use pingora::proxy::{range_header_filter, FailToProxy, ProxyHttp, RangeType, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
@@ -24,7 +25,7 @@ use super::idempotent::{self, IDEMPOTENCY_KEY};
 use super::reject::{self, Rejection};
 use super::replay::Replayer;
 use super::upstream::UpstreamTarget;
-use crate::access_log::{AccessEntry, AccessLog};
+use crate::access_log::{AccessEntry, AccessLog, Timestamp};
 use crate::api::{ApiError, ErrorCode, RejectReason, Route, RouteKind, ServiceSid};
 use crate::cache::rules::NotKept;
 use crate::cache::{self, Cache, CachePolicy, Kind};
@@ -93,6 +94,9 @@ const REQUEST_ID: &str = "x-request-id";
 const IDEMPOTENT_WAIT: Duration = Duration::from_secs(5 * 60);
 /// The only encoding asked for when the answer may be cached.
 const IDENTITY: &str = "identity";
+/// Uploads declared this small or smaller are read whole before they go upstream (pingora's
+/// retry buffer holds 64 KiB): one write upstream instead of one per read from the client.
+const READ_WHOLE_UP_TO: u64 = 64 * 1024;
 /// The header that tells the client what the cache did.
 const CACHE_HEADER: &str = "mediagate-cache";
 
@@ -100,8 +104,9 @@ const CACHE_HEADER: &str = "mediagate-cache";
 pub struct RequestCtx {
     started: Instant,
     settings: Arc<Settings>,
-    /// The client's `X-Request-Id` when usable, else one made here.
-    request_id: String,
+    /// The client's `X-Request-Id` when usable, else one made here. Kept as a header value: it
+    /// goes upstream and back to the client on every request, shared rather than copied.
+    request_id: HeaderValue,
     route: Option<Route>,
     /// An upload's byte count and inspection, while its body streams.
     upload: Option<UploadGuard>,
@@ -197,8 +202,9 @@ impl Gateway {
 
     /// An upload's head checks, then the inspection of its first body chunk when that is
     /// needed. pingora's retry buffer keeps the chunk and replays it upstream (through
-    /// `request_body_filter`) once the upload is admitted; it holds 64 KiB, so exactly one
-    /// chunk is read here. What one chunk cannot decide is decided while streaming.
+    /// `request_body_filter`) once the upload is admitted; it holds 64 KiB, so one chunk is
+    /// read here, or the whole body when it is declared that small. What the bytes read cannot
+    /// decide is decided while streaming.
     async fn admit_upload(
         &self,
         session: &mut Session,
@@ -230,7 +236,14 @@ impl Gateway {
                 session.write_continue_response().await?;
                 ctx.continued = true;
             }
-            match read_first_chunk(session).await? {
+            let small = guard
+                .declared_size()
+                .is_some_and(|size| size <= READ_WHOLE_UP_TO);
+            let read = match read_first_chunk(session).await? {
+                Ok(_) if small => read_rest_into_retry_buffer(session).await?,
+                read => read,
+            };
+            match read {
                 Ok(first) => (first, session.is_body_done()),
                 Err(rejection) => return Ok(Err(rejection)),
             }
@@ -319,7 +332,7 @@ impl Gateway {
             return refuse(session, ctx, conflict).await.map(drop);
         }
         metrics().idempotent_replays.inc();
-        idempotent::replay(session, answer, &ctx.request_id).await
+        idempotent::replay(session, answer, ctx.request_id()).await
     }
 
     /// At the end of an idempotent upload: its answer is kept for repeats when the upstream
@@ -390,7 +403,7 @@ impl Gateway {
         let mut backoff = ctx.settings.retry_backoff;
         log::info!(
             "upload {}: the upstream failed it ({e}); replaying it in {backoff:?}",
-            ctx.request_id
+            ctx.request_id()
         );
         for attempt in 1..=attempts {
             tokio::time::sleep(backoff).await;
@@ -471,7 +484,7 @@ impl Gateway {
             http::header::HOST,
             ctx.settings.upstream.host_header().clone(),
         )?;
-        request.insert_header(REQUEST_ID, &ctx.request_id)?;
+        request.insert_header(REQUEST_ID, ctx.request_id.clone())?;
         Ok(request)
     }
 
@@ -495,10 +508,10 @@ impl Gateway {
             cache: cache_outcome(session, ctx),
         };
         ctx.settings.metrics.record(&record);
+        let ts = Timestamp::now();
         self.access_log.write(&AccessEntry {
-            // RFC 3339 with microseconds, without parsing a format string per request.
-            ts: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-            request_id: &ctx.request_id,
+            ts: ts.as_str(),
+            request_id: ctx.request_id(),
             method: head.method.as_str(),
             path: head.uri.path(),
             route: record.route.label(),
@@ -517,25 +530,32 @@ impl Gateway {
 }
 
 /// The client's request id when it is a sane token, else a fresh one.
-fn request_id(session: &Session) -> String {
-    let given = session
-        .req_header()
-        .headers
-        .get(REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|id| {
-            (1..=128).contains(&id.len())
-                && id
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
-        });
+fn request_id(session: &Session) -> HeaderValue {
+    let given = session.req_header().headers.get(REQUEST_ID).filter(|id| {
+        (1..=128).contains(&id.len())
+            && id
+                .as_bytes()
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
+    });
     match given {
-        Some(id) => id.to_string(),
+        Some(id) => id.clone(),
         None => {
             let mut bytes = [0u8; 16];
             rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut bytes);
-            hex::encode(bytes)
+            let mut text = [0u8; 32];
+            match hex::encode_to_slice(bytes, &mut text) {
+                Ok(()) => HeaderValue::from_bytes(&text).unwrap_or(HeaderValue::from_static("-")),
+                Err(_) => HeaderValue::from_static("-"),
+            }
         }
+    }
+}
+
+impl RequestCtx {
+    /// The request's id as text (a sane token: checked or made by `request_id`).
+    fn request_id(&self) -> &str {
+        self.request_id.to_str().unwrap_or_default()
     }
 }
 
@@ -543,11 +563,16 @@ fn request_id(session: &Session) -> String {
 impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
 
+    /// No downstream modules. pingora's default adds its response compression module, switched
+    /// off, which still costs allocations and a pass over every answer's head: mediagate never
+    /// compresses (cacheable reads ask the API for identity encoding, uploads answer JSON).
+    fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
+
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
             started: Instant::now(),
             settings: self.settings.load_full(),
-            request_id: String::new(),
+            request_id: HeaderValue::from_static(""),
             route: None,
             upload: None,
             permit: None,
@@ -583,7 +608,7 @@ impl ProxyHttp for Gateway {
             Err(e) => return refuse(session, ctx, Rejection::from_route(e)).await,
         };
         // Known from here on, refused or not: the metrics label by it.
-        let service = route.service().clone();
+        let service = *route.service();
         let is_upload = route.kind() == RouteKind::Upload;
         ctx.route = Some(route);
         if let Err(why) = check_framing(session) {
@@ -756,7 +781,7 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         if let Some(signed) = &ctx.signed {
             // A request of our own: nothing of the client's reaches the media host.
-            *request = signed.request(request.method.clone(), &ctx.request_id)?;
+            *request = signed.request(request.method.clone(), ctx.request_id())?;
             ctx.upstream_sent.get_or_insert_with(Instant::now);
             return Ok(());
         }
@@ -894,10 +919,10 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         if ctx.settings.cache.response_header {
             if let Some((_, outcome)) = cache_outcome(session, ctx) {
-                response.insert_header(CACHE_HEADER, outcome.label())?;
+                response.insert_header(CACHE_HEADER, HeaderValue::from_static(outcome.label()))?;
             }
         }
-        response.insert_header(REQUEST_ID, &ctx.request_id)
+        response.insert_header(REQUEST_ID, ctx.request_id.clone())
     }
 
     /// No answer from upstream: a refusal decided while streaming, or the error JSON (502,
@@ -930,7 +955,7 @@ impl ProxyHttp for Gateway {
         let error = classify_failure(e);
         let status = match &error {
             Some(error) if final_status(session).is_none() => {
-                let id = [(REQUEST_ID, ctx.request_id.as_str())];
+                let id = [(REQUEST_ID, ctx.request_id())];
                 if let Err(write_error) = reject::respond(session, error, &id).await {
                     log::debug!("cannot send the error answer: {write_error}");
                 }
@@ -987,7 +1012,7 @@ async fn refuse(session: &mut Session, ctx: &mut RequestCtx, rejection: Rejectio
         rejection.error.status,
         rejection.reason.map_or("", RejectReason::label),
     );
-    reject::send(session, &rejection, &ctx.request_id).await?;
+    reject::send(session, &rejection, ctx.request_id()).await?;
     // A client still waiting for 100 Continue sends no body: nothing to linger for.
     if ctx.continued || !expects_continue(session) {
         reject::linger(session).await;
@@ -1037,6 +1062,26 @@ async fn read_first_chunk(session: &mut Session) -> Result<Result<Option<Bytes>,
         return Ok(Err(Rejection::unreplayable()));
     }
     Ok(Ok(first))
+}
+
+/// After the first chunk, the rest of a small body, into the retry buffer with it: all of it
+/// goes upstream in one write and is inspected whole. Returns the body so far.
+async fn read_rest_into_retry_buffer(
+    session: &mut Session,
+) -> Result<Result<Option<Bytes>, Rejection>> {
+    while !session.is_body_done() {
+        let read = session
+            .read_request_body()
+            .await
+            .map_err(|e| e.into_down())?;
+        if session.as_ref().retry_buffer_truncated() {
+            return Ok(Err(Rejection::unreplayable()));
+        }
+        if read.is_none() {
+            break;
+        }
+    }
+    Ok(Ok(session.as_ref().get_retry_buffer()))
 }
 
 /// Upstream answers that make an upload worth sending again.
@@ -1144,7 +1189,7 @@ async fn answer_replay(
     head.remove_header(&http::header::CONNECTION);
     let written = async {
         head.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
-        head.insert_header(REQUEST_ID, &ctx.request_id)?;
+        head.insert_header(REQUEST_ID, ctx.request_id.clone())?;
         session.write_response_header(Box::new(head), false).await?;
         session.write_response_body(Some(body), true).await
     }
@@ -1173,7 +1218,7 @@ fn api_head(request: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
         http::header::HOST,
         ctx.settings.upstream.host_header().clone(),
     )?;
-    request.insert_header(REQUEST_ID, &ctx.request_id)
+    request.insert_header(REQUEST_ID, ctx.request_id.clone())
 }
 
 /// Turns a range answer into `416 Range Not Satisfiable` for a body of `len` bytes.

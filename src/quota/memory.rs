@@ -130,7 +130,7 @@ impl MemoryQuota {
             .iter()
             .filter(|(_, usage)| usage.in_flight == 0)
             .min_by_key(|(_, usage)| usage.last_used_ms)
-            .map(|(sid, _)| sid.clone());
+            .map(|(sid, _)| *sid);
         if let Some(sid) = oldest {
             shard.remove(&sid);
         }
@@ -152,13 +152,13 @@ impl Quota for MemoryQuota {
             if !shard.contains_key(service) {
                 MemoryQuota::make_room(&mut shard, now_ms);
             }
-            let usage = shard.entry(service.clone()).or_insert_with(Usage::new);
+            let usage = shard.entry(*service).or_insert_with(Usage::new);
             usage
                 .try_reserve(limits, bytes, now_ms)
                 .map_err(Refused::Over)?;
         }
         let shards = self.shards.clone();
-        let service = service.clone();
+        let service = *service;
         Ok(Permit::new(Box::new(move |outcome| {
             let mut shard = MemoryQuota::lock(&shards, index);
             if let Some(usage) = shard.get_mut(&service) {

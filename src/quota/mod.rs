@@ -63,7 +63,7 @@ impl LimitBook {
             per_service: config
                 .services
                 .keys()
-                .map(|sid| (sid.clone(), Limits::new(&config.quotas_for(sid))))
+                .map(|sid| (*sid, Limits::new(&config.quotas_for(sid))))
                 .collect(),
         }
     }

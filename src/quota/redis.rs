@@ -225,7 +225,7 @@ impl Quota for RedisQuota {
             bytes_bucket,
         };
         let shared = self.shared.clone();
-        let service = service.clone();
+        let service = *service;
         Ok(Permit::new(Box::new(move |outcome| {
             shared.held().remove(&reservation.slot);
             // Settling must not hold up the request; a failure is counted, and the slot's

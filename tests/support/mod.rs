@@ -676,6 +676,10 @@ pub fn multipart_with(boundary: &str, parts: &[Part]) -> Vec<u8> {
     body
 }
 
+/// An upload size past the ones the proxy reads whole before going upstream (64 KiB): an upload
+/// this large streams, so the origin has its head while the client is still sending.
+pub const STREAMED_UPLOAD: usize = 256 * 1024;
+
 /// Bytes that look like a PNG, `len` long.
 pub fn png_bytes(len: usize) -> Vec<u8> {
     let mut bytes = b"\x89PNG\r\n\x1a\n".to_vec();
