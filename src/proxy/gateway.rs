@@ -1051,17 +1051,7 @@ fn is_chunked(session: &Session) -> bool {
 /// gives the upload policy its first bytes.
 async fn read_first_chunk(session: &mut Session) -> Result<Result<Option<Bytes>, Rejection>> {
     session.enable_retry_buffering();
-    // A framing error is the client's: answered 400 (see `classify_failure`).
-    let first = session
-        .read_request_body()
-        .await
-        .map_err(|e| e.into_down())?;
-    if session.as_ref().retry_buffer_truncated() {
-        // pingora could not keep the chunk to replay it upstream (it can exceed the buffer
-        // after a very large head): fail closed rather than lose bytes.
-        return Ok(Err(Rejection::unreplayable()));
-    }
-    Ok(Ok(first))
+    read_into_retry_buffer(session).await
 }
 
 /// After the first chunk, the rest of a small body, into the retry buffer with it: all of it
@@ -1070,18 +1060,28 @@ async fn read_rest_into_retry_buffer(
     session: &mut Session,
 ) -> Result<Result<Option<Bytes>, Rejection>> {
     while !session.is_body_done() {
-        let read = session
-            .read_request_body()
-            .await
-            .map_err(|e| e.into_down())?;
-        if session.as_ref().retry_buffer_truncated() {
-            return Ok(Err(Rejection::unreplayable()));
-        }
-        if read.is_none() {
-            break;
+        match read_into_retry_buffer(session).await? {
+            Ok(Some(_)) => {}
+            Ok(None) => break,
+            Err(rejection) => return Ok(Err(rejection)),
         }
     }
     Ok(Ok(session.as_ref().get_retry_buffer()))
+}
+
+/// One read of the body while pingora's retry buffer is on.
+async fn read_into_retry_buffer(session: &mut Session) -> Result<Result<Option<Bytes>, Rejection>> {
+    // A framing error is the client's: answered 400 (see `classify_failure`).
+    let read = session
+        .read_request_body()
+        .await
+        .map_err(|e| e.into_down())?;
+    if session.as_ref().retry_buffer_truncated() {
+        // pingora could not keep the bytes to replay them upstream (a first chunk can exceed
+        // the buffer after a very large head): fail closed rather than lose bytes.
+        return Ok(Err(Rejection::unreplayable()));
+    }
+    Ok(Ok(read))
 }
 
 /// Upstream answers that make an upload worth sending again.
