@@ -10,8 +10,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use serde::Serialize;
-
 use crate::metrics::metrics;
 
 /// Bytes of lines that may wait for the writer (some 10,000 lines).
@@ -21,7 +19,7 @@ const BACKLOG: usize = 4 << 20;
 const WRITE_EVERY: Duration = Duration::from_millis(10);
 
 /// One request, as logged. Never a credential, a token, a header value or a body.
-#[derive(Debug, Serialize)]
+#[derive(Debug)]
 pub struct AccessEntry<'a> {
     /// RFC 3339 in UTC with microseconds (`Timestamp::now`).
     pub ts: &'a str,
@@ -35,12 +33,127 @@ pub struct AccessEntry<'a> {
     pub status: u16,
     pub bytes_in: u64,
     pub bytes_out: u64,
-    pub duration_ms: f64,
-    pub upstream_ms: Option<f64>,
+    /// Written as `duration_ms` and `upstream_ms`, in milliseconds to the microsecond.
+    pub duration: Duration,
+    pub upstream: Option<Duration>,
     /// The cache's answer for a cacheable read (`hit`, `miss`, …); null while nothing is cached.
     pub cache: Option<&'static str>,
     pub reject: Option<&'static str>,
     pub upstream_error: Option<&'static str>,
+}
+
+impl AccessEntry<'_> {
+    /// The entry as one JSON object. Written by hand rather than through serde: it is done for
+    /// every request, and most fields need no escaping. The path is the client's and is
+    /// escaped; the others are of fixed alphabets: a timestamp made here, a request id checked
+    /// or made by the proxy (letters, digits, `-_.:`), a method (an HTTP token: no quote,
+    /// backslash or control character), SIDs (checked hex) and static labels.
+    fn write_json(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"ts\":");
+        json_plain(out, self.ts);
+        out.extend_from_slice(b",\"request_id\":");
+        json_plain(out, self.request_id);
+        out.extend_from_slice(b",\"method\":");
+        json_plain(out, self.method);
+        out.extend_from_slice(b",\"path\":");
+        json_str(out, self.path);
+        out.extend_from_slice(b",\"route\":");
+        json_plain(out, self.route);
+        out.extend_from_slice(b",\"service\":");
+        json_opt_plain(out, self.service);
+        out.extend_from_slice(b",\"media\":");
+        json_opt_plain(out, self.media);
+        out.extend_from_slice(b",\"status\":");
+        json_u64(out, u64::from(self.status));
+        out.extend_from_slice(b",\"bytes_in\":");
+        json_u64(out, self.bytes_in);
+        out.extend_from_slice(b",\"bytes_out\":");
+        json_u64(out, self.bytes_out);
+        out.extend_from_slice(b",\"duration_ms\":");
+        json_millis(out, self.duration);
+        out.extend_from_slice(b",\"upstream_ms\":");
+        match self.upstream {
+            Some(upstream) => json_millis(out, upstream),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\"cache\":");
+        json_opt_plain(out, self.cache);
+        out.extend_from_slice(b",\"reject\":");
+        json_opt_plain(out, self.reject);
+        out.extend_from_slice(b",\"upstream_error\":");
+        json_opt_plain(out, self.upstream_error);
+        out.push(b'}');
+    }
+}
+
+/// A JSON string: quotes, backslashes and control characters escaped (the path is the
+/// client's). Runs of plain bytes are copied whole.
+fn json_str(out: &mut Vec<u8>, text: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bytes = text.as_bytes();
+    out.push(b'"');
+    let mut plain_from = 0;
+    for (at, &byte) in bytes.iter().enumerate() {
+        if !matches!(byte, b'"' | b'\\' | 0..=0x1f | 0x7f) {
+            continue;
+        }
+        out.extend_from_slice(&bytes[plain_from..at]);
+        match byte {
+            b'"' | b'\\' => out.extend_from_slice(&[b'\\', byte]),
+            _ => out.extend_from_slice(&[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[usize::from(byte >> 4)],
+                HEX[usize::from(byte & 0xf)],
+            ]),
+        }
+        plain_from = at + 1;
+    }
+    out.extend_from_slice(&bytes[plain_from..]);
+    out.push(b'"');
+}
+
+/// A JSON string of text that needs no escaping (see `write_json`).
+fn json_plain(out: &mut Vec<u8>, text: &str) {
+    out.push(b'"');
+    out.extend_from_slice(text.as_bytes());
+    out.push(b'"');
+}
+
+fn json_opt_plain(out: &mut Vec<u8>, text: Option<&str>) {
+    match text {
+        Some(text) => json_plain(out, text),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+fn json_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
+/// Milliseconds with three decimals (`12.345`).
+fn json_millis(out: &mut Vec<u8>, duration: Duration) {
+    let micros = u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
+    json_u64(out, micros / 1000);
+    let fraction = micros % 1000;
+    out.extend_from_slice(&[
+        b'.',
+        b'0' + (fraction / 100) as u8,
+        b'0' + (fraction / 10 % 10) as u8,
+        b'0' + (fraction % 10) as u8,
+    ]);
 }
 
 #[derive(Clone)]
@@ -134,9 +247,7 @@ impl AccessLog {
         }
         LINE.with_borrow_mut(|line| {
             line.clear();
-            if serde_json::to_writer(&mut *line, entry).is_err() {
-                return;
-            }
+            entry.write_json(line);
             line.push(b'\n');
             let mut waiting = shared.waiting.lock().unwrap_or_else(|p| p.into_inner());
             if waiting.len() + line.len() > BACKLOG {
@@ -178,6 +289,40 @@ fn write_lines(shared: &Shared) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_entry_is_one_json_object_with_the_client_path_escaped() {
+        let path = "/v1/\"odd\\path\u{1}\u{7f}/é";
+        let entry = AccessEntry {
+            ts: "2026-11-26T22:49:11.312003Z",
+            request_id: "abc",
+            method: "GET",
+            path,
+            route: "other",
+            service: Some("IS0123456789abcdef0123456789abcdef"),
+            media: None,
+            status: 404,
+            bytes_in: 0,
+            bytes_out: 18_446_744_073_709_551_615,
+            duration: Duration::from_micros(12_345),
+            upstream: Some(Duration::from_micros(7)),
+            cache: None,
+            reject: Some("route_not_found"),
+            upstream_error: None,
+        };
+        let mut line = Vec::new();
+        entry.write_json(&mut line);
+        let value: serde_json::Value = serde_json::from_slice(&line).expect("JSON");
+        assert_eq!(value["path"], path);
+        assert_eq!(value["service"], "IS0123456789abcdef0123456789abcdef");
+        assert!(value["media"].is_null());
+        assert_eq!(value["status"], 404);
+        assert_eq!(value["bytes_out"], u64::MAX);
+        assert_eq!(value["duration_ms"], 12.345);
+        assert_eq!(value["upstream_ms"], 0.007);
+        assert_eq!(value["reject"], "route_not_found");
+        assert_eq!(value.as_object().map(|o| o.len()), Some(15));
+    }
 
     #[test]
     fn timestamps_are_rfc3339_with_microseconds_and_agree_with_chrono() {

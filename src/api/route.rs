@@ -46,22 +46,20 @@ pub enum RouteError {
 impl Route {
     /// Parses a request's method and path (without the query string).
     pub fn parse(method: &Method, path: &str) -> Result<Route, RouteError> {
-        let Some(rest) = path.strip_prefix("/v1/Services/") else {
-            return Err(RouteError::NotFound);
-        };
-        // At most four segments; a fifth means no route (and costs no allocation to find out).
-        let mut parts = rest.split('/');
-        let segments: [Option<&str>; 5] = std::array::from_fn(|_| parts.next());
-        let (route, allow) = match segments {
-            [Some(service), Some("Media"), None, ..] => (Route::upload(service)?, "POST"),
-            [Some(service), Some("MediaSet"), None, ..] => (Route::media_set(service)?, "POST"),
-            [Some(service), Some("Media"), Some(media), None, _] => {
-                (Route::metadata(service, media)?, "GET, HEAD")
+        use RouteError::NotFound;
+        let rest = path.strip_prefix("/v1/Services/").ok_or(NotFound)?;
+        let (service, rest) = rest.split_once('/').ok_or(NotFound)?;
+        let (route, allow) = match rest {
+            "Media" => (Route::upload(service)?, "POST"),
+            "MediaSet" => (Route::media_set(service)?, "POST"),
+            _ => {
+                let media = rest.strip_prefix("Media/").ok_or(NotFound)?;
+                match media.split_once('/') {
+                    None => (Route::metadata(service, media)?, "GET, HEAD"),
+                    Some((media, "Content")) => (Route::content(service, media)?, "GET, HEAD"),
+                    Some(_) => return Err(NotFound),
+                }
             }
-            [Some(service), Some("Media"), Some(media), Some("Content"), None] => {
-                (Route::content(service, media)?, "GET, HEAD")
-            }
-            _ => return Err(RouteError::NotFound),
         };
         let method_fits = match route {
             Route::Upload { .. } | Route::MediaSet { .. } => method == Method::POST,
@@ -224,6 +222,11 @@ mod tests {
             "/v2/Services/x/Media",
             &format!("/v1/Services/{IS}/Channels"),
             &format!("/v1/Services/{IS}/Media/{ME}/Content/x"),
+            &format!("/v1/Services/{IS}/Media/{ME}/Content/"),
+            &format!("/v1/Services/{IS}/Media/{ME}/Other"),
+            &format!("/v1/Services/{IS}/MediaSet/x"),
+            &format!("/v1/Services/{IS}"),
+            &format!("/v1/Services/{IS}/"),
             "http://example.com/v1/Services",
         ] {
             assert_eq!(

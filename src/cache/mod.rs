@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use pingora::cache::eviction::lru::Manager as LruManager;
 use pingora::cache::eviction::{CacheEntryKeyRef, EvictionManager};
+use pingora::cache::key::CacheHashKey;
 use pingora::cache::lock::CacheKeyLockImpl;
 use pingora::cache::CacheKey;
 
@@ -92,7 +93,12 @@ pub fn key(service: &ServiceSid, media: &MediaSid, kind: Kind) -> CacheKey {
     primary.push_str(media.as_str());
     primary.push('/');
     primary.push_str(label);
-    CacheKey::new(primary, label)
+    let mut key = CacheKey::new(primary, label);
+    // pingora hashes the primary key (BLAKE2b) each time it is asked for it: the storage's
+    // lookup, the eviction entry, the lock. The same hash, computed once.
+    let hash = key.primary_bin();
+    key.set_primary_bin_override(hash);
+    key
 }
 
 fn bytes_limit(memory: u64) -> usize {

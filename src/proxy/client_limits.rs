@@ -308,18 +308,21 @@ impl Watched {
         let Phase::Head { started } = &mut self.phase else {
             return Ok(None);
         };
-        if !*started {
-            *started = true;
-            let timeout = self.limits.head_timeout;
-            self.arm(timeout);
-        }
+        let first_bytes = !std::mem::replace(started, true);
         let (head, limits) = (&mut self.head, &self.limits);
-        // Most heads come whole in one read: judged where they lie, without a copy.
+        // Most heads come whole in one read: judged where they lie, without a copy (and with
+        // no deadline to set).
         if head.is_empty() {
             if let Some(end) = find_head_end(bytes) {
                 return judge_head(&bytes[..end], limits).map(|framing| Some((end, framing)));
             }
         }
+        if first_bytes {
+            let timeout = limits.head_timeout;
+            self.arm(timeout);
+        }
+        let head = &mut self.head;
+        let limits = &self.limits;
         let before = head.len();
         head.extend_from_slice(bytes);
         // The blank line may straddle two reads.
@@ -559,11 +562,26 @@ fn judge_head(head: &[u8], limits: &ClientLimits) -> Result<Framing, Cutoff> {
     if head.len() > limits.max_head_size {
         return Err(Cutoff::HeadTooLarge);
     }
-    // The request line, one line per header, and the blank line: N headers, N + 2.
-    if count_lines(head) > limits.max_headers + 2 {
-        return Err(Cutoff::TooManyHeaders);
+    let mut lines = 0;
+    let mut framing = Framing::None;
+    let mut line_start = 0;
+    for line_end in memchr::memchr_iter(b'\n', head) {
+        lines += 1;
+        // The request line, one line per header, and the blank line: N headers, N + 2.
+        if lines > limits.max_headers + 2 {
+            return Err(Cutoff::TooManyHeaders);
+        }
+        let line = &head[line_start..line_end];
+        if lines > 1 {
+            match header_framing(line) {
+                Some(Framing::Chunked) => framing = Framing::Chunked,
+                Some(length) if !matches!(framing, Framing::Chunked) => framing = length,
+                _ => {}
+            }
+        }
+        line_start = line_end + 1;
     }
-    Ok(body_framing(head))
+    Ok(framing)
 }
 
 /// The end of a head (just past its blank line), if `bytes` hold it.
@@ -573,38 +591,31 @@ fn find_head_end(bytes: &[u8]) -> Option<usize> {
     BLANK_LINE.find(bytes).map(|i| i + 4)
 }
 
-fn count_lines(head: &[u8]) -> usize {
-    memchr::memchr_iter(b'\n', head).count()
-}
-
-/// How the body after `head` is framed. Malformed framing is pingora's and the proxy's to
-/// refuse; here it only decides what to watch, so doubt means "no body".
-fn body_framing(head: &[u8]) -> Framing {
-    let mut framing = Framing::None;
-    for line in head.split(|&b| b == b'\n').skip(1) {
-        let Some(colon) = memchr::memchr(b':', line) else {
-            continue;
-        };
-        let (name, value) = (line[..colon].trim_ascii(), line[colon + 1..].trim_ascii());
-        if name.eq_ignore_ascii_case(b"transfer-encoding")
-            && value
-                .windows(b"chunked".len())
-                .any(|w| w.eq_ignore_ascii_case(b"chunked"))
-        {
-            return Framing::Chunked;
-        }
-        if name.eq_ignore_ascii_case(b"content-length") {
-            if let Some(n) = std::str::from_utf8(value)
-                .ok()
-                .and_then(|v| v.parse::<u64>().ok())
-            {
-                if n > 0 {
-                    framing = Framing::Length(n);
-                }
-            }
-        }
+/// What one header line says of the body's framing, if anything: `Transfer-Encoding` with
+/// `chunked`, or a non-zero `Content-Length`. Malformed framing is pingora's and the proxy's
+/// to refuse; here it only decides what to watch, so doubt means "no body".
+fn header_framing(line: &[u8]) -> Option<Framing> {
+    // Only the two names matter (a line starting with a space is an obsolete fold, which
+    // pingora refuses).
+    if !line
+        .first()
+        .is_some_and(|b| matches!(b | 0x20, b't' | b'c'))
+    {
+        return None;
     }
-    framing
+    let colon = memchr::memchr(b':', line)?;
+    let (name, value) = (line[..colon].trim_ascii(), line[colon + 1..].trim_ascii());
+    if name.eq_ignore_ascii_case(b"transfer-encoding") {
+        let chunked = value
+            .windows(b"chunked".len())
+            .any(|w| w.eq_ignore_ascii_case(b"chunked"));
+        return chunked.then_some(Framing::Chunked);
+    }
+    if name.eq_ignore_ascii_case(b"content-length") {
+        let length = std::str::from_utf8(value).ok()?.parse::<u64>().ok()?;
+        return (length > 0).then_some(Framing::Length(length));
+    }
+    None
 }
 
 impl AsyncRead for Watched {
@@ -636,12 +647,11 @@ impl AsyncRead for Watched {
                 Poll::Ready(Ok(()))
             }
             Poll::Pending => {
-                if this.pending_since.is_none() {
+                // Time spent waiting counts only for a body's rate.
+                if this.pending_since.is_none() && this.judging_rate() {
                     this.pending_since = Some(Instant::now());
-                    if this.judging_rate() {
-                        let left = RATE_WINDOW.saturating_sub(this.waited);
-                        this.arm(left);
-                    }
+                    let left = RATE_WINDOW.saturating_sub(this.waited);
+                    this.arm(left);
                 }
                 while this.timer_on && this.timer.as_mut().poll(cx).is_ready() {
                     if let Err(cutoff) = this.on_timer() {
@@ -769,22 +779,39 @@ mod tests {
 
     #[test]
     fn framing_of_a_head() {
+        let limits = ClientLimits {
+            max_connections: 1,
+            head_timeout: Duration::from_secs(1),
+            max_head_size: 1024,
+            max_headers: 3,
+            min_body_rate: 0,
+        };
+        let framing = |head: &[u8]| judge_head(head, &limits);
         assert!(matches!(
-            body_framing(b"POST / HTTP/1.1\r\nContent-Length: 12\r\n"),
-            Framing::Length(12)
+            framing(b"POST / HTTP/1.1\r\nContent-Length: 12\r\n\r\n"),
+            Ok(Framing::Length(12))
         ));
         assert!(matches!(
-            body_framing(b"POST / HTTP/1.1\r\ntransfer-encoding: gzip, chunked\r\n"),
-            Framing::Chunked
+            framing(
+                b"POST / HTTP/1.1\r\ntransfer-encoding: gzip, chunked\r\nContent-Length: 3\r\n\r\n"
+            ),
+            Ok(Framing::Chunked)
         ));
         assert!(matches!(
-            body_framing(b"GET / HTTP/1.1\r\nHost: x\r\n"),
-            Framing::None
+            framing(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Ok(Framing::None)
         ));
         assert!(matches!(
-            body_framing(b"POST / HTTP/1.1\r\nContent-Length: 0\r\n"),
-            Framing::None
+            framing(b"POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n"),
+            Ok(Framing::None)
         ));
+        // Three headers pass, four do not; a head over the size neither.
+        assert!(framing(b"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n").is_ok());
+        assert!(matches!(
+            framing(b"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\n\r\n"),
+            Err(Cutoff::TooManyHeaders)
+        ));
+        assert!(matches!(framing(&[b'a'; 1025]), Err(Cutoff::HeadTooLarge)));
         assert_eq!(find_head_end(b"GET / HTTP/1.1\r\n\r\nrest"), Some(18));
 
         // A chunked body ends at its last chunk and trailers, not at data that looks like it.

@@ -520,8 +520,8 @@ impl Gateway {
             status,
             bytes_in: record.bytes_in,
             bytes_out: record.bytes_out,
-            duration_ms: duration.as_secs_f64() * 1000.0,
-            upstream_ms: ctx.upstream_waited.map(|d| d.as_secs_f64() * 1000.0),
+            duration,
+            upstream: ctx.upstream_waited,
             cache: record.cache.map(|(_, outcome)| outcome.label()),
             reject: ctx.rejected.map(RejectReason::label),
             upstream_error: ctx.upstream_error,
@@ -861,7 +861,10 @@ impl ProxyHttp for Gateway {
         Ok(match ctx.settings.cache.ttl(usage.kind, response) {
             Ok(ttl) => {
                 let now = std::time::SystemTime::now();
-                let mut kept = response.clone();
+                // Kept without pingora's record of the upstream's header-name case: every hit
+                // clones the head twice and adds headers to it, which that record doubles.
+                // Names go out in pingora's canonical case instead.
+                let mut kept = ResponseHeader::from(response.as_owned_parts());
                 // The id belongs to the request that filled the entry, not to later readers.
                 kept.remove_header(REQUEST_ID);
                 RespCacheable::Cacheable(CacheMeta::new(now + ttl, now, 0, 0, kept))

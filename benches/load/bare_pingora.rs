@@ -1,0 +1,106 @@
+//! The load comparison's reference point: pingora and pingora-cache over mediagate's cache
+//! storage (`Cache::leak`: the same `MemoryStore`, eviction and fill lock), and nothing else:
+//! no client watcher, routing, credentials, policy, request ids, metrics or access log. What
+//! mediagate does per cache hit beyond this is what its features cost; what this does itself
+//! is pingora's floor. Built and run by `benches/load/compare.sh`.
+//!
+//! Usage: `bare_pingora LISTEN UPSTREAM` (e.g. `127.0.0.1:8080 127.0.0.1:9000`). One worker
+//! thread; every GET is cached for 60 s; it exits when its standard input closes.
+
+use std::io::Read;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use pingora::cache::{CacheKey, CacheMeta, RespCacheable};
+use pingora::http::ResponseHeader;
+use pingora::proxy::{ProxyHttp, Session};
+use pingora::server::configuration::ServerConf;
+use pingora::server::Server;
+use pingora::upstreams::peer::HttpPeer;
+use pingora::Result;
+
+use mediagate::cache::Cache;
+
+struct Bare {
+    upstream: String,
+    cache: &'static Cache,
+}
+
+#[async_trait]
+impl ProxyHttp for Bare {
+    type CTX = ();
+
+    fn new_ctx(&self) {}
+
+    async fn upstream_peer(&self, _: &mut Session, _: &mut ()) -> Result<Box<HttpPeer>> {
+        Ok(Box::new(HttpPeer::new(
+            self.upstream.as_str(),
+            false,
+            String::new(),
+        )))
+    }
+
+    fn request_cache_filter(&self, session: &mut Session, _: &mut ()) -> Result<()> {
+        session.cache.enable(
+            self.cache.storage,
+            Some(self.cache.eviction),
+            None,
+            Some(self.cache.lock),
+            None,
+        );
+        Ok(())
+    }
+
+    /// The path as the key; mediagate's storage files every entry under a kind.
+    fn cache_key_callback(&self, session: &Session, _: &mut ()) -> Result<CacheKey> {
+        Ok(CacheKey::new(
+            session.req_header().uri.path(),
+            mediagate::cache::Kind::Metadata.label(),
+        ))
+    }
+
+    fn response_cache_filter(
+        &self,
+        _: &Session,
+        response: &ResponseHeader,
+        _: &mut (),
+    ) -> Result<RespCacheable> {
+        let now = SystemTime::now();
+        Ok(RespCacheable::Cacheable(CacheMeta::new(
+            now + Duration::from_secs(60),
+            now,
+            0,
+            0,
+            response.clone(),
+        )))
+    }
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let (Some(listen), Some(upstream)) = (args.next(), args.next()) else {
+        eprintln!("usage: bare_pingora LISTEN UPSTREAM");
+        std::process::exit(2);
+    };
+    // Ends with whoever started it: its standard input closes then.
+    std::thread::spawn(|| {
+        let _ = std::io::stdin().read_to_end(&mut Vec::new());
+        std::process::exit(0);
+    });
+    let conf = ServerConf {
+        threads: 1,
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(0),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let bare = Bare {
+        upstream,
+        cache: Cache::leak(256 << 20, Duration::from_secs(10)),
+    };
+    let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, bare);
+    proxy.add_tcp(&listen);
+    server.add_service(proxy);
+    server.run_forever()
+}
