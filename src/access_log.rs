@@ -90,11 +90,19 @@ impl AccessEntry<'_> {
 /// client's). Runs of plain bytes are copied whole.
 fn json_str(out: &mut Vec<u8>, text: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
+    let needs_escape = |byte: u8| matches!(byte, b'"' | b'\\' | 0..=0x1f | 0x7f);
     let bytes = text.as_bytes();
+    // Nearly always nothing to escape: found out in one pass without a branch per byte.
+    if !bytes
+        .iter()
+        .fold(false, |any, &byte| any | needs_escape(byte))
+    {
+        return json_plain(out, text);
+    }
     out.push(b'"');
     let mut plain_from = 0;
     for (at, &byte) in bytes.iter().enumerate() {
-        if !matches!(byte, b'"' | b'\\' | 0..=0x1f | 0x7f) {
+        if !needs_escape(byte) {
             continue;
         }
         out.extend_from_slice(&bytes[plain_from..at]);
