@@ -40,8 +40,9 @@ install_missing() {
 
 install_missing
 say "building mediagate (release)"
-cargo build --release --quiet
+cargo build --release --quiet --bin mediagate --example bare_pingora
 BIN=$ROOT/target/release/mediagate
+BARE=$ROOT/target/release/examples/bare_pingora
 
 # Everything lives on tmpfs, so the disk does not set the pace, and goes when the script ends.
 BASE=/dev/shm
@@ -148,6 +149,17 @@ start_mediagate() { # name cache_memory -> sets PORT_<name>, METRICS_<name>, PID
 start_mediagate mg 256MiB
 start_mediagate mgpass 0
 
+# --- the reference (CPU 0): pingora and pingora-cache over mediagate's cache storage, no features
+BARE_PORT=$(free_port)
+taskset -c 0 "$BARE" "127.0.0.1:$BARE_PORT" "127.0.0.1:$ORIGIN_PORT" \
+    <"$WORK/alive" >/dev/null 2>"$WORK/bare.err" &
+PIDS+=($!)
+# It injects no credentials: its first read (the one that fills its cache) brings them.
+for _ in $(seq 200); do
+    curl -fsS -o /dev/null -u "$ACCOUNT:$TOKEN" "http://127.0.0.1:$BARE_PORT$METADATA" 2>/dev/null && break
+    sleep 0.05
+done
+
 # --- nginx (CPU 0) -------------------------------------------------------------------------------
 NGINX_PORT=$(free_port); NGINX_TUNED_PORT=$(free_port); NGINX_PASS_PORT=$(free_port)
 mkdir -p "$WORK/nginx/cache"
@@ -224,6 +236,7 @@ done
 
 say "1/5 metadata, cache hits"
 META_MG=$(measure "$MG$METADATA"); META_NG=$(measure "$NG$METADATA")
+META_BARE=$(measure "http://127.0.0.1:$BARE_PORT$METADATA")
 say "2/5 metadata, passed through"
 PASS_MG=$(measure "$MGPASS$METADATA"); PASS_NG=$(measure "$NGPASS$METADATA")
 say "3/5 1 MiB content, cache hits"
@@ -254,7 +267,7 @@ def row(s):
     rps, p50, p99, err = s.split(" ", 3)
     return float(rps), float(p50), float(p99), err
 MIB = 1024 * 1024
-meta_mg, meta_ng = row("$META_MG"), row("$META_NG")
+meta_mg, meta_ng, meta_bare = row("$META_MG"), row("$META_NG"), row("$META_BARE")
 pass_mg, pass_ng = row("$PASS_MG"), row("$PASS_NG")
 cont_mg, cont_ng = row("$CONT_MG"), row("$CONT_NG")
 up_mg, up_ng, up_ngt, up_direct = row("$UP_MG"), row("$UP_NG"), row("$UP_NGT"), row("$UP_DIRECT")
@@ -281,6 +294,7 @@ f"of $DURATION s; ratios are mediagate / nginx from this run. Errors are non-2xx
 "| --- | --- | --- | --- | --- |",
 f"| metadata (~700 B JSON), cache hit, $CLIENTS connections: requests/s | {meta_mg[0]:,.0f} | {meta_ng[0]:,.0f} | {meta_mg[0]/meta_ng[0]:.2f} | ≥ 1.2: {ok(meta_mg[0] >= 1.2*meta_ng[0])} |",
 f"| same, p99 latency (ms) | {meta_mg[2]:.2f} | {meta_ng[2]:.2f} | | |",
+f"| same, reference: pingora alone over the same cache storage, no mediagate features (requests/s; ratio to nginx) | {meta_bare[0]:,.0f} | | {meta_bare[0]/meta_ng[0]:.2f} | mediagate / reference: {meta_mg[0]/meta_bare[0]:.2f} |",
 f"| metadata passed through (no cache): requests/s | {pass_mg[0]:,.0f} | {pass_ng[0]:,.0f} | {pass_mg[0]/pass_ng[0]:.2f} | ≥ 1.0: {ok(pass_mg[0] >= pass_ng[0])} |",
 f"| 1 MiB content, cache hit: MB/s | {mbs(cont_mg):,.0f} | {mbs(cont_ng):,.0f} | {cont_mg[0]/cont_ng[0]:.2f} | ≥ 1.0: {ok(cont_mg[0] >= cont_ng[0])} |",
 f"| 1 MiB uploads, 8 connections, policy and quotas on: MB/s | {mbs(up_mg):,.0f} | {mbs(up_ng):,.0f} (defaults), {mbs(up_ngt):,.0f} (64 KiB buffers) | {up_mg[0]/up_ngt[0]:.2f} (vs tuned) | ≥ 1.0 vs tuned: {ok(up_mg[0] >= up_ngt[0])} |",
@@ -290,7 +304,7 @@ f"| 4 KiB uploads one at a time, p50 / p99 (ms); direct: {lat_direct[1]:.3f} / {
 f"| 4 KiB uploads, p50 added over direct (µs) | {(lat_mg[1]-lat_direct[1])*1000:.0f} | {(lat_ngt[1]-lat_direct[1])*1000:.0f} | | < 150: {ok((lat_mg[1]-lat_direct[1])*1000 < 150)} |",
 f"| peak RSS during 64 concurrent 50 MiB uploads (MiB) | {peak_mib:.1f} | | | < 128: {ok(peak_mib < 128)} |",
 "",
-"Errors seen by wrk (non-2xx, socket): " + ", ".join(f"{n} {r[3]}" for n, r in [("meta mg", meta_mg), ("meta nginx", meta_ng), ("pass mg", pass_mg), ("pass nginx", pass_ng), ("content mg", cont_mg), ("content nginx", cont_ng), ("upload mg", up_mg), ("upload nginx", up_ng), ("upload nginx tuned", up_ngt), ("upload direct", up_direct), ("4k mg", small_mg), ("4k nginx", small_ngt), ("4k direct", small_direct), ("4k mg, 1 conn", lat_mg), ("4k nginx, 1 conn", lat_ngt), ("4k direct, 1 conn", lat_direct), ("50 MiB mg", rss_load)]) + ".",
+"Errors seen by wrk (non-2xx, socket): " + ", ".join(f"{n} {r[3]}" for n, r in [("meta mg", meta_mg), ("meta nginx", meta_ng), ("meta reference", meta_bare), ("pass mg", pass_mg), ("pass nginx", pass_ng), ("content mg", cont_mg), ("content nginx", cont_ng), ("upload mg", up_mg), ("upload nginx", up_ng), ("upload nginx tuned", up_ngt), ("upload direct", up_direct), ("4k mg", small_mg), ("4k nginx", small_ngt), ("4k direct", small_direct), ("4k mg, 1 conn", lat_mg), ("4k nginx, 1 conn", lat_ngt), ("4k direct, 1 conn", lat_direct), ("50 MiB mg", rss_load)]) + ".",
 "",
 "Rerun: \`benches/load/compare.sh\` (RUNS, DURATION, CLIENTS override the defaults). nginx's",
 "configuration is config/nginx/compare.conf and config/nginx/common.conf.",

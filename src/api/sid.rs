@@ -54,10 +54,11 @@ impl<K: SidKind> Sid<K> {
     /// Accepts exactly `PREFIX` followed by 32 lowercase hex digits.
     pub fn parse(text: &str) -> Option<Self> {
         let digits = text.strip_prefix(K::PREFIX)?;
+        // Every digit checked without a branch per byte (every request parses one or two).
         let well_formed = digits.len() == HEX_DIGITS
-            && digits
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            && digits.bytes().fold(true, |ok, b| {
+                ok & (b.is_ascii_digit() | (b'a'..=b'f').contains(&b))
+            });
         if !well_formed {
             return None;
         }

@@ -14,9 +14,10 @@ pub fn check(headers: &HeaderMap, raw_head: Option<&[u8]>) -> Result<(), &'stati
     if lengths > 1 {
         return Err("Content-Length is given more than once");
     }
+    // The raw head is read only when it matters: with a Transfer-Encoding.
     let length_too =
-        lengths > 0 || raw_head.is_some_and(|raw| has_header_line(raw, b"content-length"));
-    if headers.contains_key(TRANSFER_ENCODING) && length_too {
+        || lengths > 0 || raw_head.is_some_and(|raw| has_header_line(raw, b"content-length"));
+    if headers.contains_key(TRANSFER_ENCODING) && length_too() {
         return Err("Content-Length and Transfer-Encoding together");
     }
     Ok(())

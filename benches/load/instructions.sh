@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# Instructions per metadata cache hit, counted by callgrind: mediagate (every feature on, as in
+# compare.sh) and the reference (benches/load/bare_pingora.rs: pingora and pingora-cache over the
+# same storage, nothing else). Unlike requests/s on a shared VM, the count is the same from run
+# to run, so it shows what a change to the hit path does. Counted: user-space instructions inside
+# pingora's `process_new_http` (one request, from reading its head to logging it); not the kernel.
+#
+#   benches/load/instructions.sh          # N=2000 hits each, about a minute after the build
+set -euo pipefail
+
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+N=${N:-2000}
+ACCOUNT=AC00000000000000000000000000000000
+TOKEN=instructions-token
+SERVICE=IS0123456789abcdef0123456789abcdef
+
+command -v valgrind >/dev/null || {
+    sudo=; [ "$(id -u)" -ne 0 ] && sudo=sudo
+    $sudo apt-get install -y -qq valgrind >/dev/null
+}
+cargo build --release --quiet --bin mediagate --example bare_pingora
+BIN=$ROOT/target/release/mediagate
+BARE=$ROOT/target/release/examples/bare_pingora
+
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+# Everything started here reads this fifo and exits when it closes, however this script ends.
+mkfifo "$WORK/alive"
+exec 9<>"$WORK/alive"
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+"$BIN" origin --listen 127.0.0.1:0 --data "$WORK/store" --account-sid "$ACCOUNT" \
+    --auth-token "$TOKEN" --exit-with-parent <"$WORK/alive" >"$WORK/origin.out" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 200); do grep -q "listening on" "$WORK/origin.out" && break; sleep 0.05; done
+ORIGIN=$(grep -o 'http://[0-9.:]*' "$WORK/origin.out" | head -1)
+MEDIA=$(printf '\x89PNG\r\n\x1a\n%01000d' 0 | curl -fsS -u "$ACCOUNT:$TOKEN" \
+    -H 'Content-Type: image/png' --data-binary @- "$ORIGIN/v1/Services/$SERVICE/Media" |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["sid"])')
+METADATA=/v1/Services/$SERVICE/Media/$MEDIA
+
+# Sends N keep-alive reads once the server answers; the first (with credentials) fills the cache.
+hits() { # port
+    for _ in $(seq 600); do
+        curl -fsS -o /dev/null -u "$ACCOUNT:$TOKEN" "http://127.0.0.1:$1$METADATA" 2>/dev/null && break
+        sleep 0.1
+    done
+    python3 - "$1" "$METADATA" "$N" <<'PY'
+import http.client, sys
+port, path, n = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+connection = http.client.HTTPConnection("127.0.0.1", port)
+for _ in range(n):
+    connection.request("GET", path)
+    answer = connection.getresponse()
+    answer.read()
+    assert answer.status == 200, answer.status
+PY
+}
+
+# Runs a server under callgrind, sends it its reads, stops it; prints instructions per request.
+count() { # name port command...
+    local name=$1 port=$2 out="$WORK/$1.callgrind"
+    shift 2
+    valgrind --tool=callgrind --callgrind-out-file="$out" --toggle-collect='*process_new_http*' \
+        "$@" <"$WORK/alive" >/dev/null 2>"$WORK/$name.valgrind" &
+    local pid=$!
+    PIDS+=($pid)
+    hits "$port"
+    kill "$pid"
+    wait "$pid" 2>/dev/null || true
+    local total
+    total=$(callgrind_annotate "$out" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
+    # N hits and the read that filled the cache.
+    echo "$name: $((total / (N + 1))) instructions per request ($total over $((N + 1)))"
+}
+
+MG_PORT=$(free_port)
+cat >"$WORK/mediagate.yaml" <<YAML
+server:
+  listen: 127.0.0.1:$MG_PORT
+  metrics_listen: 127.0.0.1:$(free_port)
+  threads: 1
+  grace_period: 1s
+upstream:
+  url: $ORIGIN
+credentials:
+  username: $ACCOUNT
+  password: $TOKEN
+uploads:
+  max_size: 150MiB
+  sniff: true
+quotas:
+  uploads_per_minute: 100000000
+  bytes_per_hour: 1000TiB
+  concurrent_uploads: 10000
+cache:
+  memory: 64MiB
+YAML
+count mediagate "$MG_PORT" "$BIN" proxy --config "$WORK/mediagate.yaml" --exit-with-parent
+BARE_PORT=$(free_port)
+count reference "$BARE_PORT" "$BARE" "127.0.0.1:$BARE_PORT" "${ORIGIN#http://}"
