@@ -309,20 +309,17 @@ impl Watched {
             return Ok(None);
         };
         let first_bytes = !std::mem::replace(started, true);
-        let (head, limits) = (&mut self.head, &self.limits);
         // Most heads come whole in one read: judged where they lie, without a copy (and with
         // no deadline to set).
-        if head.is_empty() {
+        if self.head.is_empty() {
             if let Some(end) = find_head_end(bytes) {
-                return judge_head(&bytes[..end], limits).map(|framing| Some((end, framing)));
+                return judge_head(&bytes[..end], &self.limits).map(|framing| Some((end, framing)));
             }
         }
         if first_bytes {
-            let timeout = limits.head_timeout;
-            self.arm(timeout);
+            self.arm(self.limits.head_timeout);
         }
-        let head = &mut self.head;
-        let limits = &self.limits;
+        let (head, limits) = (&mut self.head, &self.limits);
         let before = head.len();
         head.extend_from_slice(bytes);
         // The blank line may straddle two reads.
