@@ -41,13 +41,7 @@ impl ProxyHttp for Bare {
     }
 
     fn request_cache_filter(&self, session: &mut Session, _: &mut ()) -> Result<()> {
-        session.cache.enable(
-            self.cache.storage,
-            Some(self.cache.eviction),
-            None,
-            Some(self.cache.lock),
-            None,
-        );
+        self.cache.enable_on(&mut session.cache);
         Ok(())
     }
 

@@ -13,6 +13,7 @@ set -euo pipefail
 
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
+. benches/load/common.sh
 RUNS=${RUNS:-3}
 DURATION=${DURATION:-5}
 CLIENTS=${CLIENTS:-32}
@@ -59,10 +60,6 @@ trap cleanup EXIT
 # script ends, however it ends, they do too (`--exit-with-parent`).
 mkfifo "$WORK/alive"
 exec 9<>"$WORK/alive"
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
 
 wait_for_line() { # file pattern
     for _ in $(seq 200); do
@@ -111,30 +108,6 @@ CONTENT=$METADATA/Content
 UPLOAD=/v1/Services/$SERVICE/Media
 
 # --- mediagate (CPU 0): with every feature on, with the cache off, and a fresh one for memory --
-mediagate_config() { # listen metrics cache_memory
-    cat <<YAML
-server:
-  listen: 127.0.0.1:$1
-  metrics_listen: 127.0.0.1:$2
-  threads: 1
-  grace_period: 1s
-upstream:
-  url: $ORIGIN
-credentials:
-  username: $ACCOUNT
-  password: $TOKEN
-uploads:
-  max_size: 150MiB
-  sniff: true
-quotas:
-  uploads_per_minute: 100000000
-  bytes_per_hour: 1000TiB
-  concurrent_uploads: 10000
-cache:
-  memory: $3
-YAML
-}
-
 start_mediagate() { # name cache_memory -> sets PORT_<name>, METRICS_<name>, PID_<name>
     local name=$1 port metrics
     port=$(free_port); metrics=$(free_port)

@@ -10,6 +10,7 @@ set -euo pipefail
 
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
+. benches/load/common.sh
 N=${N:-2000}
 ACCOUNT=AC00000000000000000000000000000000
 TOKEN=instructions-token
@@ -34,10 +35,6 @@ trap cleanup EXIT
 # Everything started here reads this fifo and exits when it closes, however this script ends.
 mkfifo "$WORK/alive"
 exec 9<>"$WORK/alive"
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
 
 "$BIN" origin --listen 127.0.0.1:0 --data "$WORK/store" --account-sid "$ACCOUNT" \
     --auth-token "$TOKEN" --exit-with-parent <"$WORK/alive" >"$WORK/origin.out" 2>&1 &
@@ -85,27 +82,7 @@ count() { # name port command...
 }
 
 MG_PORT=$(free_port)
-cat >"$WORK/mediagate.yaml" <<YAML
-server:
-  listen: 127.0.0.1:$MG_PORT
-  metrics_listen: 127.0.0.1:$(free_port)
-  threads: 1
-  grace_period: 1s
-upstream:
-  url: $ORIGIN
-credentials:
-  username: $ACCOUNT
-  password: $TOKEN
-uploads:
-  max_size: 150MiB
-  sniff: true
-quotas:
-  uploads_per_minute: 100000000
-  bytes_per_hour: 1000TiB
-  concurrent_uploads: 10000
-cache:
-  memory: 64MiB
-YAML
+mediagate_config "$MG_PORT" "$(free_port)" 64MiB >"$WORK/mediagate.yaml"
 count mediagate "$MG_PORT" "$BIN" proxy --config "$WORK/mediagate.yaml" --exit-with-parent
 BARE_PORT=$(free_port)
 count reference "$BARE_PORT" "$BARE" "127.0.0.1:$BARE_PORT" "${ORIGIN#http://}"

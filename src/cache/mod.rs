@@ -16,7 +16,7 @@ use pingora::cache::eviction::lru::Manager as LruManager;
 use pingora::cache::eviction::{CacheEntryKeyRef, EvictionManager};
 use pingora::cache::key::CacheHashKey;
 use pingora::cache::lock::CacheKeyLockImpl;
-use pingora::cache::CacheKey;
+use pingora::cache::{CacheKey, HttpCache};
 
 use lock::FillLock;
 pub use rules::CachePolicy;
@@ -137,6 +137,17 @@ impl Cache {
             lock,
             lru: eviction,
         }))
+    }
+
+    /// Turns caching on for one request, over this storage, eviction and fill lock.
+    pub fn enable_on(&'static self, http_cache: &mut HttpCache) {
+        http_cache.enable(
+            self.storage,
+            Some(self.eviction),
+            None,
+            Some(self.lock),
+            None,
+        );
     }
 
     /// A new bound on the cached bytes (`cache.memory` reloaded). A smaller bound is reached at

@@ -691,13 +691,7 @@ impl ProxyHttp for Gateway {
         let policy = &ctx.settings.cache;
         let consulted = policy.serves(kind);
         if consulted {
-            session.cache.enable(
-                self.cache.storage,
-                Some(self.cache.eviction),
-                None,
-                Some(self.cache.lock),
-                None,
-            );
+            self.cache.enable_on(&mut session.cache);
             // Bodies without a Content-Length that grow past the bound stream on, uncached.
             session
                 .cache

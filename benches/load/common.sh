@@ -1,0 +1,31 @@
+# Shared by compare.sh and instructions.sh (sourced, not run).
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# mediagate as the load runs measure it: one thread, every feature on, limits out of the way.
+# Uses ORIGIN, ACCOUNT and TOKEN.
+mediagate_config() { # listen_port metrics_port cache_memory
+    cat <<YAML
+server:
+  listen: 127.0.0.1:$1
+  metrics_listen: 127.0.0.1:$2
+  threads: 1
+  grace_period: 1s
+upstream:
+  url: $ORIGIN
+credentials:
+  username: $ACCOUNT
+  password: $TOKEN
+uploads:
+  max_size: 150MiB
+  sniff: true
+quotas:
+  uploads_per_minute: 100000000
+  bytes_per_hour: 1000TiB
+  concurrent_uploads: 10000
+cache:
+  memory: $3
+YAML
+}
