@@ -10,11 +10,13 @@ mod lock;
 pub mod rules;
 mod storage;
 
+use std::hash::{BuildHasher, Hasher, RandomState};
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use pingora::cache::eviction::lru::Manager as LruManager;
 use pingora::cache::eviction::{CacheEntryKeyRef, EvictionManager};
-use pingora::cache::key::CacheHashKey;
+use pingora::cache::key::HashBinary;
 use pingora::cache::lock::CacheKeyLockImpl;
 use pingora::cache::{CacheKey, HttpCache};
 
@@ -93,12 +95,30 @@ pub fn key(service: &ServiceSid, media: &MediaSid, kind: Kind) -> CacheKey {
     primary.push_str(media.as_str());
     primary.push('/');
     primary.push_str(label);
+    let hash = key_hash(&primary);
     let mut key = CacheKey::new(primary, label);
-    // pingora hashes the primary key (BLAKE2b) each time it is asked for it: the storage's
-    // lookup, the eviction entry, the lock. The same hash, computed once.
-    let hash = key.primary_bin();
+    // Otherwise pingora hashes the primary key (BLAKE2b) each time it is asked for it: the
+    // storage's lookup, the eviction entry, the lock.
     key.set_primary_bin_override(hash);
     key
+}
+
+/// The 128-bit hash that files an entry: std's keyed SipHash (the HashDoS-resistant one, under
+/// keys drawn at start) twice, over two domains. Keyed, so no client can aim two keys at one
+/// entry; about a tenth of what BLAKE2b costs per hit. Entries live in this process's memory
+/// only, so the hash never has to agree with another process's.
+fn key_hash(primary: &str) -> HashBinary {
+    static KEYS: LazyLock<RandomState> = LazyLock::new(RandomState::new);
+    let half = |domain: u8| {
+        let mut hasher = KEYS.build_hasher();
+        hasher.write_u8(domain);
+        hasher.write(primary.as_bytes());
+        hasher.finish().to_le_bytes()
+    };
+    let mut hash = [0; 16];
+    hash[..8].copy_from_slice(&half(0));
+    hash[8..].copy_from_slice(&half(1));
+    hash
 }
 
 fn bytes_limit(memory: u64) -> usize {

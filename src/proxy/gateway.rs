@@ -99,6 +99,9 @@ const IDENTITY: &str = "identity";
 const READ_WHOLE_UP_TO: u64 = 64 * 1024;
 /// The header that tells the client what the cache did.
 const CACHE_HEADER: &str = "mediagate-cache";
+/// Headers added to a cached head on each hit: `Age` and `Accept-Ranges` (pingora), the request
+/// id and `Mediagate-Cache`, with room to spare.
+const HEADERS_ADDED_PER_HIT: usize = 6;
 
 /// What one request carries from phase to phase.
 pub struct RequestCtx {
@@ -858,10 +861,13 @@ impl ProxyHttp for Gateway {
                 // Kept without pingora's record of the upstream's header-name case: every hit
                 // clones the head twice and adds headers to it, which that record doubles.
                 // Names go out in pingora's canonical case instead.
-                let mut kept = ResponseHeader::from(response.as_owned_parts());
+                let mut kept = response.as_owned_parts();
                 // The id belongs to the request that filled the entry, not to later readers.
-                kept.remove_header(REQUEST_ID);
-                RespCacheable::Cacheable(CacheMeta::new(now + ttl, now, 0, 0, kept))
+                kept.headers.remove(REQUEST_ID);
+                // A clone keeps its header map's table size: with room for the headers each
+                // hit adds, the first of them does not grow the table (a rehash per hit).
+                kept.headers.reserve(HEADERS_ADDED_PER_HIT);
+                RespCacheable::Cacheable(CacheMeta::new(now + ttl, now, 0, 0, kept.into()))
             }
             Err(NotKept::TooLarge) => RespCacheable::Uncacheable(NoCacheReason::ResponseTooLarge),
             Err(NotKept::Forbidden | NotKept::Status | NotKept::Personal) => {
