@@ -222,4 +222,8 @@ fn the_dockerfile_follows_its_conventions() {
         .any(|l| l.starts_with("USER ") && !l.contains("root")));
     assert!(dockerfile.contains("EXPOSE 8080 9108"));
     assert!(dockerfile.contains("HEALTHCHECK") && dockerfile.contains("/healthz"));
+    // The image ships the build the load comparison measures.
+    assert!(dockerfile.contains("--profile production"));
+    assert!(dockerfile.contains("/src/target/production/mediagate"));
+    assert!(read("benches/load/compare.sh").contains("--profile production"));
 }

@@ -41,7 +41,10 @@ impl ProxyHttp for Bare {
     }
 
     fn request_cache_filter(&self, session: &mut Session, _: &mut ()) -> Result<()> {
-        self.cache.enable_on(&mut session.cache);
+        // pingora caches whatever method it is told to: uploads must pass through.
+        if session.req_header().method == pingora::http::Method::GET {
+            self.cache.enable_on(&mut session.cache);
+        }
         Ok(())
     }
 

@@ -7,7 +7,10 @@
 # `worker_processes 1`) is pinned to CPU 0; the load generator (wrk) and the origin to CPU 1.
 # Each scenario runs RUNS times (default 3) for DURATION seconds (default 5); the median counts.
 #
-#   benches/load/compare.sh            # everything, about 6 minutes after the release build
+#   benches/load/compare.sh            # everything, about 6 minutes after the build
+#
+# mediagate and the reference are built with the `production` profile (Cargo.toml: what the
+# Dockerfile ships), whose first build takes about 7 minutes here.
 #   RUNS=1 DURATION=2 benches/load/compare.sh   # a quick look
 set -euo pipefail
 
@@ -40,10 +43,10 @@ install_missing() {
 }
 
 install_missing
-say "building mediagate (release)"
-cargo build --release --quiet --bin mediagate --example bare_pingora
-BIN=$ROOT/target/release/mediagate
-BARE=$ROOT/target/release/examples/bare_pingora
+say "building mediagate (profile production)"
+cargo build --profile production --quiet --bin mediagate --example bare_pingora
+BIN=$ROOT/target/production/mediagate
+BARE=$ROOT/target/production/examples/bare_pingora
 
 # Everything lives on tmpfs, so the disk does not set the pace, and goes when the script ends.
 BASE=/dev/shm
@@ -113,7 +116,7 @@ start_mediagate() { # name cache_memory -> sets PORT_<name>, METRICS_<name>, PID
     port=$(free_port); metrics=$(free_port)
     mediagate_config "$port" "$metrics" "$2" >"$WORK/$name.yaml"
     taskset -c 0 "$BIN" proxy --config "$WORK/$name.yaml" --exit-with-parent \
-        <"$WORK/alive" >/dev/null 2>"$WORK/$name.err" &
+        <"$WORK/alive" >"$WORK/$name.access.log" 2>"$WORK/$name.err" &
     PIDS+=($!)
     printf -v "PID_$name" '%s' "$!"
     printf -v "PORT_$name" '%s' "$port"
@@ -181,11 +184,21 @@ sock = re.search(r"Socket errors: (.*)", text)
 print(rps, ms("50%"), ms("99%"), (errors.group(1) if errors else "0") + (" sock:" + sock.group(1).replace(" ", "") if sock else ""))'
 }
 
-# RUNS runs; prints the run with the median requests/s.
+# Measures several targets, each given as "url|body_file|auth|connections" (empty fields take
+# wrk_once's defaults). The runs take turns, target after target, RUNS rounds, so that whatever
+# this shared machine does meanwhile falls on every target alike rather than on one block of
+# runs. Prints one line per target, in order: its run with the median requests/s.
 measure() {
-    local results=()
-    for _ in $(seq "$RUNS"); do results+=("$(wrk_once "$@")"); done
-    printf '%s\n' "${results[@]}" | sort -g -k1 | sed -n "$(( (RUNS + 1) / 2 ))p"
+    local targets=("$@") results=() i url body auth conns
+    for _ in $(seq "$RUNS"); do
+        for i in "${!targets[@]}"; do
+            IFS='|' read -r url body auth conns <<<"${targets[$i]}"
+            results[i]+="$(wrk_once "$url" "$body" "$auth" "$conns")"$'\n'
+        done
+    done
+    for i in "${!targets[@]}"; do
+        printf '%s' "${results[i]}" | sort -g -k1 | sed -n "$(( (RUNS + 1) / 2 ))p"
+    done
 }
 
 MG=http://127.0.0.1:$PORT_mg
@@ -207,25 +220,26 @@ for base in "$MG" "$NG"; do
     cmp -s "$WORK/warm.bin" "$WORK/1m.png" || { say "$base served different content bytes"; exit 1; }
 done
 
+BAREURL=http://127.0.0.1:$BARE_PORT
 say "1/5 metadata, cache hits"
-META_MG=$(measure "$MG$METADATA"); META_NG=$(measure "$NG$METADATA")
-META_BARE=$(measure "http://127.0.0.1:$BARE_PORT$METADATA")
+{ read -r META_MG; read -r META_NG; read -r META_BARE; } < <(
+    measure "$MG$METADATA" "$NG$METADATA" "$BAREURL$METADATA")
 say "2/5 metadata, passed through"
-PASS_MG=$(measure "$MGPASS$METADATA"); PASS_NG=$(measure "$NGPASS$METADATA")
+{ read -r PASS_MG; read -r PASS_NG; } < <(measure "$MGPASS$METADATA" "$NGPASS$METADATA")
 say "3/5 1 MiB content, cache hits"
-CONT_MG=$(measure "$MG$CONTENT"); CONT_NG=$(measure "$NG$CONTENT")
+{ read -r CONT_MG; read -r CONT_NG; } < <(measure "$MG$CONTENT" "$NG$CONTENT")
 say "4/5 uploads: 1 MiB and 4 KiB"
-UP_MG=$(measure "$MG$UPLOAD" "$WORK/1m.png" "" 8)
-UP_NG=$(measure "$NG$UPLOAD" "$WORK/1m.png" "" 8)
-UP_NGT=$(measure "$NGT$UPLOAD" "$WORK/1m.png" "" 8)
-UP_DIRECT=$(measure "$ORIGIN$UPLOAD" "$WORK/1m.png" "$DIRECT_AUTH" 8)
-SMALL_MG=$(measure "$MG$UPLOAD" "$WORK/4k.png" "" 8)
-SMALL_NGT=$(measure "$NGT$UPLOAD" "$WORK/4k.png" "" 8)
-SMALL_DIRECT=$(measure "$ORIGIN$UPLOAD" "$WORK/4k.png" "$DIRECT_AUTH" 8)
+{ read -r UP_MG; read -r UP_NG; read -r UP_NGT; read -r UP_DIRECT; } < <(
+    measure "$MG$UPLOAD|$WORK/1m.png||8" "$NG$UPLOAD|$WORK/1m.png||8" \
+        "$NGT$UPLOAD|$WORK/1m.png||8" "$ORIGIN$UPLOAD|$WORK/1m.png|$DIRECT_AUTH|8")
+# The reference (pingora alone) passes uploads through with the client's credentials.
+{ read -r SMALL_MG; read -r SMALL_NGT; read -r SMALL_BARE; read -r SMALL_DIRECT; } < <(
+    measure "$MG$UPLOAD|$WORK/4k.png||8" "$NGT$UPLOAD|$WORK/4k.png||8" \
+        "$BAREURL$UPLOAD|$WORK/4k.png|$DIRECT_AUTH|8" "$ORIGIN$UPLOAD|$WORK/4k.png|$DIRECT_AUTH|8")
 # Latency one request at a time, so that queueing does not hide what each hop adds.
-LAT_MG=$(measure "$MG$UPLOAD" "$WORK/4k.png" "" 1)
-LAT_NGT=$(measure "$NGT$UPLOAD" "$WORK/4k.png" "" 1)
-LAT_DIRECT=$(measure "$ORIGIN$UPLOAD" "$WORK/4k.png" "$DIRECT_AUTH" 1)
+{ read -r LAT_MG; read -r LAT_NGT; read -r LAT_BARE; read -r LAT_DIRECT; } < <(
+    measure "$MG$UPLOAD|$WORK/4k.png||1" "$NGT$UPLOAD|$WORK/4k.png||1" \
+        "$BAREURL$UPLOAD|$WORK/4k.png|$DIRECT_AUTH|1" "$ORIGIN$UPLOAD|$WORK/4k.png|$DIRECT_AUTH|1")
 
 say "5/5 peak RSS, 64 concurrent 50 MiB uploads"
 start_mediagate mgrss 256MiB
@@ -244,8 +258,8 @@ meta_mg, meta_ng, meta_bare = row("$META_MG"), row("$META_NG"), row("$META_BARE"
 pass_mg, pass_ng = row("$PASS_MG"), row("$PASS_NG")
 cont_mg, cont_ng = row("$CONT_MG"), row("$CONT_NG")
 up_mg, up_ng, up_ngt, up_direct = row("$UP_MG"), row("$UP_NG"), row("$UP_NGT"), row("$UP_DIRECT")
-small_mg, small_ngt, small_direct = row("$SMALL_MG"), row("$SMALL_NGT"), row("$SMALL_DIRECT")
-lat_mg, lat_ngt, lat_direct = row("$LAT_MG"), row("$LAT_NGT"), row("$LAT_DIRECT")
+small_mg, small_ngt, small_bare, small_direct = row("$SMALL_MG"), row("$SMALL_NGT"), row("$SMALL_BARE"), row("$SMALL_DIRECT")
+lat_mg, lat_ngt, lat_bare, lat_direct = row("$LAT_MG"), row("$LAT_NGT"), row("$LAT_BARE"), row("$LAT_DIRECT")
 rss_load = row("$RSS_LOAD")
 peak_mib = int("$PEAK_KIB") / 1024
 mbs = lambda r: r[0] * MIB / 1e6
@@ -256,12 +270,13 @@ lines = [
 "# mediagate against nginx",
 "",
 f"Run {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.node()}: {cpu}, {cmd('nproc')} cores, Linux {platform.release()}.",
-f"{cmd('$BIN --version') or 'mediagate'} (release), {cmd('nginx -v 2>&1')}, {cmd('wrk -v 2>&1 | head -1').split(' Copyright')[0]}.",
+f"{cmd('$BIN --version') or 'mediagate'} (profile production), {cmd('nginx -v 2>&1')}, {cmd('wrk -v 2>&1 | head -1').split(' Copyright')[0]}.",
 "",
 "Each server under test has one worker pinned to CPU 0 (mediagate \`server.threads: 1\`, nginx",
 "\`worker_processes 1\`); wrk and the origin run on CPU 1. Each figure is the median of $RUNS runs",
-f"of $DURATION s; ratios are mediagate / nginx from this run. Errors are non-2xx answers and",
-"socket errors wrk counted (0 expected).",
+f"of $DURATION s, the servers of a scenario taking turns run by run; ratios are mediagate / nginx",
+"from this run. The reference is pingora alone (benches/load/bare_pingora.rs) on the same core:",
+"pingora's own floor. Errors are non-2xx answers and socket errors wrk counted (0 expected).",
 "",
 "| scenario | mediagate | nginx | ratio | goal |",
 "| --- | --- | --- | --- | --- |",
@@ -273,11 +288,14 @@ f"| 1 MiB content, cache hit: MB/s | {mbs(cont_mg):,.0f} | {mbs(cont_ng):,.0f} |
 f"| 1 MiB uploads, 8 connections, policy and quotas on: MB/s | {mbs(up_mg):,.0f} | {mbs(up_ng):,.0f} (defaults), {mbs(up_ngt):,.0f} (64 KiB buffers) | {up_mg[0]/up_ngt[0]:.2f} (vs tuned) | ≥ 1.0 vs tuned: {ok(up_mg[0] >= up_ngt[0])} |",
 f"| same, direct to the origin (ceiling): MB/s | | | {mbs(up_direct):,.0f} | |",
 f"| 4 KiB uploads, 8 connections: requests/s | {small_mg[0]:,.0f} | {small_ngt[0]:,.0f} (64 KiB buffers) | {small_mg[0]/small_ngt[0]:.2f} | |",
+f"| same, reference (pingora alone, no policy): requests/s | {small_bare[0]:,.0f} | | | mediagate / reference: {small_mg[0]/small_bare[0]:.2f} |",
+f"| same, direct to the origin (ceiling): requests/s | | | {small_direct[0]:,.0f} | |",
 f"| 4 KiB uploads one at a time, p50 / p99 (ms); direct: {lat_direct[1]:.3f} / {lat_direct[2]:.3f} | {lat_mg[1]:.3f} / {lat_mg[2]:.3f} | {lat_ngt[1]:.3f} / {lat_ngt[2]:.3f} | | |",
 f"| 4 KiB uploads, p50 added over direct (µs) | {(lat_mg[1]-lat_direct[1])*1000:.0f} | {(lat_ngt[1]-lat_direct[1])*1000:.0f} | | < 150: {ok((lat_mg[1]-lat_direct[1])*1000 < 150)} |",
+f"| same, reference (pingora alone, no policy): p50 added over direct (µs) | {(lat_bare[1]-lat_direct[1])*1000:.0f} | | | mediagate - reference: {(lat_mg[1]-lat_bare[1])*1000:.0f} µs |",
 f"| peak RSS during 64 concurrent 50 MiB uploads (MiB) | {peak_mib:.1f} | | | < 128: {ok(peak_mib < 128)} |",
 "",
-"Errors seen by wrk (non-2xx, socket): " + ", ".join(f"{n} {r[3]}" for n, r in [("meta mg", meta_mg), ("meta nginx", meta_ng), ("meta reference", meta_bare), ("pass mg", pass_mg), ("pass nginx", pass_ng), ("content mg", cont_mg), ("content nginx", cont_ng), ("upload mg", up_mg), ("upload nginx", up_ng), ("upload nginx tuned", up_ngt), ("upload direct", up_direct), ("4k mg", small_mg), ("4k nginx", small_ngt), ("4k direct", small_direct), ("4k mg, 1 conn", lat_mg), ("4k nginx, 1 conn", lat_ngt), ("4k direct, 1 conn", lat_direct), ("50 MiB mg", rss_load)]) + ".",
+"Errors seen by wrk (non-2xx, socket): " + ", ".join(f"{n} {r[3]}" for n, r in [("meta mg", meta_mg), ("meta nginx", meta_ng), ("meta reference", meta_bare), ("pass mg", pass_mg), ("pass nginx", pass_ng), ("content mg", cont_mg), ("content nginx", cont_ng), ("upload mg", up_mg), ("upload nginx", up_ng), ("upload nginx tuned", up_ngt), ("upload direct", up_direct), ("4k mg", small_mg), ("4k nginx", small_ngt), ("4k reference", small_bare), ("4k direct", small_direct), ("4k mg, 1 conn", lat_mg), ("4k nginx, 1 conn", lat_ngt), ("4k reference, 1 conn", lat_bare), ("4k direct, 1 conn", lat_direct), ("50 MiB mg", rss_load)]) + ".",
 "",
 "Rerun: \`benches/load/compare.sh\` (RUNS, DURATION, CLIENTS override the defaults). nginx's",
 "configuration is config/nginx/compare.conf and config/nginx/common.conf.",

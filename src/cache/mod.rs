@@ -105,7 +105,7 @@ pub fn key(service: &ServiceSid, media: &MediaSid, kind: Kind) -> CacheKey {
 
 /// The 128-bit hash that files an entry: std's keyed SipHash (the HashDoS-resistant one, under
 /// keys drawn at start) twice, over two domains. Keyed, so no client can aim two keys at one
-/// entry; about a tenth of what BLAKE2b costs per hit. Entries live in this process's memory
+/// entry; about a third of what BLAKE2b costs. Entries live in this process's memory
 /// only, so the hash never has to agree with another process's.
 fn key_hash(primary: &str) -> HashBinary {
     static KEYS: LazyLock<RandomState> = LazyLock::new(RandomState::new);
