@@ -5,12 +5,13 @@
 #
 # Topology (2 cores): the server under test (mediagate with `server.threads: 1`, or nginx with
 # `worker_processes 1`) is pinned to CPU 0; the load generator (wrk) and the origin to CPU 1.
-# Each scenario runs RUNS times (default 3) for DURATION seconds (default 5); the median counts.
-#
-#   benches/load/compare.sh            # everything, about 6 minutes after the build
+# Each scenario runs RUNS times (default 3) for DURATION seconds (default 5), the servers taking
+# turns run by run; the median counts.
 #
 # mediagate and the reference are built with the `production` profile (Cargo.toml: what the
 # Dockerfile ships), whose first build takes about 7 minutes here.
+#
+#   benches/load/compare.sh            # everything, about 6 minutes after the build
 #   RUNS=1 DURATION=2 benches/load/compare.sh   # a quick look
 set -euo pipefail
 
