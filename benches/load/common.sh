@@ -29,3 +29,20 @@ cache:
   memory: $3
 YAML
 }
+
+# A work directory for the run (WORK) and the processes started in it (PIDS): both go when the
+# script ends, however it ends. The servers read their stdin from the fifo "$WORK/alive", which
+# this shell holds open, and exit when it closes (`--exit-with-parent`).
+start_workspace() { # mktemp -d arguments
+    WORK=$(mktemp -d "$@")
+    PIDS=()
+    trap end_workspace EXIT
+    mkfifo "$WORK/alive"
+    exec 9<>"$WORK/alive"
+}
+
+end_workspace() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}

@@ -52,18 +52,7 @@ BARE=$ROOT/target/production/examples/bare_pingora
 # Everything lives on tmpfs, so the disk does not set the pace, and goes when the script ends.
 BASE=/dev/shm
 [ -d "$BASE" ] || BASE=${TMPDIR:-/tmp}
-WORK=$(mktemp -d "$BASE/mediagate-compare.XXXXXX")
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-# mediagate's servers read their stdin from this fifo and exit when it closes: when this
-# script ends, however it ends, they do too (`--exit-with-parent`).
-mkfifo "$WORK/alive"
-exec 9<>"$WORK/alive"
+start_workspace "$BASE/mediagate-compare.XXXXXX"
 
 wait_for_line() { # file pattern
     for _ in $(seq 200); do

@@ -24,17 +24,7 @@ cargo build --release --quiet --bin mediagate --example bare_pingora
 BIN=$ROOT/target/release/mediagate
 BARE=$ROOT/target/release/examples/bare_pingora
 
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-# Everything started here reads this fifo and exits when it closes, however this script ends.
-mkfifo "$WORK/alive"
-exec 9<>"$WORK/alive"
+start_workspace
 
 "$BIN" origin --listen 127.0.0.1:0 --data "$WORK/store" --account-sid "$ACCOUNT" \
     --auth-token "$TOKEN" --exit-with-parent <"$WORK/alive" >"$WORK/origin.out" 2>&1 &
