@@ -164,6 +164,66 @@ async fn sighup_applies_new_cache_settings_and_a_new_memory_bound() {
     );
 }
 
+/// Cached heads keep `Mediagate-Cache: hit` when the header is on: an entry kept under one
+/// setting and read under the other must still say what the setting in force says.
+#[tokio::test]
+async fn the_cache_header_follows_a_reload_for_entries_already_kept() {
+    let origin = Origin::start();
+    let header_on = |on: bool| {
+        let mut config =
+            ProxyConfig::to(&origin.url).with(&format!("cache:\n  response_header: {on}\n"));
+        config.log_level = "info";
+        config
+    };
+    let proxy = Proxy::start(header_on(true));
+    let service = new_service();
+    let mut paths = Vec::new();
+    for i in 0..2u8 {
+        let mut bytes = png_bytes(1024);
+        bytes[100] = i;
+        let media = origin.upload(&service, &bytes, "image/png").await;
+        paths.push(format!(
+            "/v1/Services/{service}/Media/{}",
+            media["sid"].as_str().unwrap()
+        ));
+    }
+    let read = |path: &String| {
+        let url = proxy.url(path);
+        async move {
+            let response = client().get(url).send().await.unwrap();
+            assert_eq!(response.status().as_u16(), 200);
+            response
+                .headers()
+                .get("mediagate-cache")
+                .map(|v| v.to_str().unwrap().to_string())
+        }
+    };
+    let reload = |config: ProxyConfig, count: f64| {
+        proxy.rewrite_config(&config);
+        signal(&proxy.child, Signal::SIGHUP);
+        assert!(
+            wait_for(Duration::from_secs(10), || {
+                proxy.metric("mediagate_config_reloads_total", &[("result", "ok")]) == Some(count)
+            }),
+            "{}",
+            proxy.log()
+        );
+    };
+    assert_eq!(read(&paths[0]).await.as_deref(), Some("miss"));
+    assert_eq!(read(&paths[0]).await.as_deref(), Some("hit"));
+
+    reload(header_on(false), 1.0);
+    // Kept with the header: a hit without it now.
+    assert_eq!(read(&paths[0]).await, None);
+    assert_eq!(read(&paths[1]).await, None);
+    assert_eq!(read(&paths[1]).await, None);
+
+    reload(header_on(true), 2.0);
+    // Kept without the header: a hit says so all the same.
+    assert_eq!(read(&paths[1]).await.as_deref(), Some("hit"));
+    assert_eq!(read(&paths[0]).await.as_deref(), Some("hit"));
+}
+
 #[test]
 fn sighup_with_a_changed_quota_applies_to_the_next_upload() {
     let origin = Origin::start();

@@ -17,6 +17,7 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 
 use super::access::AccessControl;
 use super::content::{ContentResolver, SignedUrl};
@@ -200,6 +201,31 @@ impl Gateway {
             } else {
                 AccessLog::off()
             },
+        }
+    }
+
+    /// An upload's part of `request_filter`: its `Idempotency-Key`, then its admission.
+    /// Returns whether the request was answered here.
+    async fn filter_upload(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        service: &ServiceSid,
+    ) -> Result<bool> {
+        if let Idempotency::Answered = self.idempotency(session, ctx, service).await? {
+            return Ok(true);
+        }
+        match self.admit_upload(session, ctx, service).await? {
+            Ok(guard) => {
+                self.start_spool(ctx, guard.declared_size()).await;
+                ctx.upload = Some(guard);
+                // A client that leaves once its body is sent must not stop the proxy from
+                // reading the upstream's answer: the quota and the idempotency key are
+                // settled by it (stored or not).
+                session.downstream_session.set_abort_on_close(false);
+                Ok(false)
+            }
+            Err(rejection) => refuse(session, ctx, rejection).await,
         }
     }
 
@@ -637,20 +663,10 @@ impl ProxyHttp for Gateway {
             }
         }
         if is_upload {
-            if let Idempotency::Answered = self.idempotency(session, ctx, &service).await? {
-                return Ok(true);
-            }
-            match self.admit_upload(session, ctx, &service).await? {
-                Ok(guard) => {
-                    self.start_spool(ctx, guard.declared_size()).await;
-                    ctx.upload = Some(guard);
-                    // A client that leaves once its body is sent must not stop the proxy from
-                    // reading the upstream's answer: the quota and the idempotency key are
-                    // settled by it (stored or not).
-                    session.downstream_session.set_abort_on_close(false);
-                }
-                Err(rejection) => return refuse(session, ctx, rejection).await,
-            }
+            // Boxed, like `refuse`: an upload's admission holds more across its awaits than
+            // the rest of this hook, and the hook's future is allocated and copied for every
+            // request, reads included.
+            return Box::pin(self.filter_upload(session, ctx, &service)).await;
         }
         Ok(false)
     }
@@ -864,6 +880,14 @@ impl ProxyHttp for Gateway {
                 let mut kept = response.as_owned_parts();
                 // The id belongs to the request that filled the entry, not to later readers.
                 kept.headers.remove(REQUEST_ID);
+                // Kept saying what every later reader of it is told (`set_cache_header`): a hit
+                // then adds nothing, where adding a header costs a parse and an allocation.
+                if ctx.settings.cache.response_header {
+                    kept.headers.insert(
+                        CACHE_HEADER,
+                        HeaderValue::from_static(cache::Outcome::Hit.label()),
+                    );
+                }
                 // A clone keeps its header map's table size: with room for the headers each
                 // hit adds, the first of them does not grow the table (a rehash per hit).
                 kept.headers.reserve(HEADERS_ADDED_PER_HIT);
@@ -920,11 +944,10 @@ impl ProxyHttp for Gateway {
         response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if ctx.settings.cache.response_header {
-            if let Some((_, outcome)) = cache_outcome(session, ctx) {
-                response.insert_header(CACHE_HEADER, HeaderValue::from_static(outcome.label()))?;
-            }
-        }
+        let outcome = cache_outcome(session, ctx)
+            .filter(|_| ctx.settings.cache.response_header)
+            .map(|(_, outcome)| outcome.label());
+        set_cache_header(response, outcome)?;
         response.insert_header(REQUEST_ID, ctx.request_id.clone())
     }
 
@@ -1005,7 +1028,23 @@ impl ProxyHttp for Gateway {
 
 /// Answers a refusal, logs it (never the body or a credential), and marks the request for the
 /// metrics. Returns pingora's "answered" for `request_filter`.
-async fn refuse(session: &mut Session, ctx: &mut RequestCtx, rejection: Rejection) -> Result<bool> {
+///
+/// Boxed: writing an answer and lingering hold some 1.4 KB across their awaits, and a future
+/// embeds the largest of everything it awaits. Unboxed, every `request_filter` (whose future
+/// async_trait allocates and copies per request) would carry that for the rare refusal.
+fn refuse<'a>(
+    session: &'a mut Session,
+    ctx: &'a mut RequestCtx,
+    rejection: Rejection,
+) -> BoxFuture<'a, Result<bool>> {
+    Box::pin(send_refusal(session, ctx, rejection))
+}
+
+async fn send_refusal(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    rejection: Rejection,
+) -> Result<bool> {
     ctx.rejected = rejection.reason;
     let head = session.req_header();
     log::info!(
@@ -1262,6 +1301,24 @@ fn cache_outcome(session: &Session, ctx: &RequestCtx) -> Option<(Kind, cache::Ou
         _ => cache::Outcome::Miss,
     };
     Some((usage.kind, outcome))
+}
+
+/// Makes the answer's `Mediagate-Cache` say `outcome`, or removes it (`None`: not a cacheable
+/// read, or `cache.response_header` off). Cached heads are kept with `hit` in it, so a hit's
+/// head is usually right as it is; an entry kept while the header was off, or read since it was
+/// turned off (a reload), is put right here.
+fn set_cache_header(response: &mut ResponseHeader, outcome: Option<&'static str>) -> Result<()> {
+    let current = response.headers.get(CACHE_HEADER);
+    match outcome {
+        Some(label) if current.is_none_or(|value| value != label) => {
+            response.insert_header(CACHE_HEADER, HeaderValue::from_static(label))
+        }
+        None if current.is_some() => {
+            response.remove_header(CACHE_HEADER);
+            Ok(())
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The status of the final answer written to the client, if any: a `100 Continue` is not one.
