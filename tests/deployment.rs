@@ -223,7 +223,11 @@ fn the_dockerfile_follows_its_conventions() {
     assert!(dockerfile.contains("EXPOSE 8080 9108"));
     assert!(dockerfile.contains("HEALTHCHECK") && dockerfile.contains("/healthz"));
     // The image ships the build the load comparison measures.
-    assert!(dockerfile.contains("--profile production"));
-    assert!(dockerfile.contains("/src/target/production/mediagate"));
-    assert!(read("benches/load/compare.sh").contains("--profile production"));
+    assert!(dockerfile.contains("RUN scripts/build-production"));
+    assert!(dockerfile.contains("/src/target/pgo/mediagate"));
+    let compare = read("benches/load/compare.sh");
+    assert!(compare.contains("\nscripts/build-production\n"));
+    assert!(compare.contains("BIN=$ROOT/target/pgo/mediagate"));
+    let build = read("scripts/build-production");
+    assert!(build.contains("--profile production") && build.contains("target/pgo/mediagate"));
 }

@@ -8,8 +8,9 @@
 # Each scenario runs RUNS times (default 3) for DURATION seconds (default 5), the servers taking
 # turns run by run; the median counts.
 #
-# mediagate and the reference are built with the `production` profile (Cargo.toml: what the
-# Dockerfile ships), whose first build takes about 7 minutes here.
+# mediagate is built as the Dockerfile builds it (scripts/build-production: the `production`
+# profile with profile-guided optimisation; about 12 minutes the first time here); the reference
+# with the `production` profile alone.
 #
 #   benches/load/compare.sh            # everything, about 6 minutes after the build
 #   RUNS=1 DURATION=2 benches/load/compare.sh   # a quick look
@@ -44,9 +45,11 @@ install_missing() {
 }
 
 install_missing
-say "building mediagate (profile production)"
-cargo build --profile production --quiet --bin mediagate --example bare_pingora
-BIN=$ROOT/target/production/mediagate
+say "building mediagate as the Dockerfile does (scripts/build-production: production profile, PGO)"
+scripts/build-production
+say "building the reference (profile production)"
+cargo build --profile production --quiet --example bare_pingora
+BIN=$ROOT/target/pgo/mediagate
 BARE=$ROOT/target/production/examples/bare_pingora
 
 # Everything lives on tmpfs, so the disk does not set the pace, and goes when the script ends.
@@ -260,13 +263,14 @@ lines = [
 "# mediagate against nginx",
 "",
 f"Run {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.node()}: {cpu}, {cmd('nproc')} cores, Linux {platform.release()}.",
-f"{cmd('$BIN --version') or 'mediagate'} (profile production), {cmd('nginx -v 2>&1')}, {cmd('wrk -v 2>&1 | head -1').split(' Copyright')[0]}.",
+f"{cmd('$BIN --version') or 'mediagate'} (profile production with PGO, scripts/build-production; the reference: profile production), {cmd('nginx -v 2>&1')}, {cmd('wrk -v 2>&1 | head -1').split(' Copyright')[0]}.",
 "",
 "Each server under test has one worker pinned to CPU 0 (mediagate \`server.threads: 1\`, nginx",
 "\`worker_processes 1\`); wrk and the origin run on CPU 1. Each figure is the median of $RUNS runs",
 f"of $DURATION s, the servers of a scenario taking turns run by run; ratios are mediagate / nginx",
-"from this run. The reference is pingora alone (benches/load/bare_pingora.rs) on the same core:",
-"pingora's own floor. Errors are non-2xx answers and socket errors wrk counted (0 expected).",
+"from this run. The reference is pingora alone (benches/load/bare_pingora.rs) on the same core,",
+"built without PGO: pingora's own cost, before mediagate's features and before PGO. Errors are",
+"non-2xx answers and socket errors wrk counted (0 expected).",
 "",
 "| scenario | mediagate | nginx | ratio | goal |",
 "| --- | --- | --- | --- | --- |",

@@ -164,6 +164,22 @@ struct AnswerCapture {
     too_long: bool,
 }
 
+impl AnswerCapture {
+    /// The start of the capture of a successful answer: its type, and the body so far.
+    fn of(head: &ResponseHeader, body: &[u8]) -> Box<AnswerCapture> {
+        let content_type = head
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/json");
+        Box::new(AnswerCapture {
+            content_type: content_type.to_string(),
+            body: bytes::BytesMut::from(body),
+            too_long: false,
+        })
+    }
+}
+
 /// What became of an upload's `Idempotency-Key`.
 enum Idempotency {
     /// No key, a first upload under it, or no ledger to ask: the upload goes on.
@@ -661,8 +677,9 @@ impl ProxyHttp for Gateway {
             return refuse(session, ctx, rejection).await;
         }
         if !is_upload && is_chunked(session) {
-            // Its first chunk size is read (and checked) before anything goes upstream.
-            if let Err(rejection) = read_first_chunk(session).await? {
+            // Its first chunk size is read (and checked) before anything goes upstream. Boxed
+            // for the reason `filter_upload` is.
+            if let Err(rejection) = Box::pin(read_first_chunk(session)).await? {
                 return refuse(session, ctx, rejection).await;
             }
         }
@@ -830,14 +847,8 @@ impl ProxyHttp for Gateway {
             );
         }
         if ctx.claim.is_some() && response.status.is_success() {
-            let content_type = response.headers.get(http::header::CONTENT_TYPE);
-            ctx.answer = Some(Box::new(AnswerCapture {
-                content_type: content_type
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("application/json")
-                    .to_string(),
-                ..AnswerCapture::default()
-            }));
+            // The body follows, chunk by chunk (`response_body_filter`).
+            ctx.answer = Some(AnswerCapture::of(response, b""));
         }
         if response.status.is_server_error() {
             ctx.upstream_error = Some("status_5xx");
@@ -1221,15 +1232,7 @@ async fn answer_replay(
     ctx.upstream_status = Some(status);
     ctx.replayed = true;
     if ctx.claim.is_some() && head.status.is_success() {
-        let content_type = head.headers.get(http::header::CONTENT_TYPE);
-        ctx.answer = Some(Box::new(AnswerCapture {
-            content_type: content_type
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("application/json")
-                .to_string(),
-            body: bytes::BytesMut::from(&body[..]),
-            too_long: false,
-        }));
+        ctx.answer = Some(AnswerCapture::of(&head, &body));
     }
     head.remove_header(&http::header::TRANSFER_ENCODING);
     head.remove_header(&http::header::CONNECTION);
