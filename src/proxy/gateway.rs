@@ -101,7 +101,7 @@ const READ_WHOLE_UP_TO: u64 = 64 * 1024;
 /// The header that tells the client what the cache did.
 const CACHE_HEADER: &str = "mediagate-cache";
 /// Headers added to a cached head on each hit: `Age` and `Accept-Ranges` (pingora), the request
-/// id and `Mediagate-Cache`, with room to spare.
+/// id, and `Mediagate-Cache` when the kept one is not the answer's, with room to spare.
 const HEADERS_ADDED_PER_HIT: usize = 6;
 
 /// What one request carries from phase to phase.
@@ -156,7 +156,6 @@ pub struct RequestCtx {
 }
 
 /// The upstream's answer to an idempotent upload, kept for repeats.
-#[derive(Default)]
 struct AnswerCapture {
     content_type: String,
     body: bytes::BytesMut,
@@ -1055,6 +1054,7 @@ fn refuse<'a>(
     Box::pin(send_refusal(session, ctx, rejection))
 }
 
+/// `refuse`'s work.
 async fn send_refusal(
     session: &mut Session,
     ctx: &mut RequestCtx,
