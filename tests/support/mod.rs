@@ -6,10 +6,12 @@
 
 #![allow(dead_code)] // each test binary uses its own part of this module
 
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -22,12 +24,26 @@ pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_mediagate")
 }
 
-/// A port nobody listens on right now.
+/// A port nobody listens on right now, and not handed out before in this test process. Tests
+/// run in parallel threads, each releasing its port before its server binds it: the kernel may
+/// give that same port to the next thread's pick, and two proxies would then race for one
+/// metrics port (the loser's `/readyz` answered by the winner, its scrapes refused once the
+/// winner's test ends).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free loopback port");
+        if GIVEN
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(port)
+        {
+            return port;
+        }
+    }
 }
 
 /// A fresh random service SID, so tests sharing an origin never see each other's requests.
