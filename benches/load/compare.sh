@@ -12,7 +12,7 @@
 # profile with profile-guided optimisation; about 12 minutes the first time here); the reference
 # with the `production` profile alone.
 #
-#   benches/load/compare.sh            # everything, about 6 minutes after the build
+#   benches/load/compare.sh            # everything, about 5 minutes after the build
 #   RUNS=1 DURATION=2 benches/load/compare.sh   # a quick look
 set -euo pipefail
 
