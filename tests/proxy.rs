@@ -580,3 +580,65 @@ async fn sigterm_lets_an_in_flight_upload_finish_then_exits_0() {
         .expect("the proxy exits after its grace period");
     assert!(exit.success(), "{exit}");
 }
+
+/// CPU time the threads of process `pid` have used so far, from `/proc` (nanoseconds, the
+/// first field of each thread's `schedstat`).
+fn cpu_time(pid: u32) -> Duration {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("/proc/PID/task");
+    let nanos = tasks
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok())
+        .filter_map(|stat| stat.split(' ').next()?.parse::<u64>().ok())
+        .sum();
+    Duration::from_nanos(nanos)
+}
+
+/// Uploads 20 small files through `proxy`, 30 ms apart, and answers the CPU time the proxy
+/// spent meanwhile.
+async fn cpu_time_of_spaced_uploads(proxy: &Proxy, service: &str) -> Duration {
+    let before = cpu_time(proxy.child.id());
+    for _ in 0..20 {
+        let response = client()
+            .post(proxy.url(&upload_path(service)))
+            .header("Content-Type", "image/png")
+            .body(png_bytes(4096))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::CREATED);
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    cpu_time(proxy.child.id()) - before
+}
+
+/// `server.busy_poll`: after each request event the workers poll instead of sleeping, for at
+/// most that long. Requests are served as usual, the polling shows as CPU time after each
+/// request, it stops once the proxy is idle, and SIGTERM still ends the process.
+#[tokio::test]
+async fn busy_polling_spends_its_window_after_requests_then_sleeps() {
+    let mut config = ProxyConfig::to(&origin().url);
+    config.server_extra.push_str("  busy_poll: 10ms\n");
+    let mut polling = Proxy::start(config);
+    let service = new_service();
+
+    let sleeping = cpu_time_of_spaced_uploads(proxy(), &service).await;
+    let busy = cpu_time_of_spaced_uploads(&polling, &service).await;
+    // Up to 10 ms of polling after each of 20 requests: about 200 ms more. Half of it leaves
+    // room for a machine busy with other tests.
+    assert!(
+        busy >= sleeping + Duration::from_millis(100),
+        "{busy:?} of CPU time with busy polling, {sleeping:?} without"
+    );
+
+    // Idle: no polling at all.
+    let before = cpu_time(polling.child.id());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle = cpu_time(polling.child.id()) - before;
+    assert!(
+        idle < Duration::from_millis(100),
+        "{idle:?} of CPU time while idle"
+    );
+
+    signal(&polling.child, nix::sys::signal::Signal::SIGTERM);
+    let exit = wait_exit(&mut polling.child, Duration::from_secs(15)).expect("the proxy exits");
+    assert!(exit.success(), "{exit}");
+}

@@ -6,13 +6,14 @@ free_port() {
 
 # mediagate as the load runs measure it: one thread, every feature on, limits out of the way.
 # Uses ORIGIN, ACCOUNT and TOKEN.
-mediagate_config() { # listen_port metrics_port cache_memory
+mediagate_config() { # listen_port metrics_port cache_memory [more server keys, e.g. "busy_poll: 200us"]
     cat <<YAML
 server:
   listen: 127.0.0.1:$1
   metrics_listen: 127.0.0.1:$2
   threads: 1
   grace_period: 1s
+  ${4:-}
 upstream:
   url: $ORIGIN
 credentials:

@@ -55,12 +55,17 @@ pub struct Server {
     /// The Unix socket on which a new process started with `--upgrade` receives this one's
     /// listening sockets when this one gets SIGQUIT (pingora's hand-over). Both must agree on it.
     pub upgrade_sock: PathBuf,
+    /// How long a worker keeps polling for events after the last one before it sleeps: less
+    /// latency where waking a sleeping core is slow (virtual machines), for CPU. 0: off.
+    pub busy_poll: HumanDuration,
 }
 
 impl Server {
     pub const DEFAULT_UPGRADE_SOCK: &'static str = "/tmp/mediagate-upgrade.sock";
     /// The longest path a Unix socket address holds (`sun_path`, less its final NUL).
     const MAX_SOCKET_PATH: usize = 107;
+    /// Polling longer than this burns a core for waits that sleeping serves as well.
+    const MAX_BUSY_POLL: std::time::Duration = std::time::Duration::from_millis(10);
 
     /// `upgrade_sock` is where two processes meet, whatever their working directories: an
     /// absolute path that fits a socket address. (pingora panics on a path that does not.)
@@ -107,6 +112,7 @@ impl Default for Server {
             max_headers: 100,
             min_body_rate: ByteSize::kib(1),
             upgrade_sock: PathBuf::from(Server::DEFAULT_UPGRADE_SOCK),
+            busy_poll: HumanDuration::secs(0),
         }
     }
 }
@@ -555,6 +561,11 @@ impl Config {
             return Err(ConfigError("quotas.slot_lease: must be at least 1s".into()));
         }
         self.server.check_upgrade_sock()?;
+        if self.server.busy_poll.get() > Server::MAX_BUSY_POLL {
+            return Err(ConfigError(
+                "server.busy_poll: must be at most 10ms (it is a wait for a near event)".into(),
+            ));
+        }
         if self.server.listen == self.server.metrics_listen {
             return Err(ConfigError(
                 "server.metrics_listen: must differ from server.listen".into(),

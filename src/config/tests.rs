@@ -1,5 +1,6 @@
 use super::*;
 use crate::api::ServiceSid;
+use std::time::Duration;
 
 const MINIMAL: &str =
     "credentials:\n  username: AC0123456789abcdef0123456789abcdef\n  password: hunter2\n";
@@ -60,6 +61,19 @@ fn upgrade_sock_must_be_an_absolute_socket_path() {
     let long = format!("/{}", "d".repeat(120));
     let e = error(&format!("{MINIMAL}server:\n  upgrade_sock: {long}\n"));
     assert!(e.contains("at most 107 bytes"), "{e}");
+}
+
+#[test]
+fn busy_poll_is_off_by_default_and_bounded() {
+    let config = parse(MINIMAL).unwrap();
+    assert!(config.server.busy_poll.get().is_zero());
+    let config = parse(&format!("{MINIMAL}server:\n  busy_poll: 200us\n")).unwrap();
+    assert_eq!(config.server.busy_poll.get(), Duration::from_micros(200));
+    let e = error(&format!("{MINIMAL}server:\n  busy_poll: 20ms\n"));
+    assert!(
+        e.starts_with("server.busy_poll: must be at most 10ms"),
+        "{e}"
+    );
 }
 
 #[test]

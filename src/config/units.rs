@@ -116,7 +116,7 @@ impl<'de> Deserialize<'de> for ByteSize {
     }
 }
 
-/// A duration written as a string: `250ms`, `5s`, `10m`, `24h`.
+/// A duration written as a string: `200us`, `250ms`, `5s`, `10m`, `24h`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct HumanDuration(pub Duration);
 
@@ -135,16 +135,17 @@ impl HumanDuration {
 
     pub fn parse(text: &str) -> Option<HumanDuration> {
         let (number, unit) = split_number(text)?;
-        let millis_per_unit: u64 = match unit {
-            "ms" => 1,
-            "s" => 1_000,
-            "m" => 60_000,
-            "h" => 3_600_000,
+        let micros_per_unit: u64 = match unit {
+            "us" => 1,
+            "ms" => 1_000,
+            "s" => 1_000_000,
+            "m" => 60_000_000,
+            "h" => 3_600_000_000,
             _ => return None,
         };
         number
-            .checked_mul(millis_per_unit)
-            .map(|ms| HumanDuration(Duration::from_millis(ms)))
+            .checked_mul(micros_per_unit)
+            .map(|us| HumanDuration(Duration::from_micros(us)))
     }
 
     /// Whole seconds, rounded up: for settings that only take seconds.
@@ -156,13 +157,22 @@ impl HumanDuration {
 
 impl fmt::Display for HumanDuration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let ms = self.0.as_millis();
-        for (name, factor) in [("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
-            if ms >= factor && ms % factor == 0 {
-                return write!(f, "{}{}", ms / factor, name);
+        let us = self.0.as_micros();
+        let units = [
+            ("h", 3_600_000_000),
+            ("m", 60_000_000),
+            ("s", 1_000_000),
+            ("ms", 1_000),
+        ];
+        for (name, factor) in units {
+            if us >= factor && us % factor == 0 {
+                return write!(f, "{}{}", us / factor, name);
             }
         }
-        write!(f, "{ms}ms")
+        if us == 0 {
+            return f.write_str("0ms");
+        }
+        write!(f, "{us}us")
     }
 }
 
@@ -182,7 +192,7 @@ impl<'de> Deserialize<'de> for HumanDuration {
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<HumanDuration, E> {
                 Err(E::custom(format!(
-                    r#"expected a duration like "5s" (with a unit: ms, s, m, h), got {v}"#
+                    r#"expected a duration like "5s" (with a unit: us, ms, s, m, h), got {v}"#
                 )))
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<HumanDuration, E> {
@@ -191,7 +201,7 @@ impl<'de> Deserialize<'de> for HumanDuration {
             fn visit_str<E: de::Error>(self, v: &str) -> Result<HumanDuration, E> {
                 HumanDuration::parse(v).ok_or_else(|| {
                     E::custom(format!(
-                        r#"expected a duration like "5s" (units: ms, s, m, h), got "{v}""#
+                        r#"expected a duration like "5s" (units: us, ms, s, m, h), got "{v}""#
                     ))
                 })
             }
@@ -235,6 +245,10 @@ mod tests {
             HumanDuration::parse("250ms"),
             Some(HumanDuration(Duration::from_millis(250)))
         );
+        assert_eq!(
+            HumanDuration::parse("200us"),
+            Some(HumanDuration(Duration::from_micros(200)))
+        );
         assert_eq!(HumanDuration::parse("5s"), Some(HumanDuration::secs(5)));
         assert_eq!(HumanDuration::parse("10m"), Some(HumanDuration::secs(600)));
         assert_eq!(
@@ -252,7 +266,9 @@ mod tests {
 
     #[test]
     fn display_round_trips() {
-        for text in ["150MiB", "1GiB", "1000B", "24h", "90s", "250ms"] {
+        for text in [
+            "150MiB", "1GiB", "1000B", "24h", "90s", "250ms", "200us", "0ms",
+        ] {
             let shown = ByteSize::parse(text)
                 .map(|s| s.to_string())
                 .or_else(|| HumanDuration::parse(text).map(|d| d.to_string()));

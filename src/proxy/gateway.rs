@@ -20,6 +20,7 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 
 use super::access::AccessControl;
+use super::busy_poll::BusyPoll;
 use super::content::{ContentResolver, SignedUrl};
 use super::credentials::Injector;
 use super::idempotent::{self, IDEMPOTENCY_KEY};
@@ -52,6 +53,8 @@ pub struct Gateway {
     spool: Option<Arc<SpoolDir>>,
     replayer: Replayer,
     access_log: AccessLog,
+    /// `server.busy_poll`, when on: told of each request event.
+    busy_poll: Option<Arc<BusyPoll>>,
 }
 
 /// Everything a reload may change. A request keeps the settings it started with.
@@ -203,6 +206,7 @@ pub struct Lasting {
     pub ledger: Arc<dyn Ledger>,
     pub spool: Option<Arc<SpoolDir>>,
     pub replayer: Replayer,
+    pub busy_poll: Option<Arc<BusyPoll>>,
 }
 
 impl Gateway {
@@ -215,11 +219,20 @@ impl Gateway {
             ledger: lasting.ledger,
             spool: lasting.spool,
             replayer: lasting.replayer,
+            busy_poll: lasting.busy_poll,
             access_log: if config.server.access_log {
                 AccessLog::to_stdout()
             } else {
                 AccessLog::off()
             },
+        }
+    }
+
+    /// A request event: with `server.busy_poll` on, the worker polls rather than sleeps for a
+    /// while, since the next event (the upstream's answer, the client's next request) is near.
+    fn keep_polling(&self) {
+        if let Some(busy_poll) = &self.busy_poll {
+            busy_poll.touch();
         }
     }
 
@@ -649,6 +662,7 @@ impl ProxyHttp for Gateway {
     /// of its first body chunk. Everything refused here is answered here and never reaches
     /// the upstream.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        self.keep_polling();
         ctx.request_id = request_id(session);
         let head = session.req_header();
         let route = match Route::parse(&head.method, head.uri.path()) {
@@ -812,6 +826,8 @@ impl ProxyHttp for Gateway {
         request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        // The upstream's answer is next.
+        self.keep_polling();
         if let Some(signed) = &ctx.signed {
             // A request of our own: nothing of the client's reaches the media host.
             *request = signed.request(request.method.clone(), ctx.request_id())?;
@@ -1019,6 +1035,8 @@ impl ProxyHttp for Gateway {
     /// After the last byte, on every path: the quota reservation is settled, and the request
     /// is recorded, once, in the metrics and the access log.
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        // The client may send its next request on this connection soon.
+        self.keep_polling();
         let status = final_status(session).unwrap_or(0);
         // Stored is the upstream's word: a client that vanishes after its body was sent must not
         // get its upload refunded.

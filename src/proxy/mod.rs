@@ -4,6 +4,7 @@
 
 mod access;
 mod admin;
+mod busy_poll;
 mod client_limits;
 mod content;
 mod credentials;
@@ -57,6 +58,7 @@ pub fn run(config: Config, path: &Path, upgrade: bool) -> Result<(), String> {
         ensure_can_listen(config.server.listen, "server.listen")?;
         ensure_can_listen(config.server.metrics_listen, "server.metrics_listen")?;
     }
+    exit_when_a_listener_cannot_bind();
     let quota = crate::quota::backend(&config)?;
     let settings = Arc::new(ArcSwap::from_pointee(gateway::Settings::new(&config)?));
     let required_quota =
@@ -74,6 +76,7 @@ pub fn run(config: Config, path: &Path, upgrade: bool) -> Result<(), String> {
         ledger: crate::idempotency::ledger(&config)?,
         spool: spool_dir(&config)?,
         replayer: replay::Replayer::new(&server.configuration),
+        busy_poll: busy_poll::BusyPoll::new(config.server.busy_poll.get(), config.server.threads),
     };
     if upgrade {
         log::info!(
@@ -183,6 +186,28 @@ fn ensure_can_wait_for_sockets(upgrade_sock: &Path) -> Result<(), String> {
             dir.display()
         ))
     }
+}
+
+/// pingora binds a service's sockets when the service starts, retrying a port in use for 30 s,
+/// and a failure there ("Failed to build listeners") panics only that service's thread: the
+/// proxy would run on without its port, or without `/metrics` and `/readyz`. The check above makes that rare (the port must be taken
+/// in between, or refused by the kernel for another reason); when it happens, the process ends
+/// as it does for any other start-up error.
+fn exit_when_a_listener_cannot_bind() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.starts_with("Failed to build listeners") {
+            log::error!("a listening socket could not be opened: exiting");
+            std::process::exit(1);
+        }
+    }));
 }
 
 fn ensure_can_listen(addr: SocketAddr, key: &str) -> Result<(), String> {
