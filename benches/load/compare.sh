@@ -159,11 +159,15 @@ local f = assert(io.open(os.getenv("WRK_BODY"), "rb"))
 wrk.body = f:read("*a")
 f:close()
 LUA
+cat >"$WORK/get.lua" <<'LUA'
+wrk.headers["Authorization"] = os.getenv("WRK_AUTH")
+LUA
 
 # One wrk run on CPU 1; prints "requests_per_s p50_ms p99_ms errors".
 wrk_once() { # url [body_file auth] [connections]
     local url=$1 body=${2:-} auth=${3:-} conns=${4:-$CLIENTS} script=()
-    [ -n "$body" ] && script=(-s "$WORK/post.lua")
+    if [ -n "$body" ]; then script=(-s "$WORK/post.lua")
+    elif [ -n "$auth" ]; then script=(-s "$WORK/get.lua"); fi
     WRK_BODY=$body WRK_AUTH=$auth taskset -c 1 wrk -t1 -c"$conns" -d"${DURATION}s" --latency \
         "${script[@]}" "$url" | python3 -c '
 import re, sys
@@ -220,7 +224,8 @@ say "1/5 metadata, cache hits"
 { read -r META_MG; read -r META_NG; read -r META_BARE; } < <(
     measure "$MG$METADATA" "$NG$METADATA" "$BAREURL$METADATA")
 say "2/5 metadata, passed through"
-{ read -r PASS_MG; read -r PASS_NG; } < <(measure "$MGPASS$METADATA" "$NGPASS$METADATA")
+{ read -r PASS_MG; read -r PASS_NG; read -r PASS_DIRECT; } < <(
+    measure "$MGPASS$METADATA" "$NGPASS$METADATA" "$ORIGIN$METADATA||$DIRECT_AUTH")
 say "3/5 1 MiB content, cache hits"
 { read -r CONT_MG; read -r CONT_NG; } < <(measure "$MG$CONTENT" "$NG$CONTENT")
 say "4/5 uploads: 1 MiB and 4 KiB"
@@ -255,7 +260,7 @@ def row(s):
     return float(rps), float(p50), float(p99), err
 MIB = 1024 * 1024
 meta_mg, meta_ng, meta_bare = row("$META_MG"), row("$META_NG"), row("$META_BARE")
-pass_mg, pass_ng = row("$PASS_MG"), row("$PASS_NG")
+pass_mg, pass_ng, pass_direct = row("$PASS_MG"), row("$PASS_NG"), row("$PASS_DIRECT")
 cont_mg, cont_ng = row("$CONT_MG"), row("$CONT_NG")
 up_mg, up_ng, up_ngt, up_direct = row("$UP_MG"), row("$UP_NG"), row("$UP_NGT"), row("$UP_DIRECT")
 small_mg, small_ngt, small_bare, small_direct = row("$SMALL_MG"), row("$SMALL_NGT"), row("$SMALL_BARE"), row("$SMALL_DIRECT")
@@ -285,7 +290,7 @@ f"of $DURATION s, the servers of a scenario taking turns run by run; ratios are 
 "built without PGO: pingora's own cost, before mediagate's features and before PGO. Errors are",
 "non-2xx answers and socket errors wrk counted (0 expected). The 4 KiB latency runs also",
 "measure a second mediagate, the same but with \`server.busy_poll: 200us\` (its workers poll",
-"for 200 µs after each request event instead of sleeping at once: README, Load comparison).",
+"for 200 µs after each request event instead of sleeping at once: README, Latency and busy polling).",
 "",
 "| scenario | mediagate | nginx | ratio | goal |",
 "| --- | --- | --- | --- | --- |",
@@ -293,6 +298,7 @@ f"| metadata (~700 B JSON), cache hit, $CLIENTS connections: requests/s | {meta_
 f"| same, p99 latency (ms) | {meta_mg[2]:.2f} | {meta_ng[2]:.2f} | | |",
 f"| same, reference: pingora alone over the same cache storage, no mediagate features (requests/s; ratio to nginx) | {meta_bare[0]:,.0f} | | {ratio(meta_bare[0], meta_ng[0])} | mediagate / reference: {ratio(meta_mg[0], meta_bare[0])} |",
 f"| metadata passed through (no cache): requests/s | {pass_mg[0]:,.0f} | {pass_ng[0]:,.0f} | {ratio(pass_mg[0], pass_ng[0])} | ≥ 1.0: {ok(pass_mg[0] >= pass_ng[0])} |",
+f"| same, direct to the origin (ceiling): requests/s | | | {pass_direct[0]:,.0f} | |",
 f"| 1 MiB content, cache hit: MB/s | {mbs(cont_mg):,.0f} | {mbs(cont_ng):,.0f} | {ratio(cont_mg[0], cont_ng[0])} | ≥ 1.0: {ok(cont_mg[0] >= cont_ng[0])} |",
 f"| 1 MiB uploads, 8 connections, policy and quotas on: MB/s | {mbs(up_mg):,.0f} | {mbs(up_ng):,.0f} (defaults), {mbs(up_ngt):,.0f} (64 KiB buffers) | {ratio(up_mg[0], up_ngt[0])} (vs tuned) | ≥ 1.0 vs tuned: {ok(up_mg[0] >= up_ngt[0])} |",
 f"| same, direct to the origin (ceiling): MB/s | | | {mbs(up_direct):,.0f} | |",
@@ -305,7 +311,7 @@ f"| same, mediagate with \`server.busy_poll: 200us\` (p50 / p99 {lat_poll[1]:.3f
 f"| same, reference (pingora alone, no policy): p50 added over direct (µs) | {(lat_bare[1]-lat_direct[1])*1000:.0f} | | | mediagate - reference: {(lat_mg[1]-lat_bare[1])*1000:.0f} µs |",
 f"| peak RSS during 64 concurrent 50 MiB uploads (MiB) | {peak_mib:.1f} | | | < 128: {ok(peak_mib < 128)} |",
 "",
-"Errors seen by wrk (non-2xx, socket): " + ", ".join(f"{n} {r[3]}" for n, r in [("meta mg", meta_mg), ("meta nginx", meta_ng), ("meta reference", meta_bare), ("pass mg", pass_mg), ("pass nginx", pass_ng), ("content mg", cont_mg), ("content nginx", cont_ng), ("upload mg", up_mg), ("upload nginx", up_ng), ("upload nginx tuned", up_ngt), ("upload direct", up_direct), ("4k mg", small_mg), ("4k nginx", small_ngt), ("4k reference", small_bare), ("4k direct", small_direct), ("4k mg, 1 conn", lat_mg), ("4k mg busy_poll, 1 conn", lat_poll), ("4k nginx, 1 conn", lat_ngt), ("4k reference, 1 conn", lat_bare), ("4k direct, 1 conn", lat_direct), ("50 MiB mg", rss_load)]) + ".",
+"Errors seen by wrk (non-2xx, socket): " + ", ".join(f"{n} {r[3]}" for n, r in [("meta mg", meta_mg), ("meta nginx", meta_ng), ("meta reference", meta_bare), ("pass mg", pass_mg), ("pass nginx", pass_ng), ("pass direct", pass_direct), ("content mg", cont_mg), ("content nginx", cont_ng), ("upload mg", up_mg), ("upload nginx", up_ng), ("upload nginx tuned", up_ngt), ("upload direct", up_direct), ("4k mg", small_mg), ("4k nginx", small_ngt), ("4k reference", small_bare), ("4k direct", small_direct), ("4k mg, 1 conn", lat_mg), ("4k mg busy_poll, 1 conn", lat_poll), ("4k nginx, 1 conn", lat_ngt), ("4k reference, 1 conn", lat_bare), ("4k direct, 1 conn", lat_direct), ("50 MiB mg", rss_load)]) + ".",
 "",
 "Rerun: \`benches/load/compare.sh\` (RUNS, DURATION, CLIENTS override the defaults). nginx's",
 "configuration is config/nginx/compare.conf and config/nginx/common.conf.",
