@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # mediagate and nginx side by side, in one run, on the same origin: cache hits, pass-through
-# GETs, uploads, and mediagate's memory under 64 concurrent 50 MiB uploads. Writes
-# benches/RESULTS.md. See the README's "Load comparison against nginx".
+# GETs, uploads (the 4 KiB latency also with `server.busy_poll`), and mediagate's memory under
+# 64 concurrent 50 MiB uploads. Writes benches/RESULTS.md. See the README's "Load comparison
+# against nginx".
 #
 # Topology (2 cores): the server under test (mediagate with `server.threads: 1`, or nginx with
 # `worker_processes 1`) is pinned to CPU 0; the load generator (wrk) and the origin to CPU 1.
