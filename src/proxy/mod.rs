@@ -192,9 +192,9 @@ fn ensure_can_wait_for_sockets(upgrade_sock: &Path) -> Result<(), String> {
 /// Body buffers (tens to hundreds of KiB) are allocated and freed for every chunk of every
 /// upload. glibc's defaults hand such blocks back to the kernel as they are freed (an `mmap` of
 /// their own, or a trim of the arena's top with `madvise`), so the next chunk page-faults its
-/// memory in again: `perf` put that churn at about a fifth of the proxy's CPU on 1 MiB uploads.
-/// Kept in the heap instead, the memory is reused. Peak RSS under 64 concurrent 50 MiB uploads
-/// stays the same (benches/RESULTS.md); what the heap holds past the peak is not returned.
+/// memory in again. Kept in the heap, the memory is reused: the proxy's CPU per uploaded byte
+/// fell by a quarter, and peak RSS under 64 concurrent 50 MiB uploads stayed the same
+/// (benches/RESULTS.md). What the heap holds once a peak has passed is not returned.
 fn keep_freed_buffers_in_the_heap() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
