@@ -11,17 +11,15 @@ cd "$(dirname "$0")/../.."
 cargo build --release --quiet --example wakeup
 BIN=target/release/examples/wakeup
 ROUNDS=${ROUNDS:-5000}
-ECHO=
-trap '[ -n "$ECHO" ] && kill "$ECHO" 2>/dev/null || true' EXIT
+# The echoing ends are ended with the script, however it ends (common.sh).
+start_workspace
 
 round_trip() { # label echo_cpu ping_cpu [--poll]
     local port
     port=$(free_port)
     taskset -c "$2" "$BIN" echo "127.0.0.1:$port" ${4:-} &
-    ECHO=$!
+    PIDS+=($!)
     printf '%-46s %s\n' "$1" "$(taskset -c "$3" "$BIN" ping "127.0.0.1:$port" "$ROUNDS")"
-    wait "$ECHO"
-    ECHO=
 }
 
 round_trip "both ends on CPU 1" 1 1
