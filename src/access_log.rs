@@ -266,31 +266,50 @@ impl AccessLog {
             }
         });
     }
+
+    /// Writes out at once the lines the writer thread has not taken yet. Called as the process
+    /// ends: the thread takes lines only every `WRITE_EVERY`, so the last requests' lines would
+    /// otherwise go with the process.
+    pub fn write_out_waiting(&self) {
+        if let Some(shared) = &self.shared {
+            if !shared.closed.load(Ordering::Relaxed) {
+                shared.write_out(&mut Vec::new());
+            }
+        }
+    }
 }
 
 /// Every `WRITE_EVERY`, writes out the lines that gathered.
 fn write_lines(shared: &Shared) {
-    let stdout = std::io::stdout();
     let mut out_buffer = Vec::with_capacity(64 * 1024);
     loop {
         std::thread::sleep(WRITE_EVERY);
-        {
-            let mut waiting = shared.waiting.lock().unwrap_or_else(|p| p.into_inner());
-            if waiting.is_empty() {
-                continue;
-            }
-            std::mem::swap(&mut *waiting, &mut out_buffer);
-        }
-        let mut out = stdout.lock();
-        if out
-            .write_all(&out_buffer)
-            .and_then(|()| out.flush())
-            .is_err()
-        {
-            shared.closed.store(true, Ordering::Relaxed);
+        if !shared.write_out(&mut out_buffer) {
             return;
         }
+    }
+}
+
+impl Shared {
+    /// Writes out the lines waiting; false once standard output is gone. Standard output is
+    /// held from taking the lines until they are written, so that two writers (the thread and
+    /// the last write at exit) cannot put a later batch before an earlier one.
+    fn write_out(&self, out_buffer: &mut Vec<u8>) -> bool {
+        let stdout = std::io::stdout();
+        let mut out = stdout.lock();
+        {
+            let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+            if waiting.is_empty() {
+                return true;
+            }
+            std::mem::swap(&mut *waiting, out_buffer);
+        }
+        let written = out.write_all(out_buffer).and_then(|()| out.flush());
         out_buffer.clear();
+        if written.is_err() {
+            self.closed.store(true, Ordering::Relaxed);
+        }
+        written.is_ok()
     }
 }
 

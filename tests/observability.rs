@@ -543,3 +543,36 @@ async fn an_upload_in_flight_shows_in_the_gauge_and_holds_its_slot() {
     assert_eq!(read_answer(&mut stream).0, 201);
     assert!(wait_for(Duration::from_secs(10), || gauge() == Some(0.0)));
 }
+
+/// The access log's writer takes the lines every few milliseconds. The lines of the requests
+/// answered just before a SIGTERM are written out as the process ends, not lost with it.
+#[tokio::test]
+async fn the_last_requests_before_sigterm_are_in_the_access_log() {
+    let mut config = ProxyConfig::to(&format!("http://127.0.0.1:{}", free_port()));
+    config.grace_period = "0s";
+    let mut proxy = Proxy::start(config);
+    let requests = 20;
+    for _ in 0..requests {
+        // A malformed SID: answered by the proxy itself, no upstream needed.
+        let response = client()
+            .get(proxy.url("/v1/Services/ISnot-a-sid/Media"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    }
+    proxy.wait_recorded(requests);
+
+    signal(&proxy.child, nix::sys::signal::Signal::SIGTERM);
+    let exit = wait_exit(&mut proxy.child, Duration::from_secs(15)).expect("the proxy exits");
+    assert!(exit.success(), "{exit}");
+    let log = proxy.access_log();
+    let statuses: Vec<u64> = log
+        .lines()
+        .map(|line| {
+            let entry: Value = serde_json::from_str(line).expect("a JSON line");
+            entry["status"].as_u64().expect("a status")
+        })
+        .collect();
+    assert_eq!(statuses, vec![400; requests], "{log}");
+}

@@ -207,10 +207,11 @@ pub struct Lasting {
     pub spool: Option<Arc<SpoolDir>>,
     pub replayer: Replayer,
     pub busy_poll: Option<Arc<BusyPoll>>,
+    pub access_log: AccessLog,
 }
 
 impl Gateway {
-    pub fn new(config: &Config, settings: Arc<ArcSwap<Settings>>, lasting: Lasting) -> Gateway {
+    pub fn new(settings: Arc<ArcSwap<Settings>>, lasting: Lasting) -> Gateway {
         Gateway {
             settings,
             quota: lasting.quota,
@@ -220,11 +221,7 @@ impl Gateway {
             spool: lasting.spool,
             replayer: lasting.replayer,
             busy_poll: lasting.busy_poll,
-            access_log: if config.server.access_log {
-                AccessLog::to_stdout()
-            } else {
-                AccessLog::off()
-            },
+            access_log: lasting.access_log,
         }
     }
 

@@ -26,11 +26,12 @@ use pingora::services::background::background_service;
 
 use pingora::apps::http_app::HttpServer;
 use pingora::server::configuration::{Opt, ServerConf};
-use pingora::server::Server;
+use pingora::server::{RunArgs, Server};
 use pingora::services::listening::Service;
 
 pub use gateway::Gateway;
 
+use crate::access_log::AccessLog;
 use crate::cache::Cache;
 use crate::config::{Config, OnBackendError};
 use content::ContentResolver;
@@ -67,6 +68,13 @@ pub fn run(config: Config, path: &Path, upgrade: bool) -> Result<(), String> {
     crate::metrics::init();
     let cache = Cache::leak(config.cache.memory.bytes(), cache_lock_age(&config));
 
+    // Kept here as well as in the gateway: the lines it holds at exit are written out once
+    // pingora has stopped.
+    let access_log = if config.server.access_log {
+        AccessLog::to_stdout()
+    } else {
+        AccessLog::off()
+    };
     let mut server = Server::new_with_opt_and_conf(server_opt(upgrade), server_conf(&config));
     // Everything that can fail is made before the sockets are taken over: once an upgrade has
     // them, this process must serve.
@@ -78,6 +86,7 @@ pub fn run(config: Config, path: &Path, upgrade: bool) -> Result<(), String> {
         spool: spool_dir(&config)?,
         replayer: replay::Replayer::new(&server.configuration),
         busy_poll: busy_poll::BusyPoll::new(config.server.busy_poll.get(), config.server.threads),
+        access_log: access_log.clone(),
     };
     if upgrade {
         log::info!(
@@ -92,7 +101,7 @@ pub fn run(config: Config, path: &Path, upgrade: bool) -> Result<(), String> {
     if upgrade {
         log::info!("upgrade: listening sockets received from the running proxy");
     }
-    let gateway = Gateway::new(&config, settings.clone(), lasting);
+    let gateway = Gateway::new(settings.clone(), lasting);
 
     // Every client connection is counted and watched before pingora reads it.
     client_limits::register_metrics();
@@ -123,7 +132,11 @@ pub fn run(config: Config, path: &Path, upgrade: bool) -> Result<(), String> {
         config.upstream.url,
         config.server.metrics_listen
     );
-    server.run_forever()
+    // Returns once a signal has stopped every service (SIGTERM or SIGQUIT after their grace
+    // period, SIGINT at once).
+    server.run(RunArgs::default());
+    access_log.write_out_waiting();
+    std::process::exit(0)
 }
 
 /// The spool directory, when `uploads.retry` is on: created, and swept of a crash's leftovers.
