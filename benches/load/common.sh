@@ -1,11 +1,17 @@
-# Shared by compare.sh and instructions.sh (sourced, not run).
+# Shared by compare.sh, instructions.sh and scripts/build-production (sourced, not run).
+
+# The account the scripts give their local origin, and the service they upload to: made up,
+# all zeros, nothing real.
+ACCOUNT=AC00000000000000000000000000000000
+TOKEN=load-token
+SERVICE=IS0123456789abcdef0123456789abcdef
 
 free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
 # mediagate as the load runs measure it: one thread, every feature on, limits out of the way.
-# Uses ORIGIN, ACCOUNT and TOKEN.
+# Uses ORIGIN (set by the caller), ACCOUNT and TOKEN.
 mediagate_config() { # listen_port metrics_port cache_memory [more server keys, e.g. "busy_poll: 200us"]
     cat <<YAML
 server:

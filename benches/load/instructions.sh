@@ -12,9 +12,6 @@ cd "$(dirname "$0")/../.."
 ROOT=$PWD
 . benches/load/common.sh
 N=${N:-2000}
-ACCOUNT=AC00000000000000000000000000000000
-TOKEN=instructions-token
-SERVICE=IS0123456789abcdef0123456789abcdef
 
 command -v valgrind >/dev/null || {
     sudo=; [ "$(id -u)" -ne 0 ] && sudo=sudo
