@@ -4,9 +4,11 @@
 //! mediagate does per cache hit beyond this is what its features cost; what this does itself
 //! is pingora's floor. Built and run by `benches/load/compare.sh`.
 //!
-//! Usage: `bare_pingora LISTEN UPSTREAM` (e.g. `127.0.0.1:8080 127.0.0.1:9000`). One worker
-//! thread; every GET answered 200 is cached for an hour (longer than a whole comparison run, so
-//! no run meets an expired entry); it exits when its standard input closes.
+//! Usage: `bare_pingora LISTEN UPSTREAM [PASS_LISTEN]` (e.g. `127.0.0.1:8080 127.0.0.1:9000`).
+//! One worker thread; every GET answered 200 is cached for an hour (longer than a whole
+//! comparison run, so no run meets an expired entry). On PASS_LISTEN, when given, the same
+//! proxy without a cache: every request passes through. It exits when its standard input
+//! closes.
 
 use std::io::Read;
 use std::time::{Duration, SystemTime};
@@ -24,7 +26,8 @@ use mediagate::cache::Cache;
 
 struct Bare {
     upstream: String,
-    cache: &'static Cache,
+    /// None: nothing is cached.
+    cache: Option<&'static Cache>,
 }
 
 #[async_trait]
@@ -43,8 +46,10 @@ impl ProxyHttp for Bare {
 
     fn request_cache_filter(&self, session: &mut Session, _: &mut ()) -> Result<()> {
         // pingora caches whatever method it is told to: uploads must pass through.
-        if session.req_header().method == pingora::http::Method::GET {
-            self.cache.enable_on(&mut session.cache);
+        if let Some(cache) = self.cache {
+            if session.req_header().method == pingora::http::Method::GET {
+                cache.enable_on(&mut session.cache);
+            }
         }
         Ok(())
     }
@@ -82,7 +87,7 @@ impl ProxyHttp for Bare {
 fn main() {
     let mut args = std::env::args().skip(1);
     let (Some(listen), Some(upstream)) = (args.next(), args.next()) else {
-        eprintln!("usage: bare_pingora LISTEN UPSTREAM");
+        eprintln!("usage: bare_pingora LISTEN UPSTREAM [PASS_LISTEN]");
         std::process::exit(2);
     };
     // Ends with whoever started it: its standard input closes then.
@@ -98,12 +103,21 @@ fn main() {
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    let bare = Bare {
-        upstream,
-        cache: Cache::leak(256 << 20, Duration::from_secs(10)),
+    let caching = Bare {
+        upstream: upstream.clone(),
+        cache: Some(Cache::leak(256 << 20, Duration::from_secs(10))),
     };
-    let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, bare);
+    let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, caching);
     proxy.add_tcp(&listen);
     server.add_service(proxy);
+    if let Some(pass_listen) = args.next() {
+        let passing = Bare {
+            upstream,
+            cache: None,
+        };
+        let mut pass = pingora::proxy::http_proxy_service(&server.configuration, passing);
+        pass.add_tcp(&pass_listen);
+        server.add_service(pass);
+    }
     server.run_forever()
 }

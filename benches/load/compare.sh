@@ -119,11 +119,11 @@ start_mediagate mgpass 0
 start_mediagate mgpoll 256MiB "busy_poll: 200us"
 
 # --- the reference (CPU 0): pingora and pingora-cache over mediagate's cache storage, no features
-BARE_PORT=$(free_port)
-taskset -c 0 "$BARE" "127.0.0.1:$BARE_PORT" "127.0.0.1:$ORIGIN_PORT" \
+# (and on a second port without the cache, for pass-through).
+BARE_PORT=$(free_port); BARE_PASS_PORT=$(free_port)
+taskset -c 0 "$BARE" "127.0.0.1:$BARE_PORT" "127.0.0.1:$ORIGIN_PORT" "127.0.0.1:$BARE_PASS_PORT" \
     <"$WORK/alive" >/dev/null 2>"$WORK/bare.err" &
 PIDS+=($!)
-PID_bare=$!
 # It injects no credentials: its first read (the one that fills its cache) brings them.
 for _ in $(seq 200); do
     curl -fsS -o /dev/null -u "$ACCOUNT:$TOKEN" "http://127.0.0.1:$BARE_PORT$METADATA" 2>/dev/null && break
@@ -147,8 +147,6 @@ taskset -c 0 nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -g 'daemon off;'
     2>"$WORK/nginx.err" &
 PIDS+=($!)
 wait_ready "http://127.0.0.1:$NGINX_PASS_PORT$METADATA"
-# The one worker, which does the work (the master only watches it).
-PID_nginx=$(pgrep -P "${PIDS[-1]}" | head -1)
 
 # --- measuring -----------------------------------------------------------------------------------
 cat >"$WORK/post.lua" <<'LUA'
@@ -164,22 +162,24 @@ cat >"$WORK/get.lua" <<'LUA'
 wrk.headers["Authorization"] = os.getenv("WRK_AUTH")
 LUA
 
-# CPU time process PID has used so far, in clock ticks (user and system, all its threads).
-cpu_ticks() { # pid
-    awk '{print $14 + $15}' "/proc/$1/stat"
+# CPU 0's busy and idle time so far (clock ticks). Busy counts user, system, interrupts and
+# softirqs: on loopback much of a server's network work runs as softirqs, which a process's
+# own CPU time leaves out. Only the server being measured is busy on CPU 0.
+cpu0_times() {
+    awk '/^cpu0 / {print $2 + $3 + $4 + $7 + $8, $5 + $6}' /proc/stat
 }
 
-# One wrk run on CPU 1; prints "requests_per_s p50_ms p99_ms cpu_s errors", where cpu_s is the
-# CPU time the server under test (process PID, when given) used during the run.
-wrk_once() { # url [body_file auth] [connections] [pid]
-    local url=$1 body=${2:-} auth=${3:-} conns=${4:-$CLIENTS} pid=${5:-} script=() ticks=
+# One wrk run on CPU 1; prints "requests_per_s p50_ms p99_ms cpu0_busy errors", cpu0_busy being
+# the share of CPU 0 (the server under test's core) that was busy during the run.
+wrk_once() { # url [body_file auth] [connections]
+    local url=$1 body=${2:-} auth=${3:-} conns=${4:-$CLIENTS} script=() busy idle
     if [ -n "$body" ]; then script=(-s "$WORK/post.lua")
     elif [ -n "$auth" ]; then script=(-s "$WORK/get.lua"); fi
-    [ -n "$pid" ] && ticks=$(cpu_ticks "$pid")
+    read -r busy idle < <(cpu0_times)
     WRK_BODY=$body WRK_AUTH=$auth taskset -c 1 wrk -t1 -c"$conns" -d"${DURATION}s" --latency \
         "${script[@]}" "$url" >"$WORK/wrk.out"
-    [ -n "$pid" ] && ticks=$(( $(cpu_ticks "$pid") - ticks ))
-    CPU_TICKS=$ticks TICKS_PER_S=$(getconf CLK_TCK) python3 -c '
+    read -r BUSY IDLE < <(cpu0_times)
+    BUSY=$((BUSY - busy)) IDLE=$((IDLE - idle)) python3 -c '
 import os, re, sys
 text = sys.stdin.read()
 def ms(label):
@@ -190,21 +190,20 @@ def ms(label):
 rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
 errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
 sock = re.search(r"Socket errors: (.*)", text)
-ticks = os.environ["CPU_TICKS"]
-cpu_s = int(ticks) / int(os.environ["TICKS_PER_S"]) if ticks else float("nan")
-print(rps, ms("50%"), ms("99%"), cpu_s, (errors.group(1) if errors else "0") + (" sock:" + sock.group(1).replace(" ", "") if sock else ""))' <"$WORK/wrk.out"
+busy, idle = int(os.environ["BUSY"]), int(os.environ["IDLE"])
+print(rps, ms("50%"), ms("99%"), busy / max(busy + idle, 1), (errors.group(1) if errors else "0") + (" sock:" + sock.group(1).replace(" ", "") if sock else ""))' <"$WORK/wrk.out"
 }
 
-# Measures several targets, each given as "url|body_file|auth|connections|pid" (empty fields
-# take wrk_once's defaults; pid is the server under test's, for its CPU time). The runs take turns, target after target, RUNS rounds, so that whatever
+# Measures several targets, each given as "url|body_file|auth|connections" (empty fields take
+# wrk_once's defaults). The runs take turns, target after target, RUNS rounds, so that whatever
 # this shared machine does meanwhile falls on every target alike rather than on one block of
 # runs. Prints one line per target, in order: its run with the median requests/s.
 measure() {
-    local targets=("$@") results=() i url body auth conns pid
+    local targets=("$@") results=() i url body auth conns
     for _ in $(seq "$RUNS"); do
         for i in "${!targets[@]}"; do
-            IFS='|' read -r url body auth conns pid <<<"${targets[$i]}"
-            results[i]+="$(wrk_once "$url" "$body" "$auth" "$conns" "$pid")"$'\n'
+            IFS='|' read -r url body auth conns <<<"${targets[$i]}"
+            results[i]+="$(wrk_once "$url" "$body" "$auth" "$conns")"$'\n'
         done
     done
     for i in "${!targets[@]}"; do
@@ -236,25 +235,23 @@ say "1/5 metadata, cache hits"
 { read -r META_MG; read -r META_NG; read -r META_BARE; } < <(
     measure "$MG$METADATA" "$NG$METADATA" "$BAREURL$METADATA")
 say "2/5 metadata, passed through"
-{ read -r PASS_MG; read -r PASS_NG; read -r PASS_DIRECT; } < <(
-    measure "$MGPASS$METADATA||||$PID_mgpass" "$NGPASS$METADATA||||$PID_nginx" \
-        "$ORIGIN$METADATA||$DIRECT_AUTH")
+{ read -r PASS_MG; read -r PASS_NG; read -r PASS_BARE; read -r PASS_DIRECT; } < <(
+    measure "$MGPASS$METADATA" "$NGPASS$METADATA" \
+        "http://127.0.0.1:$BARE_PASS_PORT$METADATA||$DIRECT_AUTH" "$ORIGIN$METADATA||$DIRECT_AUTH")
 say "3/5 1 MiB content, cache hits"
 { read -r CONT_MG; read -r CONT_NG; } < <(measure "$MG$CONTENT" "$NG$CONTENT")
 say "4/5 uploads: 1 MiB and 4 KiB"
 { read -r UP_MG; read -r UP_NG; read -r UP_NGT; read -r UP_BARE; read -r UP_DIRECT; } < <(
-    measure "$MG$UPLOAD|$WORK/1m.png||8|$PID_mg" "$NG$UPLOAD|$WORK/1m.png||8|$PID_nginx" \
-        "$NGT$UPLOAD|$WORK/1m.png||8|$PID_nginx" "$BAREURL$UPLOAD|$WORK/1m.png|$DIRECT_AUTH|8|$PID_bare" \
+    measure "$MG$UPLOAD|$WORK/1m.png||8" "$NG$UPLOAD|$WORK/1m.png||8" \
+        "$NGT$UPLOAD|$WORK/1m.png||8" "$BAREURL$UPLOAD|$WORK/1m.png|$DIRECT_AUTH|8" \
         "$ORIGIN$UPLOAD|$WORK/1m.png|$DIRECT_AUTH|8")
 # The reference (pingora alone) passes uploads through with the client's credentials.
 { read -r SMALL_MG; read -r SMALL_NGT; read -r SMALL_BARE; read -r SMALL_DIRECT; } < <(
     measure "$MG$UPLOAD|$WORK/4k.png||8" "$NGT$UPLOAD|$WORK/4k.png||8" \
         "$BAREURL$UPLOAD|$WORK/4k.png|$DIRECT_AUTH|8" "$ORIGIN$UPLOAD|$WORK/4k.png|$DIRECT_AUTH|8")
-# Latency one request at a time, so that queueing does not hide what each hop adds; with the
-# CPU each mediagate uses (busy polling trades CPU for latency).
+# Latency one request at a time, so that queueing does not hide what each hop adds.
 { read -r LAT_MG; read -r LAT_POLL; read -r LAT_NGT; read -r LAT_BARE; read -r LAT_DIRECT; } < <(
-    measure "$MG$UPLOAD|$WORK/4k.png||1|$PID_mg" \
-        "http://127.0.0.1:$PORT_mgpoll$UPLOAD|$WORK/4k.png||1|$PID_mgpoll" \
+    measure "$MG$UPLOAD|$WORK/4k.png||1" "http://127.0.0.1:$PORT_mgpoll$UPLOAD|$WORK/4k.png||1" \
         "$NGT$UPLOAD|$WORK/4k.png||1" \
         "$BAREURL$UPLOAD|$WORK/4k.png|$DIRECT_AUTH|1" "$ORIGIN$UPLOAD|$WORK/4k.png|$DIRECT_AUTH|1")
 
@@ -268,20 +265,20 @@ python3 - "$OUT" <<PY
 import sys, datetime, math, platform, subprocess
 out = sys.argv[1]
 def row(s): 
-    rps, p50, p99, cpu_s, err = s.split(" ", 4)
-    return float(rps), float(p50), float(p99), err, float(cpu_s)
+    rps, p50, p99, busy, err = s.split(" ", 4)
+    return float(rps), float(p50), float(p99), err, float(busy)
 MIB = 1024 * 1024
 meta_mg, meta_ng, meta_bare = row("$META_MG"), row("$META_NG"), row("$META_BARE")
-pass_mg, pass_ng, pass_direct = row("$PASS_MG"), row("$PASS_NG"), row("$PASS_DIRECT")
+pass_mg, pass_ng, pass_bare, pass_direct = row("$PASS_MG"), row("$PASS_NG"), row("$PASS_BARE"), row("$PASS_DIRECT")
 cont_mg, cont_ng = row("$CONT_MG"), row("$CONT_NG")
 up_mg, up_ng, up_ngt, up_bare, up_direct = row("$UP_MG"), row("$UP_NG"), row("$UP_NGT"), row("$UP_BARE"), row("$UP_DIRECT")
 small_mg, small_ngt, small_bare, small_direct = row("$SMALL_MG"), row("$SMALL_NGT"), row("$SMALL_BARE"), row("$SMALL_DIRECT")
 lat_mg, lat_poll, lat_ngt, lat_bare, lat_direct = row("$LAT_MG"), row("$LAT_POLL"), row("$LAT_NGT"), row("$LAT_BARE"), row("$LAT_DIRECT")
-# Share of one core each mediagate used in its median 1-connection run.
-core_mg, core_poll = lat_mg[4] / $DURATION, lat_poll[4] / $DURATION
-# CPU time of the server under test per request (µs) and per GB uploaded (s), in the median run.
-cpu_per_request = lambda r: r[4] / (r[0] * $DURATION) * 1e6
-cpu_per_gb = lambda r: r[4] / (mbs(r) * $DURATION / 1000)
+# CPU 0 (the server under test's core) in the median run: busy share, per request (µs), per
+# GB (s).
+core_mg, core_poll = lat_mg[4], lat_poll[4]
+cpu_per_request = lambda r: r[4] / r[0] * 1e6
+cpu_per_gb = lambda r: r[4] / (mbs(r) / 1000)
 rss_load = row("$RSS_LOAD")
 peak_mib = int("$PEAK_KIB") / 1024
 mbs = lambda r: r[0] * MIB / 1e6
@@ -305,9 +302,10 @@ f"of $DURATION s, the servers of a scenario taking turns run by run; ratios are 
 "non-2xx answers and socket errors wrk counted (0 expected). The 4 KiB latency runs also",
 "measure a second mediagate, the same but with \`server.busy_poll: 200us\` (its workers poll",
 "for 200 µs after each request event instead of sleeping at once: README, Latency and busy polling).",
-"CPU times are the server under test's own (user and system, from /proc) in the median run:",
-"where CPU 1 (wrk and the origin) sets the pace, as in pass-through and 1 MiB uploads, they tell",
-"what each server spends below that ceiling.",
+"CPU times are CPU 0's busy time (user, system, interrupts and softirqs, from /proc/stat; only",
+"the server being measured is busy there) in the median run: where CPU 1 (wrk and the origin)",
+"sets the pace, as in pass-through and 1 MiB uploads, they tell what each server spends below",
+"that ceiling.",
 "",
 "| scenario | mediagate | nginx | ratio | goal |",
 "| --- | --- | --- | --- | --- |",
@@ -316,22 +314,23 @@ f"| same, p99 latency (ms) | {meta_mg[2]:.2f} | {meta_ng[2]:.2f} | | |",
 f"| same, reference: pingora alone over the same cache storage, no mediagate features (requests/s; ratio to nginx) | {meta_bare[0]:,.0f} | | {ratio(meta_bare[0], meta_ng[0])} | mediagate / reference: {ratio(meta_mg[0], meta_bare[0])} |",
 f"| metadata passed through (no cache): requests/s | {pass_mg[0]:,.0f} | {pass_ng[0]:,.0f} | {ratio(pass_mg[0], pass_ng[0])} | ≥ 1.0: {ok(pass_mg[0] >= pass_ng[0])} |",
 f"| same, direct to the origin (ceiling): requests/s | | | {pass_direct[0]:,.0f} | |",
-f"| same, CPU time per request of the server under test (µs; lower is cheaper) | {cpu_per_request(pass_mg):.1f} | {cpu_per_request(pass_ng):.1f} | {ratio(cpu_per_request(pass_mg), cpu_per_request(pass_ng))} | |",
+f"| same, CPU 0 time per request (µs; lower is cheaper) | {cpu_per_request(pass_mg):.1f} | {cpu_per_request(pass_ng):.1f} | {ratio(cpu_per_request(pass_mg), cpu_per_request(pass_ng))} | |",
+f"| same, reference (pingora alone, no cache): requests/s; CPU 0 time per request (µs) | {pass_bare[0]:,.0f}; {cpu_per_request(pass_bare):.1f} | | | mediagate / reference, CPU per request: {ratio(cpu_per_request(pass_mg), cpu_per_request(pass_bare))} |",
 f"| 1 MiB content, cache hit: MB/s | {mbs(cont_mg):,.0f} | {mbs(cont_ng):,.0f} | {ratio(cont_mg[0], cont_ng[0])} | ≥ 1.0: {ok(cont_mg[0] >= cont_ng[0])} |",
 f"| 1 MiB uploads, 8 connections, policy and quotas on: MB/s | {mbs(up_mg):,.0f} | {mbs(up_ng):,.0f} (defaults), {mbs(up_ngt):,.0f} (64 KiB buffers) | {ratio(up_mg[0], up_ngt[0])} (vs tuned) | ≥ 1.0 vs tuned: {ok(up_mg[0] >= up_ngt[0])} |",
 f"| same, direct to the origin (ceiling): MB/s | | | {mbs(up_direct):,.0f} | |",
 f"| same, reference (pingora alone, no policy): MB/s | {mbs(up_bare):,.0f} | | | mediagate / reference: {ratio(up_mg[0], up_bare[0])} |",
-f"| same, CPU time per GB uploaded of the server under test (s; lower is cheaper); reference: {cpu_per_gb(up_bare):.2f} | {cpu_per_gb(up_mg):.2f} | {cpu_per_gb(up_ng):.2f} (defaults), {cpu_per_gb(up_ngt):.2f} (64 KiB buffers) | {ratio(cpu_per_gb(up_mg), cpu_per_gb(up_ngt))} (vs tuned) | |",
+f"| same, CPU 0 time per GB uploaded (s; lower is cheaper); reference: {cpu_per_gb(up_bare):.2f} | {cpu_per_gb(up_mg):.2f} | {cpu_per_gb(up_ng):.2f} (defaults), {cpu_per_gb(up_ngt):.2f} (64 KiB buffers) | {ratio(cpu_per_gb(up_mg), cpu_per_gb(up_ngt))} (vs tuned) | |",
 f"| 4 KiB uploads, 8 connections: requests/s | {small_mg[0]:,.0f} | {small_ngt[0]:,.0f} (64 KiB buffers) | {ratio(small_mg[0], small_ngt[0])} | |",
 f"| same, reference (pingora alone, no policy): requests/s | {small_bare[0]:,.0f} | | | mediagate / reference: {ratio(small_mg[0], small_bare[0])} |",
 f"| same, direct to the origin (ceiling): requests/s | | | {small_direct[0]:,.0f} | |",
 f"| 4 KiB uploads one at a time, p50 / p99 (ms); direct: {lat_direct[1]:.3f} / {lat_direct[2]:.3f} | {lat_mg[1]:.3f} / {lat_mg[2]:.3f} | {lat_ngt[1]:.3f} / {lat_ngt[2]:.3f} | | |",
 f"| 4 KiB uploads, p50 added over direct (µs) | {(lat_mg[1]-lat_direct[1])*1000:.0f} | {(lat_ngt[1]-lat_direct[1])*1000:.0f} | | < 150: {ok((lat_mg[1]-lat_direct[1])*1000 < 150)} |",
-f"| same, mediagate with \`server.busy_poll: 200us\` (p50 / p99 {lat_poll[1]:.3f} / {lat_poll[2]:.3f} ms); CPU used over these runs, default then busy polling | {(lat_poll[1]-lat_direct[1])*1000:.0f} | | {core_mg:.0%} / {core_poll:.0%} of a core | < 150: {ok((lat_poll[1]-lat_direct[1])*1000 < 150)} |",
+f"| same, mediagate with \`server.busy_poll: 200us\` (p50 / p99 {lat_poll[1]:.3f} / {lat_poll[2]:.3f} ms); CPU 0 busy in the median runs, default then busy polling | {(lat_poll[1]-lat_direct[1])*1000:.0f} | | {core_mg:.0%} / {core_poll:.0%} of a core | < 150: {ok((lat_poll[1]-lat_direct[1])*1000 < 150)} |",
 f"| same, reference (pingora alone, no policy): p50 added over direct (µs) | {(lat_bare[1]-lat_direct[1])*1000:.0f} | | | mediagate - reference: {(lat_mg[1]-lat_bare[1])*1000:.0f} µs |",
 f"| peak RSS during 64 concurrent 50 MiB uploads (MiB) | {peak_mib:.1f} | | | < 128: {ok(peak_mib < 128)} |",
 "",
-"Errors seen by wrk (non-2xx, socket): " + ", ".join(f"{n} {r[3]}" for n, r in [("meta mg", meta_mg), ("meta nginx", meta_ng), ("meta reference", meta_bare), ("pass mg", pass_mg), ("pass nginx", pass_ng), ("pass direct", pass_direct), ("content mg", cont_mg), ("content nginx", cont_ng), ("upload mg", up_mg), ("upload nginx", up_ng), ("upload nginx tuned", up_ngt), ("upload reference", up_bare), ("upload direct", up_direct), ("4k mg", small_mg), ("4k nginx", small_ngt), ("4k reference", small_bare), ("4k direct", small_direct), ("4k mg, 1 conn", lat_mg), ("4k mg busy_poll, 1 conn", lat_poll), ("4k nginx, 1 conn", lat_ngt), ("4k reference, 1 conn", lat_bare), ("4k direct, 1 conn", lat_direct), ("50 MiB mg", rss_load)]) + ".",
+"Errors seen by wrk (non-2xx, socket): " + ", ".join(f"{n} {r[3]}" for n, r in [("meta mg", meta_mg), ("meta nginx", meta_ng), ("meta reference", meta_bare), ("pass mg", pass_mg), ("pass nginx", pass_ng), ("pass reference", pass_bare), ("pass direct", pass_direct), ("content mg", cont_mg), ("content nginx", cont_ng), ("upload mg", up_mg), ("upload nginx", up_ng), ("upload nginx tuned", up_ngt), ("upload reference", up_bare), ("upload direct", up_direct), ("4k mg", small_mg), ("4k nginx", small_ngt), ("4k reference", small_bare), ("4k direct", small_direct), ("4k mg, 1 conn", lat_mg), ("4k mg busy_poll, 1 conn", lat_poll), ("4k nginx, 1 conn", lat_ngt), ("4k reference, 1 conn", lat_bare), ("4k direct, 1 conn", lat_direct), ("50 MiB mg", rss_load)]) + ".",
 "",
 "Rerun: \`benches/load/compare.sh\` (RUNS, DURATION, CLIENTS override the defaults). nginx's",
 "configuration is config/nginx/compare.conf and config/nginx/common.conf.",
