@@ -277,11 +277,11 @@ lat_mg, lat_poll, lat_ngt, lat_bare, lat_direct = row("$LAT_MG"), row("$LAT_POLL
 # CPU 0 (the server under test's core) in the median run: busy share, per request (µs), per
 # GB (s).
 core_mg, core_poll = lat_mg[4], lat_poll[4]
+mbs = lambda r: r[0] * MIB / 1e6
 cpu_per_request = lambda r: r[4] / r[0] * 1e6
 cpu_per_gb = lambda r: r[4] / (mbs(r) / 1000)
 rss_load = row("$RSS_LOAD")
 peak_mib = int("$PEAK_KIB") / 1024
-mbs = lambda r: r[0] * MIB / 1e6
 def ok(cond): return "met" if cond else "**missed**"
 # Ratios are shown cut, not rounded, to two decimals: a ratio of 0.997 shows as 0.99 beside
 # "missed" rather than as 1.00 beside it.
