@@ -1,10 +1,14 @@
 //! How the quota backend and the idempotency ledger reach Redis: one connection manager, made on
 //! first use (on the runtime that serves requests), reconnecting by itself, with short timeouts
-//! so that a Redis that does not answer counts as down quickly.
+//! so that a Redis that does not answer counts as down quickly; and the leases both hold there.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::Script;
 use tokio::sync::OnceCell;
 
 /// How long a call to Redis may take before the backend counts as unreachable.
@@ -34,5 +38,118 @@ impl RedisLink {
             .await
             .cloned()
             .map_err(|e| format!("redis: {e}"))
+    }
+}
+
+/// Leases this process holds in Redis (quota slots, the keys of uploads it runs), kept alive
+/// while held: every `lease / 3` one call of the `renew` script extends them all, so that a
+/// process that dies gives them back one lease later. `renew` gets each lease's key in KEYS,
+/// the lease in milliseconds as ARGV[1], then each lease's id in the ARGV after.
+pub struct Leases {
+    redis: Arc<RedisLink>,
+    renew: Script,
+    lease: Duration,
+    /// What the leases are, for the log.
+    what: &'static str,
+    /// The leases held: id → key.
+    held: Mutex<HashMap<String, String>>,
+    renewing: AtomicBool,
+}
+
+impl Leases {
+    pub fn new(
+        redis: Arc<RedisLink>,
+        renew: Script,
+        lease: Duration,
+        what: &'static str,
+    ) -> Arc<Leases> {
+        Arc::new(Leases {
+            redis,
+            renew,
+            lease,
+            what,
+            held: Mutex::new(HashMap::new()),
+            renewing: AtomicBool::new(false),
+        })
+    }
+
+    pub fn lease(&self) -> Duration {
+        self.lease
+    }
+
+    /// Renews the lease `id` on `key` from now until the answer is dropped.
+    pub fn hold(self: &Arc<Self>, id: String, key: String) -> Held {
+        self.held().insert(id.clone(), key);
+        self.start_renewing();
+        Held {
+            leases: self.clone(),
+            id,
+        }
+    }
+
+    fn held(&self) -> MutexGuard<'_, HashMap<String, String>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// From the first lease held on, on the runtime that serves requests.
+    fn start_renewing(self: &Arc<Self>) {
+        if self.renewing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let leases = Arc::downgrade(self);
+        let every = self.lease / 3;
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(leases) = leases.upgrade() else {
+                    return;
+                };
+                if let Err(e) = leases.renew_once().await {
+                    crate::metrics::metrics().quota_backend_errors.inc();
+                    log::warn!("cannot renew the leases of {}: {e}", leases.what);
+                }
+            }
+        });
+    }
+
+    async fn renew_once(&self) -> Result<(), String> {
+        // Copied out: the lock is not held across the call.
+        let held: Vec<(String, String)> = self
+            .held()
+            .iter()
+            .map(|(id, key)| (id.clone(), key.clone()))
+            .collect();
+        if held.is_empty() {
+            return Ok(());
+        }
+        let mut call = self.renew.prepare_invoke();
+        call.arg(u64::try_from(self.lease.as_millis()).unwrap_or(u64::MAX));
+        for (id, key) in &held {
+            call.key(key).arg(id);
+        }
+        let mut connection = self.redis.connection().await?;
+        call.invoke_async::<i64>(&mut connection)
+            .await
+            .map(drop)
+            .map_err(|e| format!("redis: {e}"))
+    }
+}
+
+/// One lease being renewed; dropping it stops the renewal (whatever path drops it, so that no
+/// lease outlives what it stands for by more than one lease).
+pub struct Held {
+    leases: Arc<Leases>,
+    id: String,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.leases.held().remove(&self.id);
+    }
+}
+
+impl std::fmt::Debug for Held {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Held({} {})", self.leases.what, self.id)
     }
 }

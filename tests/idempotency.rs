@@ -3,6 +3,8 @@
 
 mod support;
 
+use std::time::Duration;
+
 use futures_util::future::join_all;
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -141,4 +143,48 @@ async fn a_fleet_sharing_redis_makes_one_media_per_key() {
     assert_eq!(origin.stored_uploads(&service), 1);
     let conflict = upload(&b, &service, Some("fleet-key"), &png_bytes(10)).await;
     assert_eq!(conflict.status, StatusCode::UNPROCESSABLE_ENTITY);
+}
+
+/// In Redis a running upload's key is a lease (`quotas.slot_lease`), renewed while the upload
+/// runs: an upload that outlasts several leases keeps its key, and a repeat sent meanwhile gets
+/// its answer rather than making a second Media.
+#[tokio::test]
+async fn an_upload_longer_than_the_lease_keeps_its_key() {
+    let redis = RedisServer::start();
+    let origin = Origin::start();
+    let proxy = Proxy::start(ProxyConfig::to(&origin.url).with(&format!(
+        "quotas:\n  backend: {}\n  slot_lease: 1s\n",
+        redis.url()
+    )));
+    let service = new_service();
+    // Over 64 KiB, so it streams: the origin sees its head while the body is still coming.
+    let body = png_bytes(200_000);
+    let mut first = open_upload(
+        proxy.listen,
+        &format!("/v1/Services/{service}/Media"),
+        &[
+            ("Content-Type", "image/png"),
+            ("Content-Length", &body.len().to_string()),
+            ("Idempotency-Key", "long-upload"),
+        ],
+        &body[..1000],
+    );
+    assert!(wait_for(Duration::from_secs(10), || !origin
+        .requests_for(&service)
+        .is_empty()));
+    // Three leases pass with the upload still running.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let repeat = upload(&proxy, &service, Some("long-upload"), &body);
+    let finish_first = async {
+        std::io::Write::write_all(&mut first, &body[1000..]).unwrap();
+        read_answer(&mut first)
+    };
+    let (repeat, (status, answer)) = tokio::join!(repeat, finish_first);
+    assert_eq!(status, 201, "{answer}");
+    assert_eq!(repeat.status, StatusCode::CREATED, "{}", repeat.json);
+    assert!(repeat.replayed, "the repeat ran as a new upload");
+    let first: Value = serde_json::from_str(&answer).expect("Media JSON");
+    assert_eq!(repeat.json["sid"], first["sid"]);
+    assert_eq!(origin.stored_uploads(&service), 1);
 }

@@ -109,6 +109,7 @@ impl Ledger for MemoryLedger {
             service: *service,
             key: key.clone(),
             token,
+            lease: None,
         }))
     }
 

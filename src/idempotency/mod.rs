@@ -11,7 +11,6 @@ mod memory;
 mod redis;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -22,6 +21,7 @@ pub use redis::RedisLedger;
 
 use crate::api::ServiceSid;
 use crate::config::{Config, QuotaBackend};
+use crate::redis_link::Held;
 
 /// The longest key accepted (as IETF's draft suggests, keys are opaque but short).
 pub const MAX_KEY_LEN: usize = 255;
@@ -72,6 +72,9 @@ pub struct Claim {
     pub key: IdempotencyKey,
     /// Tells this claim from a later one on the same key (after an abandon).
     pub token: u64,
+    /// In Redis, the key's hold on the fleet, renewed until the claim is completed, abandoned or
+    /// dropped.
+    pub lease: Option<Held>,
 }
 
 #[async_trait]
@@ -88,15 +91,16 @@ pub trait Ledger: Send + Sync {
     async fn abandon(&self, claim: Claim) -> Result<(), String>;
 }
 
-/// How long a running upload holds its key in Redis when its sidecar dies without a word.
-const RUNNING_LEASE: Duration = Duration::from_secs(15 * 60);
-
 /// The ledger for this configuration: Redis with a Redis quota backend, else memory.
 pub fn ledger(config: &Config) -> Result<Arc<dyn Ledger>, String> {
     let ttl = config.uploads.idempotency_ttl.get();
     Ok(match &config.quotas.backend {
         QuotaBackend::Memory => Arc::new(MemoryLedger::new(ttl)),
-        QuotaBackend::Redis(url) => Arc::new(RedisLedger::new(url, ttl, RUNNING_LEASE)?),
+        // A running upload's key is held like a concurrency slot: renewed while it runs, freed
+        // one `quotas.slot_lease` after its sidecar dies.
+        QuotaBackend::Redis(url) => {
+            Arc::new(RedisLedger::new(url, ttl, config.quotas.slot_lease.get())?)
+        }
     })
 }
 

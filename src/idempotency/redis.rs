@@ -1,8 +1,10 @@
 //! The ledger of a fleet, in the quota backend's Redis: one hash per key, claimed, completed
 //! and abandoned by Lua scripts so that two sidecars never both run an upload under one key. A
-//! running claim expires after a lease, so a sidecar that dies frees its keys.
+//! running claim is a lease, renewed while its upload runs: a sidecar that dies frees its keys
+//! one lease later, and an upload that runs longer than a lease keeps its key.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -12,18 +14,19 @@ use redis::{Script, Value};
 
 use super::{Answer, Claim, Claimed, IdempotencyKey, Ledger};
 use crate::api::ServiceSid;
-use crate::redis_link::RedisLink;
+use crate::redis_link::{Leases, RedisLink};
 
 /// How often a repeat looks again while the first upload runs on some sidecar.
 const POLL: Duration = Duration::from_millis(100);
 
 pub struct RedisLedger {
-    redis: RedisLink,
+    redis: Arc<RedisLink>,
     claim: Script,
     complete: Script,
     abandon: Script,
     ttl: Duration,
-    lease: Duration,
+    /// The keys of the uploads running here, held while their claims live.
+    running: Arc<Leases>,
     /// Random per process, so tokens differ across the fleet.
     instance: u64,
     next: AtomicU64,
@@ -31,13 +34,15 @@ pub struct RedisLedger {
 
 impl RedisLedger {
     pub fn new(url: &str, ttl: Duration, lease: Duration) -> Result<RedisLedger, String> {
+        let redis = Arc::new(RedisLink::open(url, "quotas.backend")?);
+        let renew = Script::new(include_str!("renew.lua"));
         Ok(RedisLedger {
-            redis: RedisLink::open(url, "quotas.backend")?,
+            running: Leases::new(redis.clone(), renew, lease, "idempotency keys"),
+            redis,
             claim: Script::new(include_str!("claim.lua")),
             complete: Script::new(include_str!("complete.lua")),
             abandon: Script::new(include_str!("abandon.lua")),
             ttl,
-            lease,
             instance: rand::random::<u64>() >> 16,
             next: AtomicU64::new(0),
         })
@@ -67,11 +72,12 @@ impl Ledger for RedisLedger {
     async fn claim(&self, service: &ServiceSid, key: &IdempotencyKey) -> Result<Claimed, String> {
         let mut connection = self.connection().await?;
         let token = self.token();
+        let hash = redis_key(service, key);
         let reply: Vec<Value> = self
             .claim
-            .key(redis_key(service, key))
+            .key(&hash)
             .arg(token.to_string())
-            .arg(millis(self.lease))
+            .arg(millis(self.running.lease()))
             .invoke_async(&mut connection)
             .await
             .map_err(|e| format!("redis: {e}"))?;
@@ -79,6 +85,7 @@ impl Ledger for RedisLedger {
             service: *service,
             key: key.clone(),
             token,
+            lease: Some(self.running.hold(token.to_string(), hash)),
         })
     }
 

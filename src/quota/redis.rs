@@ -4,9 +4,8 @@
 //! sorted set, renewed while this sidecar holds them: a sidecar that dies gives its slots back
 //! one lease later.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -16,21 +15,18 @@ use redis::Script;
 use super::window::BUCKETS;
 use super::{Limits, Outcome, OverQuota, Permit, Quota, Refused, HOUR_MS, MINUTE_MS};
 use crate::api::{RejectReason, ServiceSid};
-use crate::redis_link::RedisLink;
+use crate::redis_link::{Held, Leases, RedisLink};
 
 pub struct RedisQuota {
     shared: Arc<Shared>,
 }
 
 struct Shared {
-    redis: RedisLink,
+    redis: Arc<RedisLink>,
     admit: Script,
     settle: Script,
-    renew: Script,
-    lease: Duration,
-    /// Slots this sidecar holds: slot id → its slots key.
-    held: Mutex<HashMap<String, String>>,
-    renewing: AtomicBool,
+    /// The slots this sidecar holds: slot id → its slots key.
+    slots: Arc<Leases>,
     next_slot: AtomicU64,
     /// Makes slot ids unique across the fleet.
     instance: String,
@@ -38,15 +34,14 @@ struct Shared {
 
 impl RedisQuota {
     pub fn new(url: &str, lease: Duration) -> Result<RedisQuota, String> {
+        let redis = Arc::new(RedisLink::open(url, "quotas.backend")?);
+        let renew = Script::new(include_str!("renew.lua"));
         Ok(RedisQuota {
             shared: Arc::new(Shared {
-                redis: RedisLink::open(url, "quotas.backend")?,
+                slots: Leases::new(redis.clone(), renew, lease, "quota slots"),
+                redis,
                 admit: Script::new(include_str!("admit.lua")),
                 settle: Script::new(include_str!("settle.lua")),
-                renew: Script::new(include_str!("renew.lua")),
-                lease,
-                held: Mutex::new(HashMap::new()),
-                renewing: AtomicBool::new(false),
                 next_slot: AtomicU64::new(0),
                 instance: crate::api::MediaSid::generate().as_str()[2..14].to_string(),
             }),
@@ -62,52 +57,6 @@ fn keys(service: &ServiceSid) -> [String; 3] {
 impl Shared {
     async fn connection(&self) -> Result<ConnectionManager, String> {
         self.redis.connection().await
-    }
-
-    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
-        self.held.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Keeps the held slots' leases alive, from the first slot taken on.
-    fn start_renewing(self: &Arc<Self>) {
-        if self.renewing.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let shared = Arc::downgrade(self);
-        let every = self.lease / 3;
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(every).await;
-                let Some(shared) = shared.upgrade() else {
-                    return;
-                };
-                if let Err(e) = shared.renew_once().await {
-                    crate::metrics::metrics().quota_backend_errors.inc();
-                    log::warn!("quota: cannot renew slot leases: {e}");
-                }
-            }
-        });
-    }
-
-    async fn renew_once(&self) -> Result<(), String> {
-        let held: Vec<(String, String)> = self
-            .held()
-            .iter()
-            .map(|(id, key)| (id.clone(), key.clone()))
-            .collect();
-        if held.is_empty() {
-            return Ok(());
-        }
-        let mut call = self.renew.prepare_invoke();
-        call.arg(self.lease.as_millis() as u64);
-        for (id, key) in &held {
-            call.key(key).arg(id);
-        }
-        let mut connection = self.connection().await?;
-        call.invoke_async::<i64>(&mut connection)
-            .await
-            .map(drop)
-            .map_err(|e| format!("redis: {e}"))
     }
 
     async fn settle(
@@ -154,6 +103,9 @@ fn release_slot_later(mut connection: ConnectionManager, key: String, slot: Stri
 
 /// What one admission took, to settle it later.
 struct Reservation {
+    /// The slot's lease, renewed until the reservation is settled or dropped (held for its
+    /// `Drop`).
+    _lease: Option<Held>,
     slot: String,
     bytes: u64,
     upload_bucket: u64,
@@ -186,7 +138,7 @@ impl Quota for RedisQuota {
             .arg(limits.concurrent_uploads)
             .arg(bytes)
             .arg(&slot)
-            .arg(shared.lease.as_millis() as u64)
+            .arg(shared.slots.lease().as_millis() as u64)
             .arg(MINUTE_MS / BUCKETS)
             .arg(HOUR_MS / BUCKETS)
             .arg(BUCKETS)
@@ -214,11 +166,10 @@ impl Quota for RedisQuota {
         if let Some(reason) = reason {
             return Err(Refused::Over(OverQuota::new(reason, retry_after_ms)));
         }
-        if limits.concurrent_uploads > 0 {
-            shared.held().insert(slot.clone(), slots_key);
-            shared.start_renewing();
-        }
+        let lease =
+            (limits.concurrent_uploads > 0).then(|| shared.slots.hold(slot.clone(), slots_key));
         let reservation = Reservation {
+            _lease: lease,
             slot,
             bytes,
             upload_bucket,
@@ -227,7 +178,6 @@ impl Quota for RedisQuota {
         let shared = self.shared.clone();
         let service = *service;
         Ok(Permit::new(Box::new(move |outcome| {
-            shared.held().remove(&reservation.slot);
             // Settling must not hold up the request; a failure is counted, and the slot's
             // lease ends it anyway (as it does when no runtime is left to settle on).
             let Ok(runtime) = tokio::runtime::Handle::try_current() else {
