@@ -188,3 +188,46 @@ async fn an_upload_longer_than_the_lease_keeps_its_key() {
     assert_eq!(repeat.json["sid"], first["sid"]);
     assert_eq!(origin.stored_uploads(&service), 1);
 }
+
+/// A sidecar killed in the middle of an upload frees its key one lease later: the client's
+/// retry through another sidecar waits that long, then runs as a new upload (the first never
+/// completed).
+#[tokio::test]
+async fn a_killed_sidecars_key_frees_one_lease_later() {
+    let redis = RedisServer::start();
+    let origin = Origin::start();
+    let config = || {
+        ProxyConfig::to(&origin.url).with(&format!(
+            "quotas:\n  backend: {}\n  slot_lease: 1s\n",
+            redis.url()
+        ))
+    };
+    let mut doomed = Proxy::start(config());
+    let survivor = Proxy::start(config());
+    let service = new_service();
+    let body = png_bytes(200_000);
+    let _first = open_upload(
+        doomed.listen,
+        &format!("/v1/Services/{service}/Media"),
+        &[
+            ("Content-Type", "image/png"),
+            ("Content-Length", &body.len().to_string()),
+            ("Idempotency-Key", "orphaned"),
+        ],
+        &body[..1000],
+    );
+    assert!(wait_for(Duration::from_secs(10), || !origin
+        .requests_for(&service)
+        .is_empty()));
+
+    // kill -9: nobody abandons the claim; only its lease ends it.
+    doomed.child.kill().unwrap();
+    doomed.child.wait().unwrap();
+    let retry = upload(&survivor, &service, Some("orphaned"), &body);
+    let retry = tokio::time::timeout(Duration::from_secs(20), retry)
+        .await
+        .expect("the dead sidecar's key was never freed");
+    assert_eq!(retry.status, StatusCode::CREATED, "{}", retry.json);
+    assert!(!retry.replayed);
+    assert_eq!(origin.stored_uploads(&service), 1);
+}
