@@ -44,6 +44,32 @@ async fn upload(proxy: &Proxy, service: &str, key: Option<&str>, body: &[u8]) ->
     }
 }
 
+/// Sends the head and the first 1,000 bytes of an upload of `body` under `key`, and returns the
+/// connection once the origin has the upload's head: the upload is running. `body` must be over
+/// 64 KiB, so that it streams rather than being read whole first.
+fn start_upload(
+    proxy: &Proxy,
+    origin: &Origin,
+    service: &str,
+    key: &str,
+    body: &[u8],
+) -> std::net::TcpStream {
+    let stream = open_upload(
+        proxy.listen,
+        &format!("/v1/Services/{service}/Media"),
+        &[
+            ("Content-Type", "image/png"),
+            ("Content-Length", &body.len().to_string()),
+            ("Idempotency-Key", key),
+        ],
+        &body[..1000],
+    );
+    assert!(wait_for(Duration::from_secs(10), || !origin
+        .requests_for(service)
+        .is_empty()));
+    stream
+}
+
 #[tokio::test]
 async fn five_concurrent_repeats_make_one_media_and_share_its_answer() {
     let origin = Origin::start();
@@ -157,21 +183,8 @@ async fn an_upload_longer_than_the_lease_keeps_its_key() {
         redis.url()
     )));
     let service = new_service();
-    // Over 64 KiB, so it streams: the origin sees its head while the body is still coming.
     let body = png_bytes(200_000);
-    let mut first = open_upload(
-        proxy.listen,
-        &format!("/v1/Services/{service}/Media"),
-        &[
-            ("Content-Type", "image/png"),
-            ("Content-Length", &body.len().to_string()),
-            ("Idempotency-Key", "long-upload"),
-        ],
-        &body[..1000],
-    );
-    assert!(wait_for(Duration::from_secs(10), || !origin
-        .requests_for(&service)
-        .is_empty()));
+    let mut first = start_upload(&proxy, &origin, &service, "long-upload", &body);
     // Three leases pass with the upload still running.
     tokio::time::sleep(Duration::from_secs(3)).await;
 
@@ -206,19 +219,7 @@ async fn a_killed_sidecars_key_frees_one_lease_later() {
     let survivor = Proxy::start(config());
     let service = new_service();
     let body = png_bytes(200_000);
-    let _first = open_upload(
-        doomed.listen,
-        &format!("/v1/Services/{service}/Media"),
-        &[
-            ("Content-Type", "image/png"),
-            ("Content-Length", &body.len().to_string()),
-            ("Idempotency-Key", "orphaned"),
-        ],
-        &body[..1000],
-    );
-    assert!(wait_for(Duration::from_secs(10), || !origin
-        .requests_for(&service)
-        .is_empty()));
+    let _first = start_upload(&doomed, &origin, &service, "orphaned", &body);
 
     // kill -9: nobody abandons the claim; only its lease ends it.
     doomed.child.kill().unwrap();
