@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use pingora_prometheus::prometheus::{
     self, register_histogram_vec, register_int_counter, register_int_counter_vec,
-    register_int_gauge_vec, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec,
+    register_int_gauge, register_int_gauge_vec, Histogram, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec,
 };
 
 use crate::api::{RejectReason, RouteKind, ServiceSid};
@@ -65,6 +65,10 @@ pub struct Metrics {
     pub cache_bytes: IntGaugeVec,
     /// `kind`.
     pub cache_evictions: IntCounterVec,
+    /// Bytes buffered by cache fills in progress (bounded by `cache.memory`).
+    pub cache_fill_bytes: IntGauge,
+    /// `kind`: answers not kept because fills in progress held their whole bound.
+    pub cache_fills_skipped: IntCounterVec,
     /// `kind`: `connect`, `timeout`, `reset`, `status_5xx`.
     pub upstream_errors: IntCounterVec,
     /// Failed calls to the quota backend.
@@ -95,6 +99,10 @@ fn histograms(name: &str, help: &str, labels: &[&str], buckets: &[f64]) -> Histo
 
 fn gauges(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     register_int_gauge_vec!(name, help, labels).unwrap_or_else(|e| panic!("register {name}: {e}"))
+}
+
+fn gauge(name: &str, help: &str) -> IntGauge {
+    register_int_gauge!(name, help).unwrap_or_else(|e| panic!("register {name}: {e}"))
 }
 
 fn counter(name: &str, help: &str) -> IntCounter {
@@ -162,6 +170,15 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "Cache entries evicted.",
             &["kind"],
         ),
+        cache_fill_bytes: gauge(
+            "mediagate_cache_fill_bytes",
+            "Bytes buffered by cache fills in progress, at most cache.memory.",
+        ),
+        cache_fills_skipped: counters(
+            "mediagate_cache_fills_skipped_total",
+            "Answers served but not cached because cache fills in progress held cache.memory.",
+            &["kind"],
+        ),
         upstream_errors: counters(
             "mediagate_upstream_errors_total",
             "Failures talking to the upstream, by kind.",
@@ -208,6 +225,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     for kind in cache::Kind::ALL.map(cache::Kind::label) {
         m.cache_bytes.with_label_values(&[kind]);
         m.cache_evictions.with_label_values(&[kind]);
+        m.cache_fills_skipped.with_label_values(&[kind]);
         for result in cache::Outcome::ALL.map(cache::Outcome::label) {
             m.cache_requests.with_label_values(&[kind, result]);
         }

@@ -425,6 +425,94 @@ async fn three_times_the_memory_bound_of_content_stays_within_it() {
     assert!(hits >= 1, "{hits} hits");
 }
 
+/// A content read that takes its answer's head and then stops reading, on a connection with a
+/// small receive buffer: the proxy's fill for it stalls once the socket buffers are full.
+/// Answers the connection and the body's length.
+async fn stalled_read(proxy: &Proxy, path: &str) -> (tokio::net::TcpStream, usize) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(64 * 1024).unwrap();
+    let mut stream = socket.connect(proxy.listen).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: mediagate\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let byte = stream.read_u8().await.expect("the answer's head");
+        head.push(byte);
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let length = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(str::to_string)
+        })
+        .and_then(|v| v.trim().parse().ok())
+        .expect("Content-Length");
+    (stream, length)
+}
+
+#[tokio::test]
+async fn fills_in_progress_stay_within_the_memory_bound_and_one_past_it_is_served_not_kept() {
+    use tokio::io::AsyncReadExt;
+    const MIB: usize = 1024 * 1024;
+    let origin = Origin::start();
+    let proxy = start(&origin, "cache:\n  memory: 30MiB\n  max_object: 12MiB\n");
+    let service = new_service();
+    let mut media = Vec::new();
+    for i in 0..3u8 {
+        let mut bytes = png_bytes(12 * MIB);
+        bytes[100] = i;
+        let sid = stored(&origin, &service, &bytes, "image/png").await;
+        media.push((paths(&service, &sid).1, bytes));
+    }
+    let filling = || proxy.metric("mediagate_cache_fill_bytes", &[]).unwrap();
+    let skipped = || {
+        proxy
+            .metric(
+                "mediagate_cache_fills_skipped_total",
+                &[("kind", "content")],
+            )
+            .unwrap()
+    };
+
+    // Two stalled first reads hold 24 MiB of fills (their Content-Length, taken up front); the
+    // third would pass 30 MiB, so its answer is served but not kept.
+    let mut readers = Vec::new();
+    for (n, (path, _)) in media.iter().enumerate() {
+        readers.push(stalled_read(&proxy, path).await);
+        let expected = (12 * MIB * (n + 1).min(2)) as f64;
+        assert!(
+            wait_for(Duration::from_secs(10), || filling() == expected),
+            "fills hold {} bytes after {} stalled reads",
+            filling(),
+            n + 1
+        );
+    }
+    assert_eq!(skipped(), 1.0);
+
+    // Every reader still gets its whole answer.
+    for ((mut stream, length), (_, bytes)) in readers.into_iter().zip(&media) {
+        let mut body = vec![0; length];
+        stream.read_exact(&mut body).await.unwrap();
+        assert_eq!(sha256_hex(&body), sha256_hex(bytes));
+    }
+    assert!(wait_for(Duration::from_secs(10), || filling() == 0.0));
+    let results: Vec<Option<String>> =
+        join_all(media.iter().map(|(path, _)| get(&proxy, path, &[])))
+            .await
+            .into_iter()
+            .map(|read| read.cache)
+            .collect();
+    assert_eq!(
+        results,
+        [Some("hit".into()), Some("hit".into()), Some("miss".into())],
+        "the two fills with room were kept, the third was not"
+    );
+}
+
 #[tokio::test]
 async fn an_object_over_max_object_is_served_whole_and_not_cached() {
     let origin = Origin::start();

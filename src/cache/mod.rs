@@ -149,7 +149,9 @@ impl Cache {
         let items = usize::try_from(memory / TYPICAL_ENTRY).unwrap_or(0).max(64);
         let eviction: &'static LruManager<LRU_SHARDS> =
             Box::leak(Box::new(LruManager::with_capacity(limit, items)));
-        let storage: &'static MemoryStore = Box::leak(Box::new(MemoryStore::new()));
+        // Fills in progress get a bound of their own, as large as the cache's: they are
+        // outside the eviction manager's count until they finish.
+        let storage: &'static MemoryStore = Box::leak(Box::new(MemoryStore::new(limit)));
         let lock: &'static FillLock = Box::leak(Box::new(FillLock::new(storage, lock_age)));
         Box::leak(Box::new(Cache {
             storage,
@@ -171,10 +173,12 @@ impl Cache {
     }
 
     /// A new bound on the cached bytes (`cache.memory` reloaded). A smaller bound is reached at
-    /// once, by evicting the least recently used entries of each shard in turn.
+    /// once, by evicting the least recently used entries of each shard in turn; fills in
+    /// progress keep what they hold, and new ones get room only below the new bound.
     pub fn resize(&self, memory: u64) {
         let limit = bytes_limit(memory);
         self.lru.set_weight_limit(limit);
+        self.storage.set_fill_limit(limit);
         let shards = self.lru.shards();
         let (mut shard, mut empty_in_a_row) = (0, 0);
         while self.lru.total_size() > limit && empty_in_a_row < shards {

@@ -5,10 +5,16 @@
 //! the bytes it holds per kind (`mediagate_cache_bytes`) and the entries evicted
 //! (`mediagate_cache_evictions_total`).
 //!
+//! Fills in progress are outside the eviction manager's view until they finish, so the store
+//! bounds them itself (`FillBudget`): otherwise concurrent first reads of many large media
+//! would each buffer up to `cache.max_object` with nothing to stop them. A fill that finds no
+//! room is skipped: its reader is served as before, and nothing is kept.
+//!
 //! pingora's own `MemCache` is documented as test-only: it has no bound and no eviction.
 
 use std::any::Any;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
@@ -61,23 +67,38 @@ pub struct MemoryStore {
     shards: Vec<Shard>,
     bytes: [IntGauge; 2],
     evictions: [IntCounter; 2],
-}
-
-impl Default for MemoryStore {
-    fn default() -> Self {
-        MemoryStore::new()
-    }
+    fills: FillBudget,
+    fills_skipped: [IntCounter; 2],
 }
 
 impl MemoryStore {
-    pub fn new() -> MemoryStore {
+    /// `fill_limit` bounds the bytes all fills in progress may buffer together.
+    pub fn new(fill_limit: usize) -> MemoryStore {
         let m = metrics();
         let by_kind = |kind: Kind| kind.label();
         MemoryStore {
             shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
             bytes: Kind::ALL.map(|k| m.cache_bytes.with_label_values(&[by_kind(k)])),
             evictions: Kind::ALL.map(|k| m.cache_evictions.with_label_values(&[by_kind(k)])),
+            fills: FillBudget {
+                taken: AtomicUsize::new(0),
+                limit: AtomicUsize::new(fill_limit),
+                gauge: m.cache_fill_bytes.clone(),
+            },
+            fills_skipped: Kind::ALL
+                .map(|k| m.cache_fills_skipped.with_label_values(&[by_kind(k)])),
         }
+    }
+
+    /// A new bound for fills in progress (`cache.memory` reloaded). Fills already holding
+    /// more keep it until they finish; new room is given only below the new bound.
+    pub fn set_fill_limit(&self, fill_limit: usize) {
+        self.fills.limit.store(fill_limit, Ordering::Relaxed);
+    }
+
+    /// The bytes fills in progress hold (`mediagate_cache_fill_bytes`).
+    pub fn fill_bytes(&self) -> usize {
+        self.fills.taken.load(Ordering::Relaxed)
     }
 
     fn shard(&self, hash: &HashBinary) -> &Shard {
@@ -147,6 +168,35 @@ fn gauge_value(weight: usize) -> i64 {
     i64::try_from(weight).unwrap_or(i64::MAX)
 }
 
+/// The room all fills in progress share, in bytes of body buffer.
+struct FillBudget {
+    taken: AtomicUsize,
+    limit: AtomicUsize,
+    gauge: IntGauge,
+}
+
+impl FillBudget {
+    /// Takes `bytes` of room if they fit under the limit.
+    fn try_take(&self, bytes: usize) -> bool {
+        let limit = self.limit.load(Ordering::Relaxed);
+        let taken = self
+            .taken
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |taken| {
+                taken.checked_add(bytes).filter(|&total| total <= limit)
+            })
+            .is_ok();
+        if taken {
+            self.gauge.add(gauge_value(bytes));
+        }
+        taken
+    }
+
+    fn give_back(&self, bytes: usize) {
+        self.taken.fetch_sub(bytes, Ordering::AcqRel);
+        self.gauge.sub(gauge_value(bytes));
+    }
+}
+
 #[async_trait]
 impl Storage for MemoryStore {
     async fn lookup(
@@ -170,16 +220,27 @@ impl Storage for MemoryStore {
             return Error::e_explain(ErrorType::InternalError, "cache key without a kind");
         };
         let header = meta.response_header_copy();
-        let expected = rules::content_length(&header.headers).unwrap_or(0);
-        Ok(Box::new(Fill {
+        let expected = rules::content_length(&header.headers)
+            .unwrap_or(0)
+            .min(MAX_PREALLOCATION);
+        let mut fill = Box::new(Fill {
             store: self,
             hash: key.combined_bin(),
             kind,
             fresh_until: meta.fresh_until(),
             created: meta.created(),
             header,
-            body: BytesMut::with_capacity(expected.min(MAX_PREALLOCATION)),
-        }))
+            body: BytesMut::new(),
+            room: 0,
+            skipped: false,
+        });
+        if self.fills.try_take(expected) {
+            fill.room = expected;
+            fill.body = BytesMut::with_capacity(expected);
+        } else {
+            fill.skip();
+        }
+        Ok(fill)
     }
 
     async fn purge(
@@ -320,9 +381,43 @@ struct Fill {
     created: SystemTime,
     header: ResponseHeader,
     body: BytesMut,
+    /// The room taken from the store's `FillBudget` for `body`; given back when the fill is
+    /// stored, skipped or dropped.
+    room: usize,
+    /// No room was left: the answer still reaches its reader, but is not kept.
+    skipped: bool,
 }
 
 impl Fill {
+    /// Makes room for `more` bytes of body, taking it from the budget; false when there is
+    /// none. Room grows at least twofold, as the buffer does, so an answer without a
+    /// `Content-Length` takes the budget a logarithmic number of times.
+    fn make_room(&mut self, more: usize) -> bool {
+        let needed = self.body.len().saturating_add(more);
+        if needed <= self.room {
+            return true;
+        }
+        let room = needed.max(self.room.saturating_mul(2));
+        if !self.store.fills.try_take(room - self.room) {
+            return false;
+        }
+        self.room = room;
+        self.body.reserve(room - self.body.len());
+        true
+    }
+
+    /// Gives up keeping this answer: frees its buffer and counts it.
+    fn skip(&mut self) {
+        self.skipped = true;
+        self.body = BytesMut::new();
+        self.give_back_room();
+        self.store.fills_skipped[self.kind.index()].inc();
+    }
+
+    fn give_back_room(&mut self) {
+        self.store.fills.give_back(std::mem::take(&mut self.room));
+    }
+
     /// The body as it will be held: copied to an exact fit when growing left much spare room.
     fn take_body(&mut self) -> Bytes {
         let body = std::mem::take(&mut self.body);
@@ -337,16 +432,28 @@ impl Fill {
 #[async_trait]
 impl HandleMiss for Fill {
     async fn write_body(&mut self, data: Bytes, _eof: bool) -> Result<()> {
+        if self.skipped {
+            return Ok(());
+        }
+        if !self.make_room(data.len()) {
+            self.skip();
+            return Ok(());
+        }
         self.body.extend_from_slice(&data);
         Ok(())
     }
 
-    /// Stores the answer, unless its body says it must not be kept (metadata whose temporary
-    /// URL is about to expire): then nothing is stored and the weight is zero.
+    /// Stores the answer, unless it was skipped or its body says it must not be kept
+    /// (metadata whose temporary URL is about to expire): then nothing is stored and the
+    /// weight is zero.
     async fn finish(mut self: Box<Self>) -> Result<MissFinishType> {
         let body = self.take_body();
-        let fresh_until =
-            rules::fresh_until_with_body(self.kind, &self.header, self.fresh_until, &body);
+        // From here the body is the entry's, counted by the eviction manager.
+        self.give_back_room();
+        let fresh_until = match self.skipped {
+            true => None,
+            false => rules::fresh_until_with_body(self.kind, &self.header, self.fresh_until, &body),
+        };
         let Some(fresh_until) = fresh_until else {
             // An older entry under the key would now be outside the eviction manager's count.
             self.store.remove_hash(&self.hash, false);
@@ -365,6 +472,13 @@ impl HandleMiss for Fill {
             },
         );
         Ok(MissFinishType::Created(weight))
+    }
+}
+
+impl Drop for Fill {
+    /// An unfinished fill (its reader left, the upstream failed) gives its room back.
+    fn drop(&mut self) {
+        self.give_back_room();
     }
 }
 
@@ -435,7 +549,7 @@ mod tests {
 
     #[tokio::test]
     async fn stores_reads_ranges_and_purges_with_exact_byte_counts() {
-        let store: &'static MemoryStore = Box::leak(Box::new(MemoryStore::new()));
+        let store: &'static MemoryStore = Box::leak(Box::new(MemoryStore::new(1 << 20)));
         let body: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
         let content = key(1, Kind::Content);
         let weight = fill(store, &content, &body).await;
@@ -462,9 +576,110 @@ mod tests {
             .is_none());
     }
 
+    async fn miss(
+        store: &'static MemoryStore,
+        key: &CacheKey,
+        length: Option<usize>,
+    ) -> MissHandler {
+        let mut header = ResponseHeader::build(200, None).unwrap();
+        if let Some(length) = length {
+            header
+                .insert_header("content-length", length.to_string())
+                .unwrap();
+        }
+        store
+            .get_miss_handler(key, &meta(header), &Span::inactive().handle())
+            .await
+            .unwrap()
+    }
+
+    async fn write(miss: &mut MissHandler, body: &[u8]) {
+        for chunk in body.chunks(1000) {
+            miss.write_body(Bytes::copy_from_slice(chunk), false)
+                .await
+                .unwrap();
+        }
+    }
+
+    async fn cached(store: &'static MemoryStore, key: &CacheKey) -> bool {
+        let span = Span::inactive().handle();
+        store.lookup(key, &span).await.unwrap().is_some()
+    }
+
+    #[tokio::test]
+    async fn fills_in_progress_share_one_bound_and_a_fill_without_room_is_served_not_kept() {
+        let store: &'static MemoryStore = Box::leak(Box::new(MemoryStore::new(10_000)));
+        let skipped = || store.fills_skipped[Kind::Content.index()].get();
+        let skipped_before = skipped();
+        let body = vec![7u8; 6000];
+        let (first, second) = (key(10, Kind::Content), key(11, Kind::Content));
+        let mut a = miss(store, &first, Some(body.len())).await;
+        assert_eq!(
+            store.fill_bytes(),
+            6000,
+            "the first fill takes its Content-Length"
+        );
+        let mut b = miss(store, &second, Some(body.len())).await;
+        assert_eq!(
+            store.fill_bytes(),
+            6000,
+            "the second finds no room and takes none"
+        );
+        assert_eq!(skipped() - skipped_before, 1);
+        write(&mut a, &body).await;
+        write(&mut b, &body).await;
+        assert!(matches!(a.finish().await.unwrap(), MissFinishType::Created(w) if w > 6000));
+        assert!(matches!(
+            b.finish().await.unwrap(),
+            MissFinishType::Created(0)
+        ));
+        assert_eq!(store.fill_bytes(), 0, "finished fills give their room back");
+        assert!(cached(store, &first).await);
+        assert!(!cached(store, &second).await);
+
+        // With the room given back, the next fill of the second key is kept.
+        let mut c = miss(store, &second, Some(body.len())).await;
+        write(&mut c, &body).await;
+        c.finish().await.unwrap();
+        assert!(cached(store, &second).await);
+        assert_eq!(skipped() - skipped_before, 1);
+    }
+
+    #[tokio::test]
+    async fn a_fill_without_content_length_grows_within_the_bound_and_gives_back_on_drop() {
+        let store: &'static MemoryStore = Box::leak(Box::new(MemoryStore::new(10_000)));
+        let (small, large) = (key(20, Kind::Content), key(21, Kind::Content));
+        let mut fits = miss(store, &small, None).await;
+        write(&mut fits, &[1u8; 3000]).await;
+        let taken = store.fill_bytes();
+        assert!((3000..=10_000).contains(&taken), "{taken}");
+        drop(fits);
+        assert_eq!(
+            store.fill_bytes(),
+            0,
+            "an unfinished fill gives its room back"
+        );
+
+        let mut too_large = miss(store, &large, None).await;
+        write(&mut too_large, &[2u8; 12_000]).await;
+        assert_eq!(store.fill_bytes(), 0, "a skipped fill holds nothing");
+        assert!(matches!(
+            too_large.finish().await.unwrap(),
+            MissFinishType::Created(0)
+        ));
+        assert!(!cached(store, &large).await);
+
+        store.set_fill_limit(20_000);
+        let mut now_fits = miss(store, &large, None).await;
+        write(&mut now_fits, &[2u8; 12_000]).await;
+        now_fits.finish().await.unwrap();
+        assert!(cached(store, &large).await);
+        assert_eq!(store.fill_bytes(), 0);
+    }
+
     #[tokio::test]
     async fn an_unfinished_fill_stores_nothing() {
-        let store: &'static MemoryStore = Box::leak(Box::new(MemoryStore::new()));
+        let store: &'static MemoryStore = Box::leak(Box::new(MemoryStore::new(1 << 20)));
         let content = key(2, Kind::Content);
         let header = ResponseHeader::build(200, None).unwrap();
         let mut miss = store
