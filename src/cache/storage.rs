@@ -450,9 +450,10 @@ impl HandleMiss for Fill {
         let body = self.take_body();
         // From here the body is the entry's, counted by the eviction manager.
         self.give_back_room();
-        let fresh_until = match self.skipped {
-            true => None,
-            false => rules::fresh_until_with_body(self.kind, &self.header, self.fresh_until, &body),
+        let fresh_until = if self.skipped {
+            None
+        } else {
+            rules::fresh_until_with_body(self.kind, &self.header, self.fresh_until, &body)
         };
         let Some(fresh_until) = fresh_until else {
             // An older entry under the key would now be outside the eviction manager's count.
