@@ -508,20 +508,37 @@ mod tests {
         CacheMeta::new(now + std::time::Duration::from_secs(60), now, 0, 0, header)
     }
 
-    async fn fill(store: &'static MemoryStore, key: &CacheKey, body: &[u8]) -> usize {
+    /// A miss handler for `key`, its answer with `length` as `Content-Length` if given.
+    async fn miss(
+        store: &'static MemoryStore,
+        key: &CacheKey,
+        length: Option<usize>,
+    ) -> MissHandler {
         let mut header = ResponseHeader::build(200, None).unwrap();
-        header
-            .insert_header("content-length", body.len().to_string())
-            .unwrap();
-        let mut miss = store
+        if let Some(length) = length {
+            header
+                .insert_header("content-length", length.to_string())
+                .unwrap();
+        }
+        store
             .get_miss_handler(key, &meta(header), &Span::inactive().handle())
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    /// Writes `body` to a fill in chunks of 1,000 bytes.
+    async fn write(miss: &mut MissHandler, body: &[u8]) {
         for chunk in body.chunks(1000) {
             miss.write_body(Bytes::copy_from_slice(chunk), false)
                 .await
                 .unwrap();
         }
+    }
+
+    /// Fills `key` with `body` (with its `Content-Length`); answers the weight stored.
+    async fn fill(store: &'static MemoryStore, key: &CacheKey, body: &[u8]) -> usize {
+        let mut miss = miss(store, key, Some(body.len())).await;
+        write(&mut miss, body).await;
         match miss.finish().await.unwrap() {
             MissFinishType::Created(weight) => weight,
             MissFinishType::Appended(..) => panic!("fills create"),
@@ -575,31 +592,6 @@ mod tests {
             .await
             .unwrap()
             .is_none());
-    }
-
-    async fn miss(
-        store: &'static MemoryStore,
-        key: &CacheKey,
-        length: Option<usize>,
-    ) -> MissHandler {
-        let mut header = ResponseHeader::build(200, None).unwrap();
-        if let Some(length) = length {
-            header
-                .insert_header("content-length", length.to_string())
-                .unwrap();
-        }
-        store
-            .get_miss_handler(key, &meta(header), &Span::inactive().handle())
-            .await
-            .unwrap()
-    }
-
-    async fn write(miss: &mut MissHandler, body: &[u8]) {
-        for chunk in body.chunks(1000) {
-            miss.write_body(Bytes::copy_from_slice(chunk), false)
-                .await
-                .unwrap();
-        }
     }
 
     async fn cached(store: &'static MemoryStore, key: &CacheKey) -> bool {
@@ -682,11 +674,7 @@ mod tests {
     async fn an_unfinished_fill_stores_nothing() {
         let store: &'static MemoryStore = Box::leak(Box::new(MemoryStore::new(1 << 20)));
         let content = key(2, Kind::Content);
-        let header = ResponseHeader::build(200, None).unwrap();
-        let mut miss = store
-            .get_miss_handler(&content, &meta(header), &Span::inactive().handle())
-            .await
-            .unwrap();
+        let mut miss = miss(store, &content, None).await;
         miss.write_body(Bytes::from_static(b"partial"), false)
             .await
             .unwrap();
