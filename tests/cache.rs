@@ -23,6 +23,22 @@ async fn stored(origin: &Origin, service: &str, bytes: &[u8], content_type: &str
     media["sid"].as_str().expect("media sid").to_string()
 }
 
+/// `count` PNGs of `len` bytes, each different, stored at the origin: (media SID, bytes).
+async fn stored_pngs(
+    origin: &Origin,
+    service: &str,
+    count: u8,
+    len: usize,
+) -> Vec<(String, Vec<u8>)> {
+    let mut media = Vec::new();
+    for i in 0..count {
+        let mut bytes = png_bytes(len);
+        bytes[100] = i;
+        media.push((stored(origin, service, &bytes, "image/png").await, bytes));
+    }
+    media
+}
+
 struct Read {
     status: StatusCode,
     cache: Option<String>,
@@ -378,12 +394,7 @@ async fn three_times_the_memory_bound_of_content_stays_within_it() {
     let origin = Origin::start();
     let proxy = start(&origin, "cache:\n  memory: 8MiB\n  max_object: 1MiB\n");
     let service = new_service();
-    let mut media = Vec::new();
-    for i in 0..24u8 {
-        let mut bytes = png_bytes(1000 * 1000);
-        bytes[100] = i;
-        media.push((stored(&origin, &service, &bytes, "image/png").await, bytes));
-    }
+    let media = stored_pngs(&origin, &service, 24, 1000 * 1000).await;
     for (sid, bytes) in &media {
         let read = get(&proxy, &paths(&service, sid).1, &[]).await;
         assert_eq!(read.status, StatusCode::OK);
@@ -461,13 +472,11 @@ async fn fills_in_progress_stay_within_the_memory_bound_and_one_past_it_is_serve
     let origin = Origin::start();
     let proxy = start(&origin, "cache:\n  memory: 30MiB\n  max_object: 12MiB\n");
     let service = new_service();
-    let mut media = Vec::new();
-    for i in 0..3u8 {
-        let mut bytes = png_bytes(12 * MIB);
-        bytes[100] = i;
-        let sid = stored(&origin, &service, &bytes, "image/png").await;
-        media.push((paths(&service, &sid).1, bytes));
-    }
+    let media: Vec<(String, Vec<u8>)> = stored_pngs(&origin, &service, 3, 12 * MIB)
+        .await
+        .into_iter()
+        .map(|(sid, bytes)| (paths(&service, &sid).1, bytes))
+        .collect();
     let filling = || proxy.metric("mediagate_cache_fill_bytes", &[]).unwrap();
     let skipped = || {
         proxy
