@@ -390,19 +390,27 @@ struct Fill {
 
 impl Fill {
     /// Makes room for `more` bytes of body, taking it from the budget; false when there is
-    /// none. Room grows at least twofold, as the buffer does, so an answer without a
-    /// `Content-Length` takes the budget a logarithmic number of times.
+    /// none. Room grows twofold where the budget allows, so an answer without a
+    /// `Content-Length` takes the budget a logarithmic number of times, and to the exact need
+    /// where it does not.
     fn make_room(&mut self, more: usize) -> bool {
         let needed = self.body.len().saturating_add(more);
         if needed <= self.room {
             return true;
         }
-        let room = needed.max(self.room.saturating_mul(2));
-        if !self.store.fills.try_take(room - self.room) {
+        let doubled = needed.max(self.room.saturating_mul(2));
+        let room = if self.store.fills.try_take(doubled - self.room) {
+            doubled
+        } else if self.store.fills.try_take(needed - self.room) {
+            needed
+        } else {
             return false;
-        }
+        };
         self.room = room;
-        self.body.reserve(room - self.body.len());
+        // Grown by hand: `BytesMut::reserve` may double past `room`, beyond what was taken.
+        let mut body = BytesMut::with_capacity(room);
+        body.extend_from_slice(&self.body);
+        self.body = body;
         true
     }
 
@@ -601,9 +609,9 @@ mod tests {
 
     #[tokio::test]
     async fn fills_in_progress_share_one_bound_and_a_fill_without_room_is_served_not_kept() {
+        // The skip counter is process-wide and other tests skip too: the integration test
+        // (tests/cache.rs) checks it, these check the store's own state.
         let store: &'static MemoryStore = Box::leak(Box::new(MemoryStore::new(10_000)));
-        let skipped = || store.fills_skipped[Kind::Content.index()].get();
-        let skipped_before = skipped();
         let body = vec![7u8; 6000];
         let (first, second) = (key(10, Kind::Content), key(11, Kind::Content));
         let mut a = miss(store, &first, Some(body.len())).await;
@@ -618,7 +626,6 @@ mod tests {
             6000,
             "the second finds no room and takes none"
         );
-        assert_eq!(skipped() - skipped_before, 1);
         write(&mut a, &body).await;
         write(&mut b, &body).await;
         assert!(matches!(a.finish().await.unwrap(), MissFinishType::Created(w) if w > 6000));
@@ -635,7 +642,6 @@ mod tests {
         write(&mut c, &body).await;
         c.finish().await.unwrap();
         assert!(cached(store, &second).await);
-        assert_eq!(skipped() - skipped_before, 1);
     }
 
     #[tokio::test]
@@ -661,6 +667,18 @@ mod tests {
             MissFinishType::Created(0)
         ));
         assert!(!cached(store, &large).await);
+
+        // Doubling would pass the bound, the exact need does not: the fill goes on.
+        let mut near_the_bound = miss(store, &large, Some(6000)).await;
+        write(&mut near_the_bound, &[3u8; 6000]).await;
+        write(&mut near_the_bound, &[3u8; 3000]).await;
+        assert_eq!(store.fill_bytes(), 9000);
+        assert!(matches!(
+            near_the_bound.finish().await.unwrap(),
+            MissFinishType::Created(w) if w > 9000
+        ));
+        assert!(cached(store, &large).await);
+        assert_eq!(store.fill_bytes(), 0);
 
         store.set_fill_limit(20_000);
         let mut now_fits = miss(store, &large, None).await;
