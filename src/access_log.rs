@@ -267,14 +267,31 @@ impl AccessLog {
         });
     }
 
-    /// Writes out at once the lines the writer thread has not taken yet. Called as the process
-    /// ends: the thread takes lines only every `WRITE_EVERY`, so the last requests' lines would
-    /// otherwise go with the process.
-    pub fn write_out_waiting(&self) {
-        if let Some(shared) = &self.shared {
-            if !shared.closed.load(Ordering::Relaxed) {
+    /// Writes out at once the lines the writer thread has not taken yet, waiting at most
+    /// `limit` for standard output. Called as the process ends: the thread takes lines only
+    /// every `WRITE_EVERY`, so the last requests' lines would otherwise go with the process.
+    /// The limit is for a reader of standard output that stopped reading (a stalled log
+    /// shipper): then the writer thread holds standard output in a write that never returns,
+    /// and the process must still exit.
+    pub fn write_out_waiting(&self, limit: Duration) {
+        let Some(shared) = &self.shared else {
+            return;
+        };
+        if shared.closed.load(Ordering::Relaxed) {
+            return;
+        }
+        let (done, written) = std::sync::mpsc::channel();
+        let shared = Arc::clone(shared);
+        let writer = std::thread::Builder::new()
+            .name("access-log-exit".into())
+            .spawn(move || {
                 shared.write_out(&mut Vec::new());
-            }
+                let _ = done.send(());
+            });
+        if writer.is_ok() && written.recv_timeout(limit).is_err() {
+            log::warn!(
+                "access log: standard output took no lines for {limit:?} at exit; the last lines are lost"
+            );
         }
     }
 }

@@ -3,6 +3,7 @@
 mod support;
 
 use std::collections::HashSet;
+use std::process::Stdio;
 use std::time::Duration;
 
 use reqwest::StatusCode;
@@ -575,4 +576,36 @@ async fn the_last_requests_before_sigterm_are_in_the_access_log() {
         })
         .collect();
     assert_eq!(statuses, vec![400; requests], "{log}");
+}
+
+#[tokio::test]
+async fn a_stalled_reader_of_the_access_log_does_not_keep_the_proxy_from_exiting() {
+    // Standard output is a pipe nobody reads: once its buffer (64 KiB) is full, every write
+    // to it blocks.
+    let (_unread, write_end) = nix::unistd::pipe().expect("a pipe");
+    let mut config = ProxyConfig::to(&format!("http://127.0.0.1:{}", free_port()));
+    config.grace_period = "0s";
+    let mut proxy = Proxy::start_with_stdout(config, |_| {
+        Stdio::from(write_end.try_clone().expect("the pipe's write end"))
+    });
+    // Lines of about 300 bytes: 1,000 of them are several times what the pipe holds.
+    let requests = 1000;
+    for _ in 0..requests {
+        let response = client()
+            .get(proxy.url("/v1/Services/ISnot-a-sid/Media"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    }
+    proxy.wait_recorded(requests);
+
+    signal(&proxy.child, nix::sys::signal::Signal::SIGTERM);
+    let exit = wait_exit(&mut proxy.child, Duration::from_secs(20)).expect("the proxy exits");
+    assert!(exit.success(), "{exit}");
+    assert!(
+        proxy.log().contains("the last lines are lost"),
+        "{}",
+        proxy.log()
+    );
 }

@@ -135,9 +135,12 @@ pub fn run(config: Config, path: &Path, upgrade: bool) -> Result<(), String> {
     // Returns once a signal has stopped every service (SIGTERM or SIGQUIT after their grace
     // period, SIGINT at once).
     server.run(RunArgs::default());
-    access_log.write_out_waiting();
+    access_log.write_out_waiting(ACCESS_LOG_EXIT_WAIT);
     std::process::exit(0)
 }
+
+/// How long the last access log lines may wait for standard output at exit.
+const ACCESS_LOG_EXIT_WAIT: Duration = Duration::from_secs(2);
 
 /// The spool directory, when `uploads.retry` is on: created, and swept of a crash's leftovers.
 fn spool_dir(config: &Config) -> Result<Option<Arc<crate::spool::SpoolDir>>, String> {

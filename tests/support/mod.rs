@@ -357,9 +357,17 @@ impl Proxy {
     /// Starts a proxy and waits for `/readyz`. A port taken between picking and binding is
     /// retried on new ports.
     pub fn start(config: ProxyConfig) -> Proxy {
+        Proxy::start_with_stdout(config, |dir| {
+            let access = std::fs::File::create(dir.join("access.log")).expect("access log file");
+            Stdio::from(access)
+        })
+    }
+
+    /// Starts a proxy whose standard output (the access log) is `stdout(its directory)`.
+    pub fn start_with_stdout(config: ProxyConfig, stdout: impl Fn(&Path) -> Stdio) -> Proxy {
         let mut last_error = String::new();
         for _ in 0..3 {
-            match Proxy::try_start(&config) {
+            match Proxy::try_start(&config, &stdout) {
                 Ok(proxy) => return proxy,
                 Err(e) => last_error = e,
             }
@@ -367,7 +375,7 @@ impl Proxy {
         panic!("the proxy did not start: {last_error}");
     }
 
-    fn try_start(config: &ProxyConfig) -> Result<Proxy, String> {
+    fn try_start(config: &ProxyConfig, stdout: impl Fn(&Path) -> Stdio) -> Result<Proxy, String> {
         let dir = tempfile::tempdir().expect("temp dir");
         let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -375,14 +383,13 @@ impl Proxy {
         std::fs::write(&config_path, config.render(listen, metrics, dir.path()))
             .expect("write config");
         let log = std::fs::File::create(dir.path().join("proxy.log")).expect("log file");
-        let access = std::fs::File::create(dir.path().join("access.log")).expect("access log file");
         let mut command = Command::new(binary());
         command
             .arg("proxy")
             .arg("--config")
             .arg(&config_path)
             .stderr(log)
-            .stdout(access);
+            .stdout(stdout(dir.path()));
         let mut child = tied_to_us(&mut command)
             .env("RUST_LOG", config.log_level)
             .spawn()
