@@ -77,6 +77,8 @@ pub struct Metrics {
     pub access_log_dropped: IntCounter,
     /// Repeated uploads answered with the first one's answer (`Idempotency-Key`).
     pub idempotent_replays: IntCounter,
+    /// Repeated uploads waiting for the first upload under their key to end.
+    pub idempotent_waiting: IntGauge,
     /// Spooled uploads sent upstream again after a failure (`uploads.retry`).
     pub upload_replays: IntCounter,
     /// Uploads that streamed without a spool (budget spent, disk error): not retried.
@@ -204,6 +206,10 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         idempotent_replays: counter(
             "mediagate_idempotent_replays_total",
             "Repeated uploads answered with the first upload's answer (Idempotency-Key).",
+        ),
+        idempotent_waiting: gauge(
+            "mediagate_idempotent_waiting",
+            "Repeated uploads waiting for the upload running under their Idempotency-Key.",
         ),
         access_log_dropped: counter(
             "mediagate_access_log_dropped_total",
@@ -373,9 +379,7 @@ impl RequestMetrics {
 
     /// The in-flight gauge of a service, for the upload's lifetime.
     pub fn upload_started(&self, sid: &ServiceSid) -> InFlight {
-        let gauge = self.service(Some(sid)).in_flight.clone();
-        gauge.inc();
-        InFlight(gauge)
+        InFlight::count(self.service(Some(sid)).in_flight.clone())
     }
 
     /// Records a finished request in every family it touches.
@@ -412,9 +416,17 @@ impl RequestMetrics {
     }
 }
 
-/// An upload counted in `mediagate_uploads_in_flight` until this is dropped.
+/// Something counted in a gauge until this is dropped, on every path: an upload in
+/// `mediagate_uploads_in_flight`, a repeat in `mediagate_idempotent_waiting`.
 #[derive(Debug)]
 pub struct InFlight(IntGauge);
+
+impl InFlight {
+    pub fn count(gauge: IntGauge) -> InFlight {
+        gauge.inc();
+        InFlight(gauge)
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {

@@ -54,7 +54,23 @@ fn start_upload(
     key: &str,
     body: &[u8],
 ) -> std::net::TcpStream {
-    let stream = open_upload(
+    let stream = send_upload(proxy, service, key, body, 1000);
+    assert!(wait_for(Duration::from_secs(10), || !origin
+        .requests_for(service)
+        .is_empty()));
+    stream
+}
+
+/// Sends the head of an upload of `body` under `key` and its first `sent` bytes on a raw
+/// connection, and returns the connection.
+fn send_upload(
+    proxy: &Proxy,
+    service: &str,
+    key: &str,
+    body: &[u8],
+    sent: usize,
+) -> std::net::TcpStream {
+    open_upload(
         proxy.listen,
         &format!("/v1/Services/{service}/Media"),
         &[
@@ -62,12 +78,8 @@ fn start_upload(
             ("Content-Length", &body.len().to_string()),
             ("Idempotency-Key", key),
         ],
-        &body[..1000],
-    );
-    assert!(wait_for(Duration::from_secs(10), || !origin
-        .requests_for(service)
-        .is_empty()));
-    stream
+        &body[..sent],
+    )
 }
 
 #[tokio::test]
@@ -188,18 +200,31 @@ async fn an_upload_longer_than_the_lease_keeps_its_key() {
     // Three leases pass with the upload still running.
     tokio::time::sleep(Duration::from_secs(3)).await;
 
-    let repeat = upload(&proxy, &service, Some("long-upload"), &body);
-    let finish_first = async {
-        std::io::Write::write_all(&mut first, &body[1000..]).unwrap();
-        read_answer(&mut first)
-    };
-    let (repeat, (status, answer)) = tokio::join!(repeat, finish_first);
+    // A repeat sent now finds the key held: it waits, and nothing of it goes upstream.
+    let mut repeat = send_upload(&proxy, &service, "long-upload", &body, body.len());
+    let waiting = || proxy.metric("mediagate_idempotent_waiting", &[]);
+    assert!(
+        wait_for(Duration::from_secs(10), || waiting() == Some(1.0)),
+        "the repeat does not wait: {:?}",
+        waiting()
+    );
+    assert_eq!(origin.requests_for(&service).len(), 1);
+
+    std::io::Write::write_all(&mut first, &body[1000..]).unwrap();
+    let (status, answer) = read_answer(&mut first);
     assert_eq!(status, 201, "{answer}");
-    assert_eq!(repeat.status, StatusCode::CREATED, "{}", repeat.json);
-    assert!(repeat.replayed, "the repeat ran as a new upload");
+    let repeat = read_response(&mut repeat);
+    assert_eq!(repeat.status, 201, "{}", repeat.body);
+    assert_eq!(
+        repeat.header("idempotent-replayed"),
+        Some("true"),
+        "the repeat ran as a new upload"
+    );
     let first: Value = serde_json::from_str(&answer).expect("Media JSON");
-    assert_eq!(repeat.json["sid"], first["sid"]);
+    let repeat: Value = serde_json::from_str(&repeat.body).expect("Media JSON");
+    assert_eq!(repeat["sid"], first["sid"]);
     assert_eq!(origin.stored_uploads(&service), 1);
+    assert_eq!(waiting(), Some(0.0));
 }
 
 /// A sidecar killed in the middle of an upload frees its key one lease later: the client's

@@ -360,7 +360,10 @@ impl Gateway {
                     self.repeat(session, ctx, service, &answer).await?;
                     return Ok(Idempotency::Answered);
                 }
-                Ok(Claimed::Running) => self.ledger.wait(service, &key).await,
+                Ok(Claimed::Running) => {
+                    let _waiting = InFlight::count(metrics().idempotent_waiting.clone());
+                    self.ledger.wait(service, &key).await
+                }
                 Err(e) => {
                     log::warn!("idempotency ledger: {e}; the upload goes on without it");
                     return Ok(Idempotency::Proceed);
