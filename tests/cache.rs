@@ -471,7 +471,12 @@ async fn fills_in_progress_stay_within_the_memory_bound_and_one_past_it_is_serve
     use tokio::io::AsyncReadExt;
     const MIB: usize = 1024 * 1024;
     let origin = Origin::start();
-    let proxy = start(&origin, "cache:\n  memory: 30MiB\n  max_object: 12MiB\n");
+    let mut config =
+        ProxyConfig::to(&origin.url).with("cache:\n  memory: 30MiB\n  max_object: 12MiB\n");
+    // The cache lock's age (connect + read timeout) is then past the wait below: a reader
+    // that waited on the lock of a stalled read would time out there, not get through.
+    config.read_timeout = "60s";
+    let proxy = Proxy::start(config);
     let service = new_service();
     let media: Vec<(String, Vec<u8>)> = stored_pngs(&origin, &service, 3, 12 * MIB)
         .await
@@ -502,6 +507,16 @@ async fn fills_in_progress_stay_within_the_memory_bound_and_one_past_it_is_serve
         );
     }
     assert_eq!(skipped(), 1.0);
+
+    // The third answer was not taken for the cache from its head on, so its key is not
+    // locked by the stalled read: another read of it goes upstream at once.
+    let (third, third_bytes) = &media[2];
+    let again = tokio::time::timeout(Duration::from_secs(20), get(&proxy, third, &[]))
+        .await
+        .expect("a read of the third media waited on its stalled first read");
+    assert_eq!(again.status, StatusCode::OK);
+    assert_eq!(sha256_hex(&again.body), sha256_hex(third_bytes));
+    assert_eq!(skipped(), 2.0);
 
     // Every reader still gets its whole answer.
     for ((mut stream, length), (_, bytes)) in readers.into_iter().zip(&media) {

@@ -54,9 +54,15 @@ impl CacheKeyLock for FillLock {
         self.inner.release(key, permit, reason);
     }
 
-    /// A writer that stops filling for a reason of its own (a HEAD) leaves the key to the
-    /// readers waiting on it: one of them fills it, rather than all going upstream uncached.
-    fn custom_lock_status(&self, _reason: &'static str) -> LockStatus {
-        LockStatus::TransientError
+    /// A writer that stops filling for a reason of its own leaves the key to the readers
+    /// waiting on it. After a HEAD one of them fills it, rather than all going upstream
+    /// uncached. Without room for the fill, each goes upstream uncached at once: a fill
+    /// started now would most likely find no room either, and they would wait for it in turn.
+    fn custom_lock_status(&self, reason: &'static str) -> LockStatus {
+        if reason == super::NO_FILL_ROOM {
+            LockStatus::GiveUp
+        } else {
+            LockStatus::TransientError
+        }
     }
 }

@@ -24,6 +24,10 @@ use lock::FillLock;
 pub use rules::CachePolicy;
 pub use storage::MemoryStore;
 
+/// Why an answer is not cached when fills in progress hold the whole fill bound: its readers
+/// waiting on the key's lock are let go upstream at once (`FillLock::custom_lock_status`).
+pub const NO_FILL_ROOM: &str = "no room for the fill";
+
 use crate::api::{MediaSid, Route, ServiceSid};
 
 /// The two things the cache holds, each with its own TTL and counted apart.

@@ -8,7 +8,9 @@
 //! Fills in progress are outside the eviction manager's view until they finish, so the store
 //! bounds them itself (`FillBudget`): otherwise concurrent first reads of many large media
 //! would each buffer up to `cache.max_object` with nothing to stop them. A fill that finds no
-//! room is skipped: its reader is served as before, and nothing is kept.
+//! room is skipped: its reader is served as before, and nothing is kept. The proxy asks
+//! `has_fill_room` with the answer's head first, so that an answer known to be too large is
+//! never taken for the cache at all.
 //!
 //! pingora's own `MemCache` is documented as test-only: it has no bound and no eviction.
 
@@ -99,6 +101,20 @@ impl MemoryStore {
     /// The bytes fills in progress hold (`mediagate_cache_fill_bytes`).
     pub fn fill_bytes(&self) -> usize {
         self.fills.taken.load(Ordering::Relaxed)
+    }
+
+    /// Whether a fill of an answer of `length` bytes would find room now; counts it as
+    /// skipped when not. Asked with the answer's head, so that an answer with no room is not
+    /// cached from the start and the readers waiting on its key need not wait for it.
+    pub fn has_fill_room(&self, kind: Kind, length: usize) -> bool {
+        let fits = self
+            .fill_bytes()
+            .saturating_add(length.min(MAX_PREALLOCATION))
+            <= self.fills.limit.load(Ordering::Relaxed);
+        if !fits {
+            self.fills_skipped[kind.index()].inc();
+        }
+        fits
     }
 
     fn shard(&self, hash: &HashBinary) -> &Shard {

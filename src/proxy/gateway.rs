@@ -588,6 +588,13 @@ impl Gateway {
             upstream_error: ctx.upstream_error,
         });
     }
+
+    /// Whether the cache has room to fill with this answer, judged by its `Content-Length`
+    /// (an answer without one takes room as its body comes, or is skipped then).
+    fn fill_room_for(&self, kind: cache::Kind, response: &ResponseHeader) -> bool {
+        cache::rules::content_length(&response.headers)
+            .is_none_or(|length| self.cache.storage.has_fill_room(kind, length))
+    }
 }
 
 /// The client's request id when it is a sane token, else a fresh one.
@@ -902,6 +909,9 @@ impl ProxyHttp for Gateway {
             return Ok(RespCacheable::Uncacheable(NoCacheReason::NeverEnabled));
         };
         Ok(match ctx.settings.cache.ttl(usage.kind, response) {
+            Ok(_) if !self.fill_room_for(usage.kind, response) => {
+                RespCacheable::Uncacheable(NoCacheReason::Custom(cache::NO_FILL_ROOM))
+            }
             Ok(ttl) => {
                 let now = std::time::SystemTime::now();
                 // Kept without pingora's record of the upstream's header-name case: every hit
