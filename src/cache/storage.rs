@@ -107,10 +107,8 @@ impl MemoryStore {
     /// skipped when not. Asked with the answer's head, so that an answer with no room is not
     /// cached from the start and the readers waiting on its key need not wait for it.
     pub fn has_fill_room(&self, kind: Kind, length: usize) -> bool {
-        let fits = self
-            .fill_bytes()
-            .saturating_add(length.min(MAX_PREALLOCATION))
-            <= self.fills.limit.load(Ordering::Relaxed);
+        let fits =
+            self.fill_bytes().saturating_add(length) <= self.fills.limit.load(Ordering::Relaxed);
         if !fits {
             self.fills_skipped[kind.index()].inc();
         }
@@ -194,17 +192,22 @@ struct FillBudget {
 impl FillBudget {
     /// Takes `bytes` of room if they fit under the limit.
     fn try_take(&self, bytes: usize) -> bool {
+        self.take_between(bytes, bytes).is_some()
+    }
+
+    /// Takes as much room as is left up to `most`, if that is at least `least`; answers how
+    /// much was taken.
+    fn take_between(&self, least: usize, most: usize) -> Option<usize> {
         let limit = self.limit.load(Ordering::Relaxed);
-        let taken = self
-            .taken
+        let mut took = 0;
+        self.taken
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |taken| {
-                taken.checked_add(bytes).filter(|&total| total <= limit)
+                took = limit.saturating_sub(taken).min(most);
+                (took >= least).then_some(taken + took)
             })
-            .is_ok();
-        if taken {
-            self.gauge.add(gauge_value(bytes));
-        }
-        taken
+            .ok()?;
+        self.gauge.add(gauge_value(took));
+        Some(took)
     }
 
     fn give_back(&self, bytes: usize) {
@@ -406,22 +409,23 @@ struct Fill {
 
 impl Fill {
     /// Makes room for `more` bytes of body, taking it from the budget; false when there is
-    /// none. Room grows twofold where the budget allows, so an answer without a
-    /// `Content-Length` takes the budget a logarithmic number of times, and to the exact need
-    /// where it does not.
+    /// none. Room grows twofold, or by what is left of the budget when that is less but
+    /// enough: an answer without a `Content-Length` takes the budget (and its buffer is
+    /// copied) a logarithmic number of times.
     fn make_room(&mut self, more: usize) -> bool {
         let needed = self.body.len().saturating_add(more);
         if needed <= self.room {
             return true;
         }
         let doubled = needed.max(self.room.saturating_mul(2));
-        let room = if self.store.fills.try_take(doubled - self.room) {
-            doubled
-        } else if self.store.fills.try_take(needed - self.room) {
-            needed
-        } else {
+        let Some(took) = self
+            .store
+            .fills
+            .take_between(needed - self.room, doubled - self.room)
+        else {
             return false;
         };
+        let room = self.room + took;
         self.room = room;
         // Grown by hand: `BytesMut::reserve` may double past `room`, beyond what was taken.
         let mut body = BytesMut::with_capacity(room);
@@ -684,14 +688,17 @@ mod tests {
         ));
         assert!(!cached(store, &large).await);
 
-        // Doubling would pass the bound, the exact need does not: the fill goes on.
+        // Doubling would pass the bound; what is left is enough: the fill takes it all, and
+        // goes on without asking again.
         let mut near_the_bound = miss(store, &large, Some(6000)).await;
         write(&mut near_the_bound, &[3u8; 6000]).await;
         write(&mut near_the_bound, &[3u8; 3000]).await;
-        assert_eq!(store.fill_bytes(), 9000);
+        assert_eq!(store.fill_bytes(), 10_000);
+        write(&mut near_the_bound, &[3u8; 1000]).await;
+        assert_eq!(store.fill_bytes(), 10_000);
         assert!(matches!(
             near_the_bound.finish().await.unwrap(),
-            MissFinishType::Created(w) if w > 9000
+            MissFinishType::Created(w) if w > 10_000
         ));
         assert!(cached(store, &large).await);
         assert_eq!(store.fill_bytes(), 0);

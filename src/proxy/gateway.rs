@@ -590,10 +590,18 @@ impl Gateway {
     }
 
     /// Whether the cache has room to fill with this answer, judged by its `Content-Length`
-    /// (an answer without one takes room as its body comes, or is skipped then).
-    fn fill_room_for(&self, kind: cache::Kind, response: &ResponseHeader) -> bool {
-        cache::rules::content_length(&response.headers)
-            .is_none_or(|length| self.cache.storage.has_fill_room(kind, length))
+    /// (an answer without one takes room as its body comes, or is skipped then). A 304
+    /// renews an entry already held (pingora passes the entry's head merged with it) and
+    /// fills nothing.
+    fn fill_room_for(
+        &self,
+        kind: cache::Kind,
+        response: &ResponseHeader,
+        ctx: &RequestCtx,
+    ) -> bool {
+        ctx.upstream_status == Some(304)
+            || cache::rules::content_length(&response.headers)
+                .is_none_or(|length| self.cache.storage.has_fill_room(kind, length))
     }
 }
 
@@ -909,7 +917,7 @@ impl ProxyHttp for Gateway {
             return Ok(RespCacheable::Uncacheable(NoCacheReason::NeverEnabled));
         };
         Ok(match ctx.settings.cache.ttl(usage.kind, response) {
-            Ok(_) if !self.fill_room_for(usage.kind, response) => {
+            Ok(_) if !self.fill_room_for(usage.kind, response, ctx) => {
                 RespCacheable::Uncacheable(NoCacheReason::Custom(cache::NO_FILL_ROOM))
             }
             Ok(ttl) => {
