@@ -288,10 +288,12 @@ impl AccessLog {
                 shared.write_out(&mut Vec::new());
                 let _ = done.send(());
             });
-        if writer.is_ok() && written.recv_timeout(limit).is_err() {
-            log::warn!(
+        match writer {
+            Err(e) => log::warn!("access log: the last lines are lost at exit: {e}"),
+            Ok(_) if written.recv_timeout(limit).is_err() => log::warn!(
                 "access log: standard output took no lines for {limit:?} at exit; the last lines are lost"
-            );
+            ),
+            Ok(_) => {}
         }
     }
 }
