@@ -545,16 +545,17 @@ async fn an_upload_in_flight_shows_in_the_gauge_and_holds_its_slot() {
     assert!(wait_for(Duration::from_secs(10), || gauge() == Some(0.0)));
 }
 
-/// The access log's writer takes the lines every few milliseconds. The lines of the requests
-/// answered just before a SIGTERM are written out as the process ends, not lost with it.
-#[tokio::test]
-async fn the_last_requests_before_sigterm_are_in_the_access_log() {
+/// A proxy with no upstream and no grace period, for the access log's last lines.
+fn proxy_for_exit(stdout: impl Fn(&std::path::Path) -> Stdio) -> Proxy {
     let mut config = ProxyConfig::to(&format!("http://127.0.0.1:{}", free_port()));
     config.grace_period = "0s";
-    let mut proxy = Proxy::start(config);
-    let requests = 20;
+    Proxy::start_with_stdout(config, stdout)
+}
+
+/// Sends `requests` requests the proxy answers itself (a malformed SID: 400), then SIGTERM, and
+/// checks that the proxy exits, and cleanly.
+async fn answer_then_stop(proxy: &mut Proxy, requests: usize) {
     for _ in 0..requests {
-        // A malformed SID: answered by the proxy itself, no upstream needed.
         let response = client()
             .get(proxy.url("/v1/Services/ISnot-a-sid/Media"))
             .send()
@@ -563,10 +564,20 @@ async fn the_last_requests_before_sigterm_are_in_the_access_log() {
         assert_eq!(response.status(), StatusCode::BAD_REQUEST);
     }
     proxy.wait_recorded(requests);
-
     signal(&proxy.child, nix::sys::signal::Signal::SIGTERM);
-    let exit = wait_exit(&mut proxy.child, Duration::from_secs(15)).expect("the proxy exits");
+    let exit = wait_exit(&mut proxy.child, Duration::from_secs(20)).expect("the proxy exits");
     assert!(exit.success(), "{exit}");
+}
+
+/// The access log's writer takes the lines every few milliseconds. The lines of the requests
+/// answered just before a SIGTERM are written out as the process ends, not lost with it.
+#[tokio::test]
+async fn the_last_requests_before_sigterm_are_in_the_access_log() {
+    let mut proxy = proxy_for_exit(|dir| {
+        Stdio::from(std::fs::File::create(dir.join("access.log")).expect("access log file"))
+    });
+    let requests = 20;
+    answer_then_stop(&mut proxy, requests).await;
     let log = proxy.access_log();
     let statuses: Vec<u64> = log
         .lines()
@@ -583,26 +594,10 @@ async fn a_stalled_reader_of_the_access_log_does_not_keep_the_proxy_from_exiting
     // Standard output is a pipe nobody reads: once its buffer (64 KiB) is full, every write
     // to it blocks.
     let (_unread, write_end) = nix::unistd::pipe().expect("a pipe");
-    let mut config = ProxyConfig::to(&format!("http://127.0.0.1:{}", free_port()));
-    config.grace_period = "0s";
-    let mut proxy = Proxy::start_with_stdout(config, |_| {
-        Stdio::from(write_end.try_clone().expect("the pipe's write end"))
-    });
+    let mut proxy =
+        proxy_for_exit(|_| Stdio::from(write_end.try_clone().expect("the pipe's write end")));
     // Lines of about 300 bytes: 1,000 of them are several times what the pipe holds.
-    let requests = 1000;
-    for _ in 0..requests {
-        let response = client()
-            .get(proxy.url("/v1/Services/ISnot-a-sid/Media"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
-    }
-    proxy.wait_recorded(requests);
-
-    signal(&proxy.child, nix::sys::signal::Signal::SIGTERM);
-    let exit = wait_exit(&mut proxy.child, Duration::from_secs(20)).expect("the proxy exits");
-    assert!(exit.success(), "{exit}");
+    answer_then_stop(&mut proxy, 1000).await;
     assert!(
         proxy.log().contains("the last lines are lost"),
         "{}",
