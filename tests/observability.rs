@@ -573,9 +573,7 @@ async fn answer_then_stop(proxy: &mut Proxy, requests: usize) {
 /// answered just before a SIGTERM are written out as the process ends, not lost with it.
 #[tokio::test]
 async fn the_last_requests_before_sigterm_are_in_the_access_log() {
-    let mut proxy = proxy_for_exit(|dir| {
-        Stdio::from(std::fs::File::create(dir.join("access.log")).expect("access log file"))
-    });
+    let mut proxy = proxy_for_exit(access_log_file);
     let requests = 20;
     answer_then_stop(&mut proxy, requests).await;
     let log = proxy.access_log();

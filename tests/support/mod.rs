@@ -353,14 +353,16 @@ impl ProxyConfig {
     }
 }
 
+/// A proxy's standard output as `access.log` in its directory, where `Proxy::access_log` reads.
+pub fn access_log_file(dir: &Path) -> Stdio {
+    Stdio::from(std::fs::File::create(dir.join("access.log")).expect("access log file"))
+}
+
 impl Proxy {
     /// Starts a proxy and waits for `/readyz`. A port taken between picking and binding is
     /// retried on new ports.
     pub fn start(config: ProxyConfig) -> Proxy {
-        Proxy::start_with_stdout(config, |dir| {
-            let access = std::fs::File::create(dir.join("access.log")).expect("access log file");
-            Stdio::from(access)
-        })
+        Proxy::start_with_stdout(config, access_log_file)
     }
 
     /// Starts a proxy whose standard output (the access log) is `stdout(its directory)`.
