@@ -63,6 +63,16 @@ wait_for_line() { # file pattern
     say "timed out waiting for '$2' in $1"; cat "$1" >&2; exit 1
 }
 
+# Each command that starts a server or a load, as run, for the report (`$WORK` and the fixture
+# credentials written as names).
+record() {
+    local line="$*"
+    line=${line//"$WORK"/'$WORK'}
+    line=${line//"$ROOT/"/}
+    [ -n "${BASIC:-}" ] && line=${line//"$BASIC"/'$BASIC'}
+    printf '%s\n' "$line" >>"$WORK/commands"
+}
+
 wait_ready() { # url
     for _ in $(seq 200); do
         curl -fsS -o /dev/null "$1" 2>/dev/null && return 0
@@ -72,6 +82,8 @@ wait_ready() { # url
 }
 
 # --- the origin (CPU 1) ------------------------------------------------------------------------
+record taskset -c 1 "$BIN" origin --listen 127.0.0.1:0 --data "$WORK/store" \
+    --account-sid '$ACCOUNT' --auth-token '$TOKEN' --exit-with-parent
 taskset -c 1 "$BIN" origin --listen 127.0.0.1:0 --data "$WORK/store" \
     --account-sid "$ACCOUNT" --auth-token "$TOKEN" --exit-with-parent \
     <"$WORK/alive" >"$WORK/origin.out" 2>"$WORK/origin.err" &
@@ -106,6 +118,8 @@ start_mediagate() { # name cache_memory [server key] -> sets PORT_<name>, METRIC
     local name=$1 port metrics
     port=$(free_port); metrics=$(free_port)
     mediagate_config "$port" "$metrics" "$2" "${3:-}" >"$WORK/$name.yaml"
+    record taskset -c 0 "$BIN" proxy --config "$WORK/$name.yaml" --exit-with-parent \
+        "# mediagate_config $port $metrics $2 ${3:-}"
     taskset -c 0 "$BIN" proxy --config "$WORK/$name.yaml" --exit-with-parent \
         <"$WORK/alive" >"$WORK/$name.access.log" 2>"$WORK/$name.err" &
     PIDS+=($!)
@@ -121,6 +135,7 @@ start_mediagate mgpoll 256MiB "busy_poll: 200us"
 # --- the reference (CPU 0): pingora and pingora-cache over mediagate's cache storage, no features
 # (and on a second port without the cache, for pass-through).
 BARE_PORT=$(free_port); BARE_PASS_PORT=$(free_port)
+record taskset -c 0 "$BARE" "127.0.0.1:$BARE_PORT" "127.0.0.1:$ORIGIN_PORT" "127.0.0.1:$BARE_PASS_PORT"
 taskset -c 0 "$BARE" "127.0.0.1:$BARE_PORT" "127.0.0.1:$ORIGIN_PORT" "127.0.0.1:$BARE_PASS_PORT" \
     <"$WORK/alive" >/dev/null 2>"$WORK/bare.err" &
 PIDS+=($!)
@@ -143,6 +158,7 @@ fill() {
 }
 fill config/nginx/compare.conf >"$WORK/nginx/nginx.conf"
 fill config/nginx/common.conf >"$WORK/nginx/common.conf"
+record taskset -c 0 nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -g "'daemon off;'"
 taskset -c 0 nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -g 'daemon off;' \
     2>"$WORK/nginx.err" &
 PIDS+=($!)
@@ -176,6 +192,8 @@ wrk_once() { # url [body_file auth] [connections]
     if [ -n "$body" ]; then script=(-s "$WORK/post.lua")
     elif [ -n "$auth" ]; then script=(-s "$WORK/get.lua"); fi
     read -r busy idle < <(cpu0_times)
+    record ${body:+WRK_BODY=$body} ${auth:+WRK_AUTH=\"$auth\"} taskset -c 1 wrk -t1 -c"$conns" \
+        -d"${DURATION}s" --latency "${script[@]}" "$url"
     WRK_BODY=$body WRK_AUTH=$auth taskset -c 1 wrk -t1 -c"$conns" -d"${DURATION}s" --latency \
         "${script[@]}" "$url" >"$WORK/wrk.out"
     read -r BUSY IDLE < <(cpu0_times)
@@ -334,6 +352,15 @@ f"| peak RSS during 64 concurrent 50 MiB uploads (MiB) | {peak_mib:.1f} | | | < 
 "",
 "Rerun: \`benches/load/compare.sh\` (RUNS, DURATION, CLIENTS override the defaults). nginx's",
 "configuration is config/nginx/compare.conf and config/nginx/common.conf.",
+"",
+"The commands of this run, each once, in order (the script runs each load $RUNS times; \`\$WORK\`",
+"is its workspace on tmpfs, ports are picked at run time, \`\$ACCOUNT\`/\`\$TOKEN\` are the fixture",
+"account of benches/load/common.sh and \`\$BASIC\` their Basic encoding; each mediagate's",
+"configuration is what \`mediagate_config\` in common.sh writes for the arguments shown):",
+"",
+"\`\`\`sh",
+*dict.fromkeys(open("$WORK/commands").read().splitlines()),
+"\`\`\`",
 ]
 open(out, "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
