@@ -41,6 +41,12 @@ impl RedisLink {
     }
 }
 
+/// A duration as Redis takes it in `PEXPIRE` and friends: whole milliseconds, at least 1 (0
+/// would expire at once).
+pub fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
 /// Leases this process holds in Redis (quota slots, the keys of uploads it runs), kept alive
 /// while held: every `lease / 3` one call of the `renew` script extends them all, so that a
 /// process that dies gives them back one lease later. `renew` gets each lease's key in KEYS,
@@ -123,7 +129,7 @@ impl Leases {
             return Ok(());
         }
         let mut call = self.renew.prepare_invoke();
-        call.arg(u64::try_from(self.lease.as_millis()).unwrap_or(u64::MAX));
+        call.arg(millis(self.lease));
         for (id, key) in &held {
             call.key(key).arg(id);
         }

@@ -14,7 +14,7 @@ use redis::{Script, Value};
 
 use super::{Answer, Claim, Claimed, IdempotencyKey, Ledger};
 use crate::api::ServiceSid;
-use crate::redis_link::{Leases, RedisLink};
+use crate::redis_link::{millis, Leases, RedisLink};
 
 /// How often a repeat looks again while the first upload runs on some sidecar.
 const POLL: Duration = Duration::from_millis(100);
@@ -61,10 +61,6 @@ impl RedisLedger {
 /// The `{…}` hash tag keeps a service's keys in one Redis Cluster slot, like its quotas.
 fn redis_key(service: &ServiceSid, key: &IdempotencyKey) -> String {
     format!("mediagate:idempotency:{{{service}}}:{}", key.digest())
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
 #[async_trait]

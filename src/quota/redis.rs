@@ -15,7 +15,7 @@ use redis::Script;
 use super::window::BUCKETS;
 use super::{Limits, Outcome, OverQuota, Permit, Quota, Refused, HOUR_MS, MINUTE_MS};
 use crate::api::{RejectReason, ServiceSid};
-use crate::redis_link::{Held, Leases, RedisLink};
+use crate::redis_link::{millis, Held, Leases, RedisLink};
 
 pub struct RedisQuota {
     shared: Arc<Shared>,
@@ -138,7 +138,7 @@ impl Quota for RedisQuota {
             .arg(limits.concurrent_uploads)
             .arg(bytes)
             .arg(&slot)
-            .arg(shared.slots.lease().as_millis() as u64)
+            .arg(millis(shared.slots.lease()))
             .arg(MINUTE_MS / BUCKETS)
             .arg(HOUR_MS / BUCKETS)
             .arg(BUCKETS)
