@@ -476,6 +476,8 @@ async fn fills_in_progress_stay_within_the_memory_bound_and_one_past_it_is_serve
     // The cache lock's age (connect + read timeout) is then past the wait below: a reader
     // that waited on the lock of a stalled read would time out there, not get through.
     config.read_timeout = "60s";
+    // The stalled readers stay until the end, however slow the machine.
+    config.server_extra = "  send_timeout: 0s\n".into();
     let proxy = Proxy::start(config);
     let service = new_service();
     let media: Vec<(String, Vec<u8>)> = stored_pngs(&origin, &service, 3, 12 * MIB)
@@ -535,6 +537,66 @@ async fn fills_in_progress_stay_within_the_memory_bound_and_one_past_it_is_serve
         [Some("hit".into()), Some("hit".into()), Some("miss".into())],
         "the two fills with room were kept, the third was not"
     );
+}
+
+#[tokio::test]
+async fn a_reader_that_stops_reading_is_cut_off_and_frees_its_fill_and_the_readers_behind_it() {
+    use tokio::io::AsyncReadExt;
+    const MIB: usize = 1024 * 1024;
+    let origin = Origin::start();
+    let mut config =
+        ProxyConfig::to(&origin.url).with("cache:\n  memory: 30MiB\n  max_object: 12MiB\n");
+    config.server_extra = "  send_timeout: 1s\n".into();
+    // The cache lock's age (connect + read timeout) is then past the waits below: a reader
+    // behind the stalled one is let through by the cut-off, not by the lock's age.
+    config.read_timeout = "60s";
+    let proxy = Proxy::start(config);
+    let service = new_service();
+    let (sid, bytes) = stored_pngs(&origin, &service, 1, 12 * MIB)
+        .await
+        .pop()
+        .unwrap();
+    let path = paths(&service, &sid).1;
+    let cut_off = || {
+        proxy
+            .metric(
+                "mediagate_clients_refused_total",
+                &[("reason", "send_timeout")],
+            )
+            .unwrap()
+    };
+    assert_eq!(cut_off(), 0.0);
+
+    let (mut stalled, length) = stalled_read(&proxy, &path).await;
+    assert!(wait_for(Duration::from_secs(10), || proxy
+        .metric("mediagate_cache_fill_bytes", &[])
+        == Some((12 * MIB) as f64)));
+    // A second reader waits on the stalled read's fill.
+    let behind = tokio::time::timeout(Duration::from_secs(30), get(&proxy, &path, &[]))
+        .await
+        .expect("the reader behind the stalled one was held");
+    assert_eq!(behind.status, StatusCode::OK);
+    assert_eq!(sha256_hex(&behind.body), sha256_hex(&bytes));
+    assert_eq!(cut_off(), 1.0, "the reader that took nothing was cut off");
+    // The stalled reader's connection was closed before the end of its answer.
+    let mut received = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), stalled.read_to_end(&mut received))
+        .await
+        .expect("the stalled reader's connection was closed");
+    assert!(
+        received.len() < length,
+        "{} of {length} bytes",
+        received.len()
+    );
+    // Its fill ended with it (pingora fills as it sends), so the reader behind it fetched and
+    // filled in its place: the room is free again and the media cached.
+    assert!(wait_for(Duration::from_secs(10), || proxy
+        .metric("mediagate_cache_fill_bytes", &[])
+        == Some(0.0)));
+    let read = get(&proxy, &path, &[]).await;
+    assert_eq!(read.cache.as_deref(), Some("hit"));
+    assert_eq!(sha256_hex(&read.body), sha256_hex(&bytes));
+    assert_eq!(origin_gets(&origin, &path).len(), 2);
 }
 
 #[tokio::test]

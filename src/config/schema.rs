@@ -52,6 +52,9 @@ pub struct Server {
     pub max_headers: usize,
     /// The slowest a request body may arrive, in bytes per second of waiting for it; 0: any.
     pub min_body_rate: ByteSize,
+    /// The longest a client may leave its answer untaken (none of it read) before its
+    /// connection closes; 0: no limit. nginx's `send_timeout`, with its default.
+    pub send_timeout: HumanDuration,
     /// The Unix socket on which a new process started with `--upgrade` receives this one's
     /// listening sockets when this one gets SIGQUIT (pingora's hand-over). Both must agree on it.
     pub upgrade_sock: PathBuf,
@@ -111,6 +114,7 @@ impl Default for Server {
             max_head_size: ByteSize::kib(64),
             max_headers: 100,
             min_body_rate: ByteSize::kib(1),
+            send_timeout: HumanDuration::secs(60),
             upgrade_sock: PathBuf::from(Server::DEFAULT_UPGRADE_SOCK),
             busy_poll: HumanDuration::secs(0),
         }

@@ -77,6 +77,16 @@ fn busy_poll_is_off_by_default_and_bounded() {
 }
 
 #[test]
+fn send_timeout_is_a_minute_by_default_and_zero_turns_it_off() {
+    let config = parse(MINIMAL).unwrap();
+    assert_eq!(config.server.send_timeout.get(), Duration::from_secs(60));
+    let config = parse(&format!("{MINIMAL}server:\n  send_timeout: 0s\n")).unwrap();
+    assert!(config.server.send_timeout.get().is_zero());
+    let e = error(&format!("{MINIMAL}server:\n  send_timeout: soon\n"));
+    assert!(e.starts_with("server.send_timeout: "), "{e}");
+}
+
+#[test]
 fn unknown_key_is_named_with_its_path() {
     let e = error(&format!("{MINIMAL}server:\n  listn: 127.0.0.1:1\n"));
     assert!(e.starts_with("server.listn: unknown field `listn`"), "{e}");

@@ -1,7 +1,9 @@
 //! Limits that hold off hostile and broken clients, applied to each client connection before
 //! pingora reads from it: at most `server.max_connections` connections at once; a request head
 //! must arrive within `server.head_timeout` (slowloris), within `server.max_head_size` bytes and
-//! `server.max_headers` header lines; a request body must keep up `server.min_body_rate`.
+//! `server.max_headers` header lines; a request body must keep up `server.min_body_rate`; and a
+//! client must take some of its answer within `server.send_timeout` of the proxy having to wait
+//! for it.
 //!
 //! pingora has none of these (it allows 1 MiB and 256 headers per head, and each read of a head
 //! may take 60 s), so the connection's stream is wrapped (`Watched`): it follows the bytes read
@@ -45,6 +47,8 @@ pub struct ClientLimits {
     pub max_headers: usize,
     /// Bytes per second; 0: no minimum.
     pub min_body_rate: u64,
+    /// How long a write may wait for the client to take any of it; 0: for ever.
+    pub send_timeout: Duration,
 }
 
 impl ClientLimits {
@@ -55,6 +59,7 @@ impl ClientLimits {
             max_head_size: usize::try_from(server.max_head_size.bytes()).unwrap_or(usize::MAX),
             max_headers: server.max_headers,
             min_body_rate: server.min_body_rate.bytes(),
+            send_timeout: server.send_timeout.get(),
         }
     }
 }
@@ -68,16 +73,18 @@ enum Cutoff {
     TooManyHeaders,
     SlowBody,
     BadChunk,
+    SendTimeout,
 }
 
 impl Cutoff {
-    const ALL: [Cutoff; 6] = [
+    const ALL: [Cutoff; 7] = [
         Cutoff::MaxConnections,
         Cutoff::HeadTimeout,
         Cutoff::HeadTooLarge,
         Cutoff::TooManyHeaders,
         Cutoff::SlowBody,
         Cutoff::BadChunk,
+        Cutoff::SendTimeout,
     ];
 
     fn label(self) -> &'static str {
@@ -88,13 +95,16 @@ impl Cutoff {
             Cutoff::TooManyHeaders => "too_many_headers",
             Cutoff::SlowBody => "slow_body",
             Cutoff::BadChunk => "bad_chunk",
+            Cutoff::SendTimeout => "send_timeout",
         }
     }
 
     /// The answer written on the socket before it closes: the error JSON, as every answer of
-    /// mediagate's own (a server may answer before it has read the whole request).
+    /// mediagate's own (a server may answer before it has read the whole request). None for a
+    /// client that is not reading: it is in the middle of an answer already.
     fn answer(self) -> Option<Vec<u8>> {
         let (status, phrase, code, message, extra) = match self {
+            Cutoff::SendTimeout => return None,
             Cutoff::MaxConnections => (
                 503,
                 "Service Unavailable",
@@ -241,6 +251,10 @@ pub struct Watched {
     pending_since: Option<Instant>,
     /// A cutoff decided, answered once.
     cut: Option<Cutoff>,
+    /// `send_timeout`'s clock, made at the first write that has to wait (most connections
+    /// never have one), and whether it runs: from such a wait to the client's next progress.
+    send_timer: Option<Pin<Box<Sleep>>>,
+    send_waiting: bool,
 }
 
 impl fmt::Debug for Watched {
@@ -267,6 +281,8 @@ impl Watched {
             waited: Duration::ZERO,
             pending_since: None,
             cut: None,
+            send_timer: None,
+            send_waiting: false,
         }
     }
 
@@ -401,6 +417,40 @@ impl Watched {
                 Ok(())
             }
         }
+    }
+
+    /// A write, flush or shutdown towards the client has just been polled: one that waits
+    /// starts `send_timeout`'s clock unless it runs already, one that goes on stops it. A
+    /// client that takes nothing for that long is cut off: otherwise it could hold its
+    /// answer's buffers (a cache fill's room among them) for as long as it stays connected.
+    fn watch_send<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        sent: Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
+        if sent.is_ready() {
+            self.send_waiting = false;
+            return sent;
+        }
+        let limit = self.limits.send_timeout;
+        if limit.is_zero() {
+            return Poll::Pending;
+        }
+        if !std::mem::replace(&mut self.send_waiting, true) {
+            let deadline = Instant::now() + limit;
+            match &mut self.send_timer {
+                Some(timer) => timer.as_mut().reset(deadline),
+                None => self.send_timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+        }
+        let expired = self
+            .send_timer
+            .as_mut()
+            .is_some_and(|timer| timer.as_mut().poll(cx).is_ready());
+        if expired {
+            return Poll::Ready(Err(self.cut_off(cx, Cutoff::SendTimeout)));
+        }
+        Poll::Pending
     }
 
     /// Ends the connection for `cutoff`: counted once, its answer written if the socket takes
@@ -672,15 +722,18 @@ impl AsyncWrite for Watched {
         if !buf.starts_with(b"HTTP/1.1 100 ") && !buf.starts_with(b"HTTP/1.0 100 ") {
             self.answered = true;
         }
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let sent = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.watch_send(cx, sent)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let sent = Pin::new(&mut self.inner).poll_flush(cx);
+        self.watch_send(cx, sent)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        let sent = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.watch_send(cx, sent)
     }
 
     fn poll_write_vectored(
@@ -694,7 +747,8 @@ impl AsyncWrite for Watched {
         if !interim {
             self.answered = true;
         }
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let sent = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.watch_send(cx, sent)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -704,8 +758,12 @@ impl AsyncWrite for Watched {
 
 #[async_trait]
 impl Shutdown for Watched {
+    /// Through `poll_shutdown`, which flushes what is still buffered first: under
+    /// `send_timeout`, so that a client reading nothing cannot hold the connection's end.
     async fn shutdown(&mut self) {
-        self.inner.shutdown().await
+        if let Err(e) = tokio::io::AsyncWriteExt::shutdown(self).await {
+            log::debug!("client connection shut down: {e}");
+        }
     }
 }
 
@@ -782,6 +840,7 @@ mod tests {
             max_head_size: 1024,
             max_headers: 3,
             min_body_rate: 0,
+            send_timeout: Duration::from_secs(1),
         };
         let framing = |head: &[u8]| judge_head(head, &limits);
         assert!(matches!(
