@@ -251,8 +251,8 @@ pub struct Watched {
     pending_since: Option<Instant>,
     /// A cutoff decided, answered once.
     cut: Option<Cutoff>,
-    /// `send_timeout`'s clock, made at the first write that has to wait (most connections
-    /// never have one), and whether it runs: from such a wait to the client's next progress.
+    /// `send_timeout`'s clock, made at the connection's first write that has to wait, and
+    /// whether it runs: from such a wait to the next write the socket takes.
     send_timer: Option<Pin<Box<Sleep>>>,
     send_waiting: bool,
 }
@@ -451,6 +451,13 @@ impl Watched {
             return Poll::Ready(Err(self.cut_off(cx, Cutoff::SendTimeout)));
         }
         Poll::Pending
+    }
+
+    /// After a send timeout nothing more is written, whatever pingora makes of the failed
+    /// write: the connection is over even if its client reads on.
+    fn refuse_write(&self) -> Option<std::io::Error> {
+        (self.cut == Some(Cutoff::SendTimeout))
+            .then(|| std::io::Error::new(std::io::ErrorKind::TimedOut, Cutoff::SendTimeout.label()))
     }
 
     /// Ends the connection for `cutoff`: counted once, its answer written if the socket takes
@@ -719,6 +726,9 @@ impl AsyncWrite for Watched {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         // An interim `100 Continue` is not the answer: the body comes after it.
+        if let Some(refused) = self.refuse_write() {
+            return Poll::Ready(Err(refused));
+        }
         if !buf.starts_with(b"HTTP/1.1 100 ") && !buf.starts_with(b"HTTP/1.0 100 ") {
             self.answered = true;
         }
@@ -727,11 +737,17 @@ impl AsyncWrite for Watched {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if let Some(refused) = self.refuse_write() {
+            return Poll::Ready(Err(refused));
+        }
         let sent = Pin::new(&mut self.inner).poll_flush(cx);
         self.watch_send(cx, sent)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if let Some(refused) = self.refuse_write() {
+            return Poll::Ready(Err(refused));
+        }
         let sent = Pin::new(&mut self.inner).poll_shutdown(cx);
         self.watch_send(cx, sent)
     }
@@ -741,6 +757,9 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
+        if let Some(refused) = self.refuse_write() {
+            return Poll::Ready(Err(refused));
+        }
         let interim = bufs
             .first()
             .is_some_and(|b| b.starts_with(b"HTTP/1.1 100 "));
