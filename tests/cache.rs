@@ -604,6 +604,66 @@ async fn a_reader_that_stops_reading_is_cut_off_and_frees_its_fill_and_the_reade
 }
 
 #[tokio::test]
+async fn a_stale_content_entry_is_renewed_by_a_304_even_when_no_fill_has_room() {
+    const MIB: usize = 1024 * 1024;
+    let origin = Origin::start();
+    let mut config = ProxyConfig::to(&origin.url)
+        .with("cache:\n  memory: 30MiB\n  max_object: 12MiB\n  content_ttl: 1s\n");
+    config.server_extra = "  send_timeout: 0s\n".into();
+    let proxy = Proxy::start(config);
+    let service = new_service();
+    let media = stored_pngs(&origin, &service, 3, 12 * MIB).await;
+    let (sid, bytes) = &media[0];
+    let path = paths(&service, sid).1;
+    // Its temporary URL's fetches (journalled as `/{ME}`), by status.
+    let fetched = |status: u64| {
+        origin
+            .journal()
+            .into_iter()
+            .filter(|e| e["path"] == format!("/{sid}") && e["status"] == status)
+            .count()
+    };
+    let skipped = || {
+        proxy
+            .metric(
+                "mediagate_cache_fills_skipped_total",
+                &[("kind", "content")],
+            )
+            .unwrap()
+    };
+    assert_eq!(get(&proxy, &path, &[]).await.cache.as_deref(), Some("miss"));
+    assert_eq!(fetched(200), 1);
+
+    // Two stalled first reads of the others hold 24 MiB of the 30 MiB fill room: a 12 MiB
+    // answer has no room left.
+    let _stalled = [
+        stalled_read(&proxy, &paths(&service, &media[1].0).1).await,
+        stalled_read(&proxy, &paths(&service, &media[2].0).1).await,
+    ];
+    assert!(wait_for(Duration::from_secs(10), || proxy
+        .metric("mediagate_cache_fill_bytes", &[])
+        == Some((24 * MIB) as f64)));
+
+    // Once the entry is stale, a read revalidates it: the temporary URL is asked with the
+    // entry's ETag and answers 304. Polled: the TTL is counted in whole seconds.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while fetched(304) == 0 {
+        assert!(Instant::now() < deadline, "the entry was never revalidated");
+        let read = get(&proxy, &path, &[]).await;
+        assert_eq!(read.status, StatusCode::OK);
+        assert_eq!(sha256_hex(&read.body), sha256_hex(bytes));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Renewed without its bytes and without fill room: nothing skipped, and the next read is a
+    // hit of the same bytes.
+    assert_eq!(fetched(200), 1, "the bytes were fetched once");
+    assert_eq!(skipped(), 0.0);
+    let read = get(&proxy, &path, &[]).await;
+    assert_eq!(read.cache.as_deref(), Some("hit"));
+    assert_eq!(sha256_hex(&read.body), sha256_hex(bytes));
+}
+
+#[tokio::test]
 async fn an_object_over_max_object_is_served_whole_and_not_cached() {
     let origin = Origin::start();
     let proxy = start(&origin, "cache:\n  max_object: 64KiB\n");

@@ -80,6 +80,17 @@ impl SignedUrl {
     }
 }
 
+/// The validators of a revalidation (`If-None-Match`, `If-Modified-Since`), from the request
+/// pingora-cache prepared to the proxy's own request for the same bytes.
+pub fn carry_validators(prepared: &RequestHeader, own: &mut RequestHeader) -> Result<()> {
+    for name in [header::IF_NONE_MATCH, header::IF_MODIFIED_SINCE] {
+        if let Some(value) = prepared.headers.get(&name) {
+            own.insert_header(name, value.clone())?;
+        }
+    }
+    Ok(())
+}
+
 /// Reads the head of an upstream's answer to a request of the proxy's own, past any interim
 /// (`100 Continue`) head.
 pub async fn answer_head(session: &mut HttpSession) -> Result<ResponseHeader> {

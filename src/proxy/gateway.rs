@@ -21,7 +21,7 @@ use futures_util::future::BoxFuture;
 
 use super::access::AccessControl;
 use super::busy_poll::BusyPoll;
-use super::content::{ContentResolver, SignedUrl};
+use super::content::{self, ContentResolver, SignedUrl};
 use super::credentials::Injector;
 use super::idempotent::{self, IDEMPOTENCY_KEY};
 use super::reject::{self, Rejection};
@@ -837,7 +837,7 @@ impl ProxyHttp for Gateway {
     /// upstream's own Host.
     async fn upstream_request_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
@@ -845,7 +845,13 @@ impl ProxyHttp for Gateway {
         self.keep_polling();
         if let Some(signed) = &ctx.signed {
             // A request of our own: nothing of the client's reaches the media host.
-            *request = signed.request(request.method.clone(), ctx.request_id())?;
+            let mut own = signed.request(request.method.clone(), ctx.request_id())?;
+            if session.cache.enabled() {
+                // Except pingora-cache's validators for a stale entry (it took the client's
+                // own out): an unchanged media is then renewed by a 304, not fetched whole.
+                content::carry_validators(request, &mut own)?;
+            }
+            *request = own;
             ctx.upstream_sent.get_or_insert_with(Instant::now);
             return Ok(());
         }
