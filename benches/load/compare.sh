@@ -5,7 +5,8 @@
 # against nginx".
 #
 # Topology (2 cores): the server under test (mediagate with `server.threads: 1`, or nginx with
-# `worker_processes 1`) is pinned to CPU 0; the load generator (wrk) and the origin to CPU 1.
+# `worker_processes 1`) is pinned to CPU 0; the load generator (wrk) and the origin to CPU 1. The
+# one-at-a-time latency runs are repeated with the origin moved to CPU 0.
 # Each scenario runs RUNS times (default 3) for DURATION seconds (default 5), the servers taking
 # turns run by run; the median counts.
 #
@@ -13,7 +14,7 @@
 # profile with profile-guided optimisation; about 12 minutes the first time here); the reference
 # with the `production` profile alone.
 #
-#   benches/load/compare.sh            # everything, about 5 minutes after the build
+#   benches/load/compare.sh            # everything, about 7 minutes after the build
 #   RUNS=1 DURATION=2 benches/load/compare.sh   # a quick look
 set -euo pipefail
 
@@ -88,6 +89,7 @@ taskset -c 1 "$BIN" origin --listen 127.0.0.1:0 --data "$WORK/store" \
     --account-sid "$ACCOUNT" --auth-token "$TOKEN" --exit-with-parent \
     <"$WORK/alive" >"$WORK/origin.out" 2>"$WORK/origin.err" &
 PIDS+=($!)
+ORIGIN_PID=$!
 wait_for_line "$WORK/origin.out" "listening on"
 ORIGIN=$(grep -o 'http://[0-9.:]*' "$WORK/origin.out" | head -1)
 ORIGIN_PORT=${ORIGIN##*:}
@@ -272,6 +274,17 @@ say "4/5 uploads: 1 MiB and 4 KiB"
     measure "$MG$UPLOAD|$WORK/4k.png||1" "http://127.0.0.1:$PORT_mgpoll$UPLOAD|$WORK/4k.png||1" \
         "$NGT$UPLOAD|$WORK/4k.png||1" \
         "$BAREURL$UPLOAD|$WORK/4k.png|$DIRECT_AUTH|1" "$ORIGIN$UPLOAD|$WORK/4k.png|$DIRECT_AUTH|1")
+# The same with the origin on CPU 0, beside the server under test. On CPU 1 the direct path
+# never leaves the load generator's core while the proxied one crosses to the origin and back;
+# on CPU 0 it is the other way round, each placement favouring one side by the same amount (the
+# README, "Latency and busy polling"). The mean of the two is what the proxy's hop itself adds.
+record taskset -a -p -c 0 '$ORIGIN_PID'
+taskset -a -p -c 0 "$ORIGIN_PID" >/dev/null
+{ read -r NEAR_MG; read -r NEAR_NGT; read -r NEAR_BARE; read -r NEAR_DIRECT; } < <(
+    measure "$MG$UPLOAD|$WORK/4k.png||1" "$NGT$UPLOAD|$WORK/4k.png||1" \
+        "$BAREURL$UPLOAD|$WORK/4k.png|$DIRECT_AUTH|1" "$ORIGIN$UPLOAD|$WORK/4k.png|$DIRECT_AUTH|1")
+record taskset -a -p -c 1 '$ORIGIN_PID'
+taskset -a -p -c 1 "$ORIGIN_PID" >/dev/null
 
 say "5/5 peak RSS, 64 concurrent 50 MiB uploads"
 start_mediagate mgrss 256MiB
@@ -292,6 +305,11 @@ cont_mg, cont_ng = row("$CONT_MG"), row("$CONT_NG")
 up_mg, up_ng, up_ngt, up_bare, up_direct = row("$UP_MG"), row("$UP_NG"), row("$UP_NGT"), row("$UP_BARE"), row("$UP_DIRECT")
 small_mg, small_ngt, small_bare, small_direct = row("$SMALL_MG"), row("$SMALL_NGT"), row("$SMALL_BARE"), row("$SMALL_DIRECT")
 lat_mg, lat_poll, lat_ngt, lat_bare, lat_direct = row("$LAT_MG"), row("$LAT_POLL"), row("$LAT_NGT"), row("$LAT_BARE"), row("$LAT_DIRECT")
+near_mg, near_ngt, near_bare, near_direct = row("$NEAR_MG"), row("$NEAR_NGT"), row("$NEAR_BARE"), row("$NEAR_DIRECT")
+# p50 added over direct (µs): the origin beside the load generator (CPU 1), beside the server
+# (CPU 0), and the mean of the two.
+added = lambda r, direct: (r[1] - direct[1]) * 1000
+hop = lambda far, near: (added(far, lat_direct) + added(near, near_direct)) / 2
 # CPU 0 (the server under test's core) in the median run: busy share, per request (µs), per
 # GB (s).
 core_mg, core_poll = lat_mg[4], lat_poll[4]
@@ -313,7 +331,8 @@ f"Run {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC on {plat
 f"{cmd('$BIN --version') or 'mediagate'} (profile production with PGO, scripts/build-production; the reference: profile production), {cmd('nginx -v 2>&1')}, {cmd('wrk -v 2>&1 | head -1').split(' Copyright')[0]}.",
 "",
 "Each server under test has one worker pinned to CPU 0 (mediagate \`server.threads: 1\`, nginx",
-"\`worker_processes 1\`); wrk and the origin run on CPU 1. Each figure is the median of $RUNS runs",
+"\`worker_processes 1\`); wrk and the origin run on CPU 1 (the origin also on CPU 0 for one set",
+"of latency runs, below). Each figure is the median of $RUNS runs",
 f"of $DURATION s, the servers of a scenario taking turns run by run; ratios are mediagate / nginx",
 "from this run. The reference is pingora alone (benches/load/bare_pingora.rs) on the same core,",
 "built without PGO: pingora's own cost, before mediagate's features and before PGO. Errors are",
@@ -343,12 +362,14 @@ f"| 4 KiB uploads, 8 connections: requests/s | {small_mg[0]:,.0f} | {small_ngt[0
 f"| same, reference (pingora alone, no policy): requests/s | {small_bare[0]:,.0f} | | | mediagate / reference: {ratio(small_mg[0], small_bare[0])} |",
 f"| same, direct to the origin (ceiling): requests/s | | | {small_direct[0]:,.0f} | |",
 f"| 4 KiB uploads one at a time, p50 / p99 (ms); direct: {lat_direct[1]:.3f} / {lat_direct[2]:.3f} | {lat_mg[1]:.3f} / {lat_mg[2]:.3f} | {lat_ngt[1]:.3f} / {lat_ngt[2]:.3f} | | |",
-f"| 4 KiB uploads, p50 added over direct (µs) | {(lat_mg[1]-lat_direct[1])*1000:.0f} | {(lat_ngt[1]-lat_direct[1])*1000:.0f} | | < 150: {ok((lat_mg[1]-lat_direct[1])*1000 < 150)} |",
+f"| 4 KiB uploads, p50 added over direct (µs) | {added(lat_mg, lat_direct):.0f} | {added(lat_ngt, lat_direct):.0f} | | < 150: {ok(added(lat_mg, lat_direct) < 150)} |",
+f"| same, with the origin on CPU 0 beside the server (direct p50 {near_direct[1]:.3f} ms; mediagate, nginx p50 {near_mg[1]:.3f}, {near_ngt[1]:.3f} ms) | {added(near_mg, near_direct):.0f} | {added(near_ngt, near_direct):.0f} | | |",
+f"| same, the proxy's own hop: the mean of the two placements (µs) | {hop(lat_mg, near_mg):.0f} | {hop(lat_ngt, near_ngt):.0f} | | < 150: {ok(hop(lat_mg, near_mg) < 150)} |",
 f"| same, mediagate with \`server.busy_poll: 200us\` (p50 / p99 {lat_poll[1]:.3f} / {lat_poll[2]:.3f} ms); CPU 0 busy in the median runs, default then busy polling | {(lat_poll[1]-lat_direct[1])*1000:.0f} | | {core_mg:.0%} / {core_poll:.0%} of a core | < 150: {ok((lat_poll[1]-lat_direct[1])*1000 < 150)} |",
-f"| same, reference (pingora alone, no policy): p50 added over direct (µs) | {(lat_bare[1]-lat_direct[1])*1000:.0f} | | | mediagate - reference: {(lat_mg[1]-lat_bare[1])*1000:.0f} µs |",
+f"| same, reference (pingora alone, no policy): p50 added over direct (µs), origin on CPU 1; on CPU 0; their mean | {added(lat_bare, lat_direct):.0f}; {added(near_bare, near_direct):.0f}; {hop(lat_bare, near_bare):.0f} | | | mediagate - reference: {(lat_mg[1]-lat_bare[1])*1000:.0f} µs |",
 f"| peak RSS during 64 concurrent 50 MiB uploads (MiB) | {peak_mib:.1f} | | | < 128: {ok(peak_mib < 128)} |",
 "",
-"Errors seen by wrk (non-2xx, socket): " + ", ".join(f"{n} {r[3]}" for n, r in [("meta mg", meta_mg), ("meta nginx", meta_ng), ("meta reference", meta_bare), ("pass mg", pass_mg), ("pass nginx", pass_ng), ("pass reference", pass_bare), ("pass direct", pass_direct), ("content mg", cont_mg), ("content nginx", cont_ng), ("upload mg", up_mg), ("upload nginx", up_ng), ("upload nginx tuned", up_ngt), ("upload reference", up_bare), ("upload direct", up_direct), ("4k mg", small_mg), ("4k nginx", small_ngt), ("4k reference", small_bare), ("4k direct", small_direct), ("4k mg, 1 conn", lat_mg), ("4k mg busy_poll, 1 conn", lat_poll), ("4k nginx, 1 conn", lat_ngt), ("4k reference, 1 conn", lat_bare), ("4k direct, 1 conn", lat_direct), ("50 MiB mg", rss_load)]) + ".",
+"Errors seen by wrk (non-2xx, socket): " + ", ".join(f"{n} {r[3]}" for n, r in [("meta mg", meta_mg), ("meta nginx", meta_ng), ("meta reference", meta_bare), ("pass mg", pass_mg), ("pass nginx", pass_ng), ("pass reference", pass_bare), ("pass direct", pass_direct), ("content mg", cont_mg), ("content nginx", cont_ng), ("upload mg", up_mg), ("upload nginx", up_ng), ("upload nginx tuned", up_ngt), ("upload reference", up_bare), ("upload direct", up_direct), ("4k mg", small_mg), ("4k nginx", small_ngt), ("4k reference", small_bare), ("4k direct", small_direct), ("4k mg, 1 conn", lat_mg), ("4k mg busy_poll, 1 conn", lat_poll), ("4k nginx, 1 conn", lat_ngt), ("4k reference, 1 conn", lat_bare), ("4k direct, 1 conn", lat_direct), ("4k mg, 1 conn, origin on CPU 0", near_mg), ("4k nginx, 1 conn, origin on CPU 0", near_ngt), ("4k reference, 1 conn, origin on CPU 0", near_bare), ("4k direct, 1 conn, origin on CPU 0", near_direct), ("50 MiB mg", rss_load)]) + ".",
 "",
 "Rerun: \`benches/load/compare.sh\` (RUNS, DURATION, CLIENTS override the defaults). nginx's",
 "configuration is config/nginx/compare.conf and config/nginx/common.conf.",
