@@ -467,12 +467,46 @@ impl Watched {
             self.cut = Some(cutoff);
             cutoff.count();
             log::info!("client cut off: {}", cutoff.label());
-            if let Some(answer) = cutoff.answer() {
-                let _ = Pin::new(&mut self.inner).poll_write(cx, &answer);
-                let _ = Pin::new(&mut self.inner).poll_flush(cx);
+            match cutoff.answer() {
+                Some(answer) => {
+                    let _ = Pin::new(&mut self.inner).poll_write(cx, &answer);
+                    let _ = Pin::new(&mut self.inner).poll_flush(cx);
+                }
+                None => reset_on_close(self.inner.id()),
             }
         }
         std::io::Error::new(std::io::ErrorKind::TimedOut, cutoff.label())
+    }
+}
+
+/// A client cut off without an answer (it reads nothing) has its connection reset when it
+/// closes, not ended in order: the kernel then drops at once what it still holds to send it (up
+/// to the socket's send buffer, megabytes), where an orderly close would keep it, probing the
+/// client's closed window, for minutes (nginx's `reset_timedout_connection`).
+fn reset_on_close(socket: UniqueIDType) {
+    #[cfg(unix)]
+    {
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: `socket` is the connection's own descriptor, open while its stream is held;
+        // the option only changes how it closes. A failure leaves the orderly close.
+        let set = unsafe {
+            libc::setsockopt(
+                socket,
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&linger as *const libc::linger).cast(),
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            )
+        };
+        if set != 0 {
+            log::debug!(
+                "client connection: no reset on close: {}",
+                std::io::Error::last_os_error()
+            );
+        }
     }
 }
 
