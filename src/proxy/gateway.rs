@@ -1345,7 +1345,10 @@ fn cache_outcome(session: &Session, ctx: &RequestCtx) -> Option<(Kind, cache::Ou
     let usage = ctx.cache?;
     let outcome = match session.cache.phase() {
         _ if !usage.consulted => cache::Outcome::Bypass,
-        CachePhase::Hit => cache::Outcome::Hit,
+        // A stale entry the upstream confirmed (304): its bytes come from the cache.
+        CachePhase::Hit | CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_) => {
+            cache::Outcome::Hit
+        }
         CachePhase::Stale | CachePhase::StaleUpdating => cache::Outcome::Stale,
         _ => cache::Outcome::Miss,
     };
