@@ -5,8 +5,8 @@
 # against nginx".
 #
 # Topology (2 cores): the server under test (mediagate with `server.threads: 1`, or nginx with
-# `worker_processes 1`) is pinned to CPU 0; the load generator (wrk) and the origin to CPU 1. The
-# one-at-a-time latency runs are repeated with the origin moved to CPU 0.
+# `worker_processes 1`) is pinned to CPU 0; the load generator (wrk) and the origin to CPU 1. For
+# one target of the latency runs, direct to the origin, the origin is moved to CPU 0 for the run.
 # Each scenario runs RUNS times (default 3) for DURATION seconds (default 5), the servers taking
 # turns run by run; the median counts.
 #
@@ -214,16 +214,25 @@ busy, idle = int(os.environ["BUSY"]), int(os.environ["IDLE"])
 print(rps, ms("50%"), ms("99%"), busy / max(busy + idle, 1), (errors.group(1) if errors else "0") + (" sock:" + sock.group(1).replace(" ", "") if sock else ""))' <"$WORK/wrk.out"
 }
 
-# Measures several targets, each given as "url|body_file|auth|connections" (empty fields take
-# wrk_once's defaults). The runs take turns, target after target, RUNS rounds, so that whatever
-# this shared machine does meanwhile falls on every target alike rather than on one block of
-# runs. Prints one line per target, in order: its run with the median requests/s.
+# Moves every thread of the origin to a core (threads it starts later follow their creator's).
+move_origin() { # cpu
+    record taskset -a -p -c "$1" '$ORIGIN_PID'
+    taskset -a -p -c "$1" "$ORIGIN_PID" >/dev/null
+}
+
+# Measures several targets, each given as "url|body_file|auth|connections|origin_cpu" (empty
+# fields take wrk_once's defaults; with origin_cpu, the origin runs on that core for the run).
+# The runs take turns, target after target, RUNS rounds, so that whatever this shared machine
+# does meanwhile falls on every target alike rather than on one block of runs. Prints one line
+# per target, in order: its run with the median requests/s.
 measure() {
-    local targets=("$@") results=() i url body auth conns
+    local targets=("$@") results=() i url body auth conns cpu
     for _ in $(seq "$RUNS"); do
         for i in "${!targets[@]}"; do
-            IFS='|' read -r url body auth conns <<<"${targets[$i]}"
+            IFS='|' read -r url body auth conns cpu <<<"${targets[$i]}"
+            if [ -n "$cpu" ]; then move_origin "$cpu"; fi
             results[i]+="$(wrk_once "$url" "$body" "$auth" "$conns")"$'\n'
+            if [ -n "$cpu" ]; then move_origin 1; fi
         done
     done
     for i in "${!targets[@]}"; do
@@ -269,22 +278,16 @@ say "4/5 uploads: 1 MiB and 4 KiB"
 { read -r SMALL_MG; read -r SMALL_NGT; read -r SMALL_BARE; read -r SMALL_DIRECT; } < <(
     measure "$MG$UPLOAD|$WORK/4k.png||8" "$NGT$UPLOAD|$WORK/4k.png||8" \
         "$BAREURL$UPLOAD|$WORK/4k.png|$DIRECT_AUTH|8" "$ORIGIN$UPLOAD|$WORK/4k.png|$DIRECT_AUTH|8")
-# Latency one request at a time, so that queueing does not hide what each hop adds.
-{ read -r LAT_MG; read -r LAT_POLL; read -r LAT_NGT; read -r LAT_BARE; read -r LAT_DIRECT; } < <(
+# Latency one request at a time, so that queueing does not hide what each hop adds. Direct to
+# the origin twice: on CPU 1, where the direct path never leaves wrk's core, and on CPU 0, one
+# crossing between the cores away from wrk as it is from the proxies: the proxied latency less
+# that one is what the proxy's hop adds (README, "Latency and busy polling").
+{ read -r LAT_MG; read -r LAT_POLL; read -r LAT_NGT; read -r LAT_BARE; read -r LAT_DIRECT
+  read -r FAR_DIRECT; } < <(
     measure "$MG$UPLOAD|$WORK/4k.png||1" "http://127.0.0.1:$PORT_mgpoll$UPLOAD|$WORK/4k.png||1" \
         "$NGT$UPLOAD|$WORK/4k.png||1" \
-        "$BAREURL$UPLOAD|$WORK/4k.png|$DIRECT_AUTH|1" "$ORIGIN$UPLOAD|$WORK/4k.png|$DIRECT_AUTH|1")
-# The same with the origin on CPU 0, beside the server under test. On CPU 1 the direct path
-# never leaves the load generator's core while the proxied one crosses to the origin and back;
-# on CPU 0 it is the other way round, each placement favouring one side by the same amount (the
-# README, "Latency and busy polling"). The mean of the two is what the proxy's hop itself adds.
-record taskset -a -p -c 0 '$ORIGIN_PID'
-taskset -a -p -c 0 "$ORIGIN_PID" >/dev/null
-{ read -r NEAR_MG; read -r NEAR_NGT; read -r NEAR_BARE; read -r NEAR_DIRECT; } < <(
-    measure "$MG$UPLOAD|$WORK/4k.png||1" "$NGT$UPLOAD|$WORK/4k.png||1" \
-        "$BAREURL$UPLOAD|$WORK/4k.png|$DIRECT_AUTH|1" "$ORIGIN$UPLOAD|$WORK/4k.png|$DIRECT_AUTH|1")
-record taskset -a -p -c 1 '$ORIGIN_PID'
-taskset -a -p -c 1 "$ORIGIN_PID" >/dev/null
+        "$BAREURL$UPLOAD|$WORK/4k.png|$DIRECT_AUTH|1" "$ORIGIN$UPLOAD|$WORK/4k.png|$DIRECT_AUTH|1" \
+        "$ORIGIN$UPLOAD|$WORK/4k.png|$DIRECT_AUTH|1|0")
 
 say "5/5 peak RSS, 64 concurrent 50 MiB uploads"
 start_mediagate mgrss 256MiB
@@ -305,11 +308,11 @@ cont_mg, cont_ng = row("$CONT_MG"), row("$CONT_NG")
 up_mg, up_ng, up_ngt, up_bare, up_direct = row("$UP_MG"), row("$UP_NG"), row("$UP_NGT"), row("$UP_BARE"), row("$UP_DIRECT")
 small_mg, small_ngt, small_bare, small_direct = row("$SMALL_MG"), row("$SMALL_NGT"), row("$SMALL_BARE"), row("$SMALL_DIRECT")
 lat_mg, lat_poll, lat_ngt, lat_bare, lat_direct = row("$LAT_MG"), row("$LAT_POLL"), row("$LAT_NGT"), row("$LAT_BARE"), row("$LAT_DIRECT")
-near_mg, near_ngt, near_bare, near_direct = row("$NEAR_MG"), row("$NEAR_NGT"), row("$NEAR_BARE"), row("$NEAR_DIRECT")
-# p50 added over direct (µs): the origin beside the load generator (CPU 1), beside the server
-# (CPU 0), and the mean of the two.
-added = lambda r, direct: (r[1] - direct[1]) * 1000
-hop = lambda far, near: (added(far, lat_direct) + added(near, near_direct)) / 2
+far_direct = row("$FAR_DIRECT")
+# p50 added (µs) over direct to the origin on wrk's core, and over direct to the origin one
+# crossing away (the proxy's own hop).
+added = lambda r: (r[1] - lat_direct[1]) * 1000
+hop = lambda r: (r[1] - far_direct[1]) * 1000
 # CPU 0 (the server under test's core) in the median run: busy share, per request (µs), per
 # GB (s).
 core_mg, core_poll = lat_mg[4], lat_poll[4]
@@ -331,8 +334,8 @@ f"Run {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC on {plat
 f"{cmd('$BIN --version') or 'mediagate'} (profile production with PGO, scripts/build-production; the reference: profile production), {cmd('nginx -v 2>&1')}, {cmd('wrk -v 2>&1 | head -1').split(' Copyright')[0]}.",
 "",
 "Each server under test has one worker pinned to CPU 0 (mediagate \`server.threads: 1\`, nginx",
-"\`worker_processes 1\`); wrk and the origin run on CPU 1 (the origin also on CPU 0 for one set",
-"of latency runs, below). Each figure is the median of $RUNS runs",
+"\`worker_processes 1\`); wrk and the origin run on CPU 1 (the origin moved to CPU 0 for the",
+"runs of one latency target, below). Each figure is the median of $RUNS runs",
 f"of $DURATION s, the servers of a scenario taking turns run by run; ratios are mediagate / nginx",
 "from this run. The reference is pingora alone (benches/load/bare_pingora.rs) on the same core,",
 "built without PGO: pingora's own cost, before mediagate's features and before PGO. Errors are",
@@ -362,21 +365,21 @@ f"| 4 KiB uploads, 8 connections: requests/s | {small_mg[0]:,.0f} | {small_ngt[0
 f"| same, reference (pingora alone, no policy): requests/s | {small_bare[0]:,.0f} | | | mediagate / reference: {ratio(small_mg[0], small_bare[0])} |",
 f"| same, direct to the origin (ceiling): requests/s | | | {small_direct[0]:,.0f} | |",
 f"| 4 KiB uploads one at a time, p50 / p99 (ms); direct: {lat_direct[1]:.3f} / {lat_direct[2]:.3f} | {lat_mg[1]:.3f} / {lat_mg[2]:.3f} | {lat_ngt[1]:.3f} / {lat_ngt[2]:.3f} | | |",
-f"| 4 KiB uploads, p50 added over direct (µs) | {added(lat_mg, lat_direct):.0f} | {added(lat_ngt, lat_direct):.0f} | | < 150: {ok(added(lat_mg, lat_direct) < 150)} |",
-f"| same, with the origin on CPU 0 beside the server (direct p50 {near_direct[1]:.3f} ms; mediagate, nginx p50 {near_mg[1]:.3f}, {near_ngt[1]:.3f} ms) | {added(near_mg, near_direct):.0f} | {added(near_ngt, near_direct):.0f} | | |",
-f"| same, the proxy's own hop: the mean of the two placements (µs) | {hop(lat_mg, near_mg):.0f} | {hop(lat_ngt, near_ngt):.0f} | | < 150: {ok(hop(lat_mg, near_mg) < 150)} |",
-f"| same, mediagate with \`server.busy_poll: 200us\` (p50 / p99 {lat_poll[1]:.3f} / {lat_poll[2]:.3f} ms); CPU 0 busy in the median runs, default then busy polling | {(lat_poll[1]-lat_direct[1])*1000:.0f} | | {core_mg:.0%} / {core_poll:.0%} of a core | < 150: {ok((lat_poll[1]-lat_direct[1])*1000 < 150)} |",
-f"| same, reference (pingora alone, no policy): p50 added over direct (µs), origin on CPU 1; on CPU 0; their mean | {added(lat_bare, lat_direct):.0f}; {added(near_bare, near_direct):.0f}; {hop(lat_bare, near_bare):.0f} | | | mediagate - reference: {(lat_mg[1]-lat_bare[1])*1000:.0f} µs |",
+f"| 4 KiB uploads, p50 added over direct (µs) | {added(lat_mg):.0f} | {added(lat_ngt):.0f} | | < 150: {ok(added(lat_mg) < 150)} |",
+f"| same, over direct to the origin moved to CPU 0 (p50 {far_direct[1]:.3f} / p99 {far_direct[2]:.3f} ms), one crossing between the cores away from wrk as from the proxy: the proxy's own hop (µs) | {hop(lat_mg):.0f} | {hop(lat_ngt):.0f} | | < 150: {ok(hop(lat_mg) < 150)} |",
+f"| same, mediagate with \`server.busy_poll: 200us\` (p50 / p99 {lat_poll[1]:.3f} / {lat_poll[2]:.3f} ms), added over direct; CPU 0 busy in the median runs, default then busy polling | {added(lat_poll):.0f} | | {core_mg:.0%} / {core_poll:.0%} of a core | < 150: {ok(added(lat_poll) < 150)} |",
+f"| same, reference (pingora alone, no policy): p50 added over direct; its own hop (µs) | {added(lat_bare):.0f}; {hop(lat_bare):.0f} | | | mediagate - reference: {(lat_mg[1]-lat_bare[1])*1000:.0f} µs |",
 f"| peak RSS during 64 concurrent 50 MiB uploads (MiB) | {peak_mib:.1f} | | | < 128: {ok(peak_mib < 128)} |",
 "",
-"Errors seen by wrk (non-2xx, socket): " + ", ".join(f"{n} {r[3]}" for n, r in [("meta mg", meta_mg), ("meta nginx", meta_ng), ("meta reference", meta_bare), ("pass mg", pass_mg), ("pass nginx", pass_ng), ("pass reference", pass_bare), ("pass direct", pass_direct), ("content mg", cont_mg), ("content nginx", cont_ng), ("upload mg", up_mg), ("upload nginx", up_ng), ("upload nginx tuned", up_ngt), ("upload reference", up_bare), ("upload direct", up_direct), ("4k mg", small_mg), ("4k nginx", small_ngt), ("4k reference", small_bare), ("4k direct", small_direct), ("4k mg, 1 conn", lat_mg), ("4k mg busy_poll, 1 conn", lat_poll), ("4k nginx, 1 conn", lat_ngt), ("4k reference, 1 conn", lat_bare), ("4k direct, 1 conn", lat_direct), ("4k mg, 1 conn, origin on CPU 0", near_mg), ("4k nginx, 1 conn, origin on CPU 0", near_ngt), ("4k reference, 1 conn, origin on CPU 0", near_bare), ("4k direct, 1 conn, origin on CPU 0", near_direct), ("50 MiB mg", rss_load)]) + ".",
+"Errors seen by wrk (non-2xx, socket): " + ", ".join(f"{n} {r[3]}" for n, r in [("meta mg", meta_mg), ("meta nginx", meta_ng), ("meta reference", meta_bare), ("pass mg", pass_mg), ("pass nginx", pass_ng), ("pass reference", pass_bare), ("pass direct", pass_direct), ("content mg", cont_mg), ("content nginx", cont_ng), ("upload mg", up_mg), ("upload nginx", up_ng), ("upload nginx tuned", up_ngt), ("upload reference", up_bare), ("upload direct", up_direct), ("4k mg", small_mg), ("4k nginx", small_ngt), ("4k reference", small_bare), ("4k direct", small_direct), ("4k mg, 1 conn", lat_mg), ("4k mg busy_poll, 1 conn", lat_poll), ("4k nginx, 1 conn", lat_ngt), ("4k reference, 1 conn", lat_bare), ("4k direct, 1 conn", lat_direct), ("4k direct, 1 conn, origin on CPU 0", far_direct), ("50 MiB mg", rss_load)]) + ".",
 "",
 "Rerun: \`benches/load/compare.sh\` (RUNS, DURATION, CLIENTS override the defaults). nginx's",
 "configuration is config/nginx/compare.conf and config/nginx/common.conf.",
 "",
 "The commands of this run, each once, in order (the script runs each load $RUNS times; \`\$WORK\`",
 "is its workspace on tmpfs, ports are picked at run time, \`\$ACCOUNT\`/\`\$TOKEN\` are the fixture",
-"account of benches/load/common.sh and \`\$BASIC\` their Basic encoding; each mediagate's",
+"account of benches/load/common.sh and \`\$BASIC\` their Basic encoding, \`\$ORIGIN_PID\` the origin's",
+"process; each mediagate's",
 "configuration is what \`mediagate_config\` in common.sh writes for the arguments shown):",
 "",
 "\`\`\`sh",
