@@ -466,34 +466,48 @@ async fn stalled_read(proxy: &Proxy, path: &str) -> (tokio::net::TcpStream, usiz
     (stream, length)
 }
 
+const MIB: usize = 1024 * 1024;
+
+/// A proxy whose fills share 30 MiB (`cache.memory`) among media of up to 12 MiB, `cache`
+/// adding keys. Its cache lock's age (connect + read timeout) is past every wait of the tests
+/// that use it: no reader there is let through by the lock's age.
+fn fill_bound_proxy(origin: &Origin, send_timeout: &str, cache: &str) -> Proxy {
+    let mut config = ProxyConfig::to(&origin.url).with(&format!(
+        "cache:\n  memory: 30MiB\n  max_object: 12MiB\n{cache}"
+    ));
+    config.read_timeout = "60s";
+    config.server_extra = format!("  send_timeout: {send_timeout}\n");
+    Proxy::start(config)
+}
+
+/// The room fills in progress hold.
+fn fill_bytes(proxy: &Proxy) -> f64 {
+    proxy.metric("mediagate_cache_fill_bytes", &[]).unwrap()
+}
+
+fn content_fills_skipped(proxy: &Proxy) -> f64 {
+    proxy
+        .metric(
+            "mediagate_cache_fills_skipped_total",
+            &[("kind", "content")],
+        )
+        .unwrap()
+}
+
 #[tokio::test]
 async fn fills_in_progress_stay_within_the_memory_bound_and_one_past_it_is_served_not_kept() {
     use tokio::io::AsyncReadExt;
-    const MIB: usize = 1024 * 1024;
     let origin = Origin::start();
-    let mut config =
-        ProxyConfig::to(&origin.url).with("cache:\n  memory: 30MiB\n  max_object: 12MiB\n");
-    // The cache lock's age (connect + read timeout) is then past the wait below: a reader
-    // that waited on the lock of a stalled read would time out there, not get through.
-    config.read_timeout = "60s";
     // The stalled readers stay until the end, however slow the machine.
-    config.server_extra = "  send_timeout: 0s\n".into();
-    let proxy = Proxy::start(config);
+    let proxy = fill_bound_proxy(&origin, "0s", "");
     let service = new_service();
     let media: Vec<(String, Vec<u8>)> = stored_pngs(&origin, &service, 3, 12 * MIB)
         .await
         .into_iter()
         .map(|(sid, bytes)| (paths(&service, &sid).1, bytes))
         .collect();
-    let filling = || proxy.metric("mediagate_cache_fill_bytes", &[]).unwrap();
-    let skipped = || {
-        proxy
-            .metric(
-                "mediagate_cache_fills_skipped_total",
-                &[("kind", "content")],
-            )
-            .unwrap()
-    };
+    let filling = || fill_bytes(&proxy);
+    let skipped = || content_fills_skipped(&proxy);
 
     // Two stalled first reads hold 24 MiB of fills (their Content-Length, taken up front); the
     // third would pass 30 MiB, so its answer is served but not kept.
@@ -542,17 +556,10 @@ async fn fills_in_progress_stay_within_the_memory_bound_and_one_past_it_is_serve
 #[tokio::test]
 async fn a_reader_that_stops_reading_is_cut_off_and_frees_its_fill_and_the_readers_behind_it() {
     use tokio::io::AsyncReadExt;
-    const MIB: usize = 1024 * 1024;
     let origin = Origin::start();
-    let mut config =
-        ProxyConfig::to(&origin.url).with("cache:\n  memory: 30MiB\n  max_object: 12MiB\n");
     // Long enough for the reads below that do read (on a busy machine too), short next to
-    // the cache lock's age.
-    config.server_extra = "  send_timeout: 3s\n".into();
-    // The cache lock's age (connect + read timeout) is then past the waits below: a reader
-    // behind the stalled one is let through by the cut-off, not by the lock's age.
-    config.read_timeout = "60s";
-    let proxy = Proxy::start(config);
+    // the cache lock's age: a reader behind the stalled one is let through by the cut-off.
+    let proxy = fill_bound_proxy(&origin, "3s", "");
     let service = new_service();
     let (sid, bytes) = stored_pngs(&origin, &service, 1, 12 * MIB)
         .await
@@ -572,8 +579,7 @@ async fn a_reader_that_stops_reading_is_cut_off_and_frees_its_fill_and_the_reade
     let (mut stalled, length) = stalled_read(&proxy, &path).await;
     // Its fill took its room with the answer's head (unless it was cut off already).
     assert!(wait_for(Duration::from_secs(10), || {
-        proxy.metric("mediagate_cache_fill_bytes", &[]) == Some((12 * MIB) as f64)
-            || cut_off() == 1.0
+        fill_bytes(&proxy) == (12 * MIB) as f64 || cut_off() == 1.0
     }));
     // A second reader waits on the stalled read's fill.
     let behind = tokio::time::timeout(Duration::from_secs(30), get(&proxy, &path, &[]))
@@ -599,9 +605,7 @@ async fn a_reader_that_stops_reading_is_cut_off_and_frees_its_fill_and_the_reade
     );
     // Its fill ended with it (pingora fills as it sends), so the reader behind it fetched and
     // filled in its place: the room is free again and the media cached.
-    assert!(wait_for(Duration::from_secs(10), || proxy
-        .metric("mediagate_cache_fill_bytes", &[])
-        == Some(0.0)));
+    assert!(wait_for(Duration::from_secs(10), || fill_bytes(&proxy) == 0.0));
     let read = get(&proxy, &path, &[]).await;
     assert_eq!(read.cache.as_deref(), Some("hit"));
     assert_eq!(sha256_hex(&read.body), sha256_hex(&bytes));
@@ -610,12 +614,8 @@ async fn a_reader_that_stops_reading_is_cut_off_and_frees_its_fill_and_the_reade
 
 #[tokio::test]
 async fn a_stale_content_entry_is_renewed_by_a_304_even_when_no_fill_has_room() {
-    const MIB: usize = 1024 * 1024;
     let origin = Origin::start();
-    let mut config = ProxyConfig::to(&origin.url)
-        .with("cache:\n  memory: 30MiB\n  max_object: 12MiB\n  content_ttl: 1s\n");
-    config.server_extra = "  send_timeout: 0s\n".into();
-    let proxy = Proxy::start(config);
+    let proxy = fill_bound_proxy(&origin, "0s", "  content_ttl: 1s\n");
     let service = new_service();
     let media = stored_pngs(&origin, &service, 3, 12 * MIB).await;
     let (sid, bytes) = &media[0];
@@ -628,14 +628,6 @@ async fn a_stale_content_entry_is_renewed_by_a_304_even_when_no_fill_has_room() 
             .filter(|e| e["path"] == format!("/{sid}") && e["status"] == status)
             .count()
     };
-    let skipped = || {
-        proxy
-            .metric(
-                "mediagate_cache_fills_skipped_total",
-                &[("kind", "content")],
-            )
-            .unwrap()
-    };
     assert_eq!(get(&proxy, &path, &[]).await.cache.as_deref(), Some("miss"));
     assert_eq!(fetched(200), 1);
 
@@ -645,9 +637,8 @@ async fn a_stale_content_entry_is_renewed_by_a_304_even_when_no_fill_has_room() 
         stalled_read(&proxy, &paths(&service, &media[1].0).1).await,
         stalled_read(&proxy, &paths(&service, &media[2].0).1).await,
     ];
-    assert!(wait_for(Duration::from_secs(10), || proxy
-        .metric("mediagate_cache_fill_bytes", &[])
-        == Some((24 * MIB) as f64)));
+    assert!(wait_for(Duration::from_secs(10), || fill_bytes(&proxy)
+        == (24 * MIB) as f64));
 
     // Once the entry is stale, a read revalidates it: the temporary URL is asked with the
     // entry's ETag and answers 304. Polled until then (reads before it are hits).
@@ -663,7 +654,7 @@ async fn a_stale_content_entry_is_renewed_by_a_304_even_when_no_fill_has_room() 
     }
     // Renewed without its bytes and without fill room: nothing skipped, and the media is still
     // served from the cache (a hit, or one more 304), its bytes never fetched again.
-    assert_eq!(skipped(), 0.0);
+    assert_eq!(content_fills_skipped(&proxy), 0.0);
     let read = get(&proxy, &path, &[]).await;
     assert_eq!(read.cache.as_deref(), Some("hit"));
     assert_eq!(sha256_hex(&read.body), sha256_hex(bytes));
