@@ -419,15 +419,23 @@ impl Watched {
         }
     }
 
-    /// A write, flush or shutdown towards the client has just been polled: one that waits
-    /// starts `send_timeout`'s clock unless it runs already, one that goes on stops it. A
-    /// client that takes nothing for that long is cut off: otherwise it could hold its
-    /// answer's buffers (a cache fill's room among them) for as long as it stays connected.
-    fn watch_send<T>(
+    /// A write, flush or shutdown towards the client, under `send_timeout`: one that waits
+    /// starts the clock unless it runs already, one that goes on stops it. A client that takes
+    /// nothing for that long is cut off: otherwise it could hold its answer's buffers (a cache
+    /// fill's room among them) for as long as it stays connected. Once cut off for it, nothing
+    /// more is written, whatever pingora makes of the failed write.
+    fn send<T>(
         &mut self,
         cx: &mut Context<'_>,
-        sent: Poll<std::io::Result<T>>,
+        op: impl FnOnce(Pin<&mut Stream>, &mut Context<'_>) -> Poll<std::io::Result<T>>,
     ) -> Poll<std::io::Result<T>> {
+        if self.cut == Some(Cutoff::SendTimeout) {
+            return Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                Cutoff::SendTimeout.label(),
+            )));
+        }
+        let sent = op(Pin::new(&mut self.inner), cx);
         if sent.is_ready() {
             self.send_waiting = false;
             return sent;
@@ -451,13 +459,6 @@ impl Watched {
             return Poll::Ready(Err(self.cut_off(cx, Cutoff::SendTimeout)));
         }
         Poll::Pending
-    }
-
-    /// After a send timeout nothing more is written, whatever pingora makes of the failed
-    /// write: the connection is over even if its client reads on.
-    fn refuse_write(&self) -> Option<std::io::Error> {
-        (self.cut == Some(Cutoff::SendTimeout))
-            .then(|| std::io::Error::new(std::io::ErrorKind::TimedOut, Cutoff::SendTimeout.label()))
     }
 
     /// Ends the connection for `cutoff`: counted once, its answer written if the socket takes
@@ -760,30 +761,18 @@ impl AsyncWrite for Watched {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         // An interim `100 Continue` is not the answer: the body comes after it.
-        if let Some(refused) = self.refuse_write() {
-            return Poll::Ready(Err(refused));
-        }
         if !buf.starts_with(b"HTTP/1.1 100 ") && !buf.starts_with(b"HTTP/1.0 100 ") {
             self.answered = true;
         }
-        let sent = Pin::new(&mut self.inner).poll_write(cx, buf);
-        self.watch_send(cx, sent)
+        self.send(cx, |inner, cx| inner.poll_write(cx, buf))
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        if let Some(refused) = self.refuse_write() {
-            return Poll::Ready(Err(refused));
-        }
-        let sent = Pin::new(&mut self.inner).poll_flush(cx);
-        self.watch_send(cx, sent)
+        self.send(cx, |inner, cx| inner.poll_flush(cx))
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        if let Some(refused) = self.refuse_write() {
-            return Poll::Ready(Err(refused));
-        }
-        let sent = Pin::new(&mut self.inner).poll_shutdown(cx);
-        self.watch_send(cx, sent)
+        self.send(cx, |inner, cx| inner.poll_shutdown(cx))
     }
 
     fn poll_write_vectored(
@@ -791,17 +780,13 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        if let Some(refused) = self.refuse_write() {
-            return Poll::Ready(Err(refused));
-        }
         let interim = bufs
             .first()
             .is_some_and(|b| b.starts_with(b"HTTP/1.1 100 "));
         if !interim {
             self.answered = true;
         }
-        let sent = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        self.watch_send(cx, sent)
+        self.send(cx, |inner, cx| inner.poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
