@@ -107,6 +107,18 @@ fn ambiguous_form(boundary: &str, first_head: &str) -> Vec<u8> {
     body
 }
 
+/// A form for the boundary `a\b` (quoted as `"a\\b"`): a PNG part delimited by `--ab`, which a
+/// parser that drops the escape reads, then an ELF part delimited by `--a\b`, which one that
+/// keeps it reads.
+fn escaped_boundary_form() -> Vec<u8> {
+    let mut body = b"--ab\r\nContent-Disposition: form-data; name=\"file\"; filename=\"ok.png\"\r\nContent-Type: image/png\r\n\r\n".to_vec();
+    body.extend(bytes(b"\x89PNG\r\n\x1a\n", 256, 96));
+    body.extend(b"\r\n--ab--\r\n--a\\b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x.png\"\r\nContent-Type: image/png\r\n\r\n");
+    body.extend(elf());
+    body.extend(b"\r\n--a\\b--\r\n");
+    body
+}
+
 fn form_type(boundary: &str) -> String {
     format!("multipart/form-data; boundary={boundary}")
 }
@@ -357,9 +369,9 @@ fn cases() -> Vec<Case> {
         ),
         case(
             "form: quoted boundary",
-            "multipart/form-data; boundary=\"a b:c\"",
+            "multipart/form-data; boundary=\"a.b:c\"",
             form(
-                "a b:c",
+                "a.b:c",
                 &[("file", Some("x.png"), Some("image/png"), leaked(png(32)))],
             ),
             201,
@@ -409,6 +421,28 @@ fn cases() -> Vec<Case> {
             400,
             Some("content_type_missing"),
         ),
+        case(
+            "form: a boundary with an escape, `ab` or `a\\b` as the parser reads it",
+            "multipart/form-data; boundary=\"a\\b\"",
+            escaped_boundary_form(),
+            400,
+            Some("content_type_missing"),
+        ),
+        case(
+            "form: an unquoted boundary with a space",
+            "multipart/form-data; boundary=a b",
+            form("a b", &[("file", Some("x.png"), Some("image/png"), leaked(png(59)))]),
+            400,
+            Some("content_type_missing"),
+        ),
+        case(
+            "two Content-Type headers, the second an executable's",
+            "image/png",
+            png(60),
+            400,
+            Some("content_type_missing"),
+        )
+        .header("Content-Type", "application/x-msdownload"),
         case(
             "form: two Content-Type lines",
             &form_type(b),

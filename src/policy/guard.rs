@@ -80,7 +80,9 @@ impl Inspector {
         if !self.rules.sniff {
             return Verdict::Pass;
         }
-        if content.bytes.len() < sniff::ENOUGH && !content.complete && !full {
+        // At the body's end, what is at hand is all there will be: judged as it is (a form
+        // whose file part lacks its closing delimiter still has its first bytes sniffed).
+        if content.bytes.len() < sniff::ENOUGH && !content.complete && !full && !end {
             return Verdict::NeedMore;
         }
         match sniff::check(&content.declared, content.bytes, content.complete) {

@@ -125,10 +125,15 @@ fn inspector_for(
     rules: &Arc<UploadRules>,
     headers: &HeaderMap,
 ) -> Result<Option<Inspector>, Refusal> {
-    let value = headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+    let mut values = headers.get_all(http::header::CONTENT_TYPE).iter();
+    let value = values.next().and_then(|v| v.to_str().ok()).unwrap_or("");
+    // Upstreams differ on which of two they take, or join them: only one is ever judged.
+    if values.next().is_some() {
+        return Err(Refusal::new(
+            RejectReason::ContentTypeMissing,
+            "the upload has more than one Content-Type",
+        ));
+    }
     let missing = || {
         Refusal::new(
             RejectReason::ContentTypeMissing,
@@ -140,7 +145,7 @@ fn inspector_for(
         let boundary = boundary(value).ok_or_else(|| {
             Refusal::new(
                 RejectReason::ContentTypeMissing,
-                "multipart/form-data without a usable boundary",
+                "multipart/form-data without a usable boundary (1 to 70 letters, digits or '()+_,-./:=?)",
             )
         })?;
         return Ok(Some(Inspector::multipart(rules.clone(), boundary)));

@@ -5,6 +5,18 @@
 /// The parameters of a header value such as `form-data; name="file"; filename="a b.png"`:
 /// names as written, quoted values unquoted.
 pub fn parameters(value: &str) -> Vec<(String, String)> {
+    parameters_with(value, Escapes::Unescape)
+}
+
+/// What to do with a `\` escape in a quoted value.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Escapes {
+    Unescape,
+    /// Keep it as written, so that a value with one can be told apart.
+    Keep,
+}
+
+fn parameters_with(value: &str, escapes: Escapes) -> Vec<(String, String)> {
     let mut out = Vec::new();
     let mut rest = match value.split_once(';') {
         Some((_, params)) => params,
@@ -16,7 +28,7 @@ pub fn parameters(value: &str) -> Vec<(String, String)> {
         let name = rest[..eq].trim().to_string();
         let after = &rest[eq + 1..];
         let (value, remaining) = if let Some(quoted) = after.strip_prefix('"') {
-            unquote(quoted)
+            unquote(quoted, escapes)
         } else {
             let end = after.find(';').unwrap_or(after.len());
             (after[..end].trim().to_string(), &after[end..])
@@ -28,13 +40,16 @@ pub fn parameters(value: &str) -> Vec<(String, String)> {
 }
 
 /// Reads a quoted-string body (after the opening quote): the value and what follows it.
-fn unquote(text: &str) -> (String, &str) {
+fn unquote(text: &str, escapes: Escapes) -> (String, &str) {
     let mut value = String::new();
     let mut chars = text.char_indices();
     while let Some((i, c)) = chars.next() {
         match c {
             '"' => return (value, &text[i + 1..]),
             '\\' => {
+                if escapes == Escapes::Keep {
+                    value.push('\\');
+                }
                 if let Some((_, escaped)) = chars.next() {
                     value.push(escaped);
                 }
@@ -45,13 +60,22 @@ fn unquote(text: &str) -> (String, &str) {
     (value, "")
 }
 
-/// The boundary of a multipart `Content-Type`, if it has a usable one (1 to 70 characters).
+/// The boundary of a multipart `Content-Type`, if it has a usable one: 1 to 70 of the
+/// characters RFC 2046 allows, less the space it allows inside a quoted one. Parsers disagree on
+/// anything else (a `\` escape in a quoted value is dropped by some and kept by others, an
+/// unquoted value ends at a space for some): a form the proxy splits at one boundary and the
+/// upstream at another could show the proxy a decoy file part.
 pub fn boundary(content_type: &str) -> Option<String> {
-    parameters(content_type)
+    parameters_with(content_type, Escapes::Keep)
         .into_iter()
         .find(|(name, _)| name.eq_ignore_ascii_case("boundary"))
         .map(|(_, value)| value)
-        .filter(|b| !b.is_empty() && b.len() <= 70)
+        .filter(|b| !b.is_empty() && b.len() <= 70 && b.bytes().all(is_boundary_char))
+}
+
+/// RFC 2046's `bcharsnospace`.
+fn is_boundary_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"'()+_,-./:=?".contains(&b)
 }
 
 /// The head of the file part, once found.
@@ -249,8 +273,8 @@ mod tests {
             Some("abc")
         );
         assert_eq!(
-            boundary("multipart/form-data; BOUNDARY=\"a b;c\"").as_deref(),
-            Some("a b;c")
+            boundary("multipart/form-data; BOUNDARY=\"a'(b)+_,-./:=?c\"").as_deref(),
+            Some("a'(b)+_,-./:=?c")
         );
         assert_eq!(
             boundary("multipart/form-data; charset=x; boundary=q1").as_deref(),
@@ -262,6 +286,17 @@ mod tests {
             boundary(&format!("multipart/form-data; boundary={}", "x".repeat(71))),
             None
         );
+    }
+
+    #[test]
+    fn boundaries_other_parsers_could_read_differently_are_unusable() {
+        // An escape: `ab` here, `a\b` for a parser that keeps escapes.
+        assert_eq!(boundary("multipart/form-data; boundary=\"a\\b\""), None);
+        // A space: quoted, RFC 2046 allows it, but an unquoted one ends the value for some.
+        assert_eq!(boundary("multipart/form-data; boundary=\"a b\""), None);
+        assert_eq!(boundary("multipart/form-data; boundary=a b"), None);
+        assert_eq!(boundary("multipart/form-data; boundary=\"a;b\""), None);
+        assert_eq!(boundary("multipart/form-data; boundary=\"a\u{e9}\""), None);
     }
 
     const FORM: &[u8] = b"--XyZ\r\nContent-Disposition: form-data; name=\"FileName\"\r\n\r\nreport.pdf\r\n--XyZ\r\nContent-Disposition: form-data; name=\"Media\"; filename=\"r.pdf\"\r\nContent-Type: application/pdf\r\n\r\n%PDF-1.7 body\r\n--XyZ--\r\n";

@@ -122,8 +122,8 @@ fn early_inspection_is_not_repeated_when_the_chunk_is_replayed() {
 #[test]
 fn a_form_part_head_split_over_chunks_is_found() {
     let r = rules(true);
-    let head = headers(&[("content-type", "multipart/form-data; boundary=\"q b\"")]);
-    let body = b"--q b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x.png\"\r\nContent-Type: image/png\r\n\r\n\x89PNG\r\n\x1a\n0123456789\r\n--q b--\r\n";
+    let head = headers(&[("content-type", "multipart/form-data; boundary=\"q.b\"")]);
+    let body = b"--q.b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x.png\"\r\nContent-Type: image/png\r\n\r\n\x89PNG\r\n\x1a\n0123456789\r\n--q.b--\r\n";
     for split in 1..body.len() {
         let mut guard = check_head(&r, &head).unwrap();
         let (a, b) = body.split_at(split);
@@ -131,18 +131,38 @@ fn a_form_part_head_split_over_chunks_is_found() {
         assert!(guard.on_chunk(b, true).is_ok(), "split at {split}");
         assert!(!guard.inspecting());
     }
-    let wrong = b"--q b\r\nContent-Disposition: form-data; name=\"Media\"\r\nContent-Type: image/png\r\n\r\n%PDF-1.4 not a png at all\r\n--q b--\r\n";
+    let wrong = b"--q.b\r\nContent-Disposition: form-data; name=\"Media\"\r\nContent-Type: image/png\r\n\r\n%PDF-1.4 not a png at all\r\n--q.b--\r\n";
     let mut guard = check_head(&r, &head).unwrap();
     assert_eq!(
         guard.on_chunk(wrong, true).unwrap_err().reason,
         RejectReason::SniffMismatch
     );
-    let exe = b"--q b\r\nContent-Disposition: form-data; name=\"file\"\r\nContent-Type: application/x-msdownload\r\n\r\nMZ";
+    let exe = b"--q.b\r\nContent-Disposition: form-data; name=\"file\"\r\nContent-Type: application/x-msdownload\r\n\r\nMZ";
     let mut guard = check_head(&r, &head).unwrap();
     assert_eq!(
         guard.on_chunk(exe, false).unwrap_err().reason,
         RejectReason::TypeNotAllowed
     );
+}
+
+#[test]
+fn a_form_ending_inside_a_short_file_part_is_still_sniffed() {
+    let r = rules(true);
+    let head = headers(&[("content-type", "multipart/form-data; boundary=q.b")]);
+    // No closing delimiter, and less than the sniff needs before it decides on a part.
+    let body = b"--q.b\r\nContent-Disposition: form-data; name=\"file\"\r\nContent-Type: image/png\r\n\r\nGIF89a, not a PNG";
+    let mut guard = check_head(&r, &head).unwrap();
+    assert_eq!(
+        guard.on_chunk(body, true).unwrap_err().reason,
+        RejectReason::SniffMismatch
+    );
+}
+
+#[test]
+fn two_content_types_are_refused() {
+    let r = rules(true);
+    let two = headers(&[("content-type", "image/png"), ("content-type", "image/png")]);
+    assert_eq!(reason(check_head(&r, &two)), Some("content_type_missing"));
 }
 
 #[test]
