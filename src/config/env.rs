@@ -1,64 +1,104 @@
 //! `${NAME}` in any string value expands from the environment before the YAML is typed, so a
 //! secret can live in the environment rather than in the file.
+//!
+//! The values it brings in are the secrets: an error about the file must never show one. The
+//! errors here quote no value, and [`Expanded::hide`] puts `${NAME}` back in place of each value
+//! in the errors of typing and validation, which come after the expansion.
 
 use serde_yaml::Value;
 
+/// The variables a file referred to, and the values they brought in.
+#[derive(Debug, Default)]
+pub struct Expanded(Vec<(String, String)>);
+
+impl Expanded {
+    /// `message` with each expanded value written back as the reference it came from.
+    pub fn hide(&self, message: String) -> String {
+        let mut by_length: Vec<_> = self
+            .0
+            .iter()
+            .filter(|(_, value)| !value.is_empty())
+            .collect();
+        // The longest first: a value inside another is hidden with the other.
+        by_length.sort_by_key(|(_, value)| std::cmp::Reverse(value.len()));
+        by_length
+            .into_iter()
+            .fold(message, |message, (name, value)| {
+                message.replace(value.as_str(), &format!("${{{name}}}"))
+            })
+    }
+}
+
 /// Expands every `${NAME}` in the string values of `value`. A variable that is not set is an
 /// error naming the key path and the variable.
-pub fn expand(value: &mut Value, lookup: &dyn Fn(&str) -> Option<String>) -> Result<(), String> {
-    expand_at(value, &mut Vec::new(), lookup)
+pub fn expand(
+    value: &mut Value,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<Expanded, String> {
+    let mut expanded = Expanded::default();
+    expand_at(value, &mut Vec::new(), lookup, &mut expanded)?;
+    Ok(expanded)
 }
 
 fn expand_at(
     value: &mut Value,
     path: &mut Vec<String>,
     lookup: &dyn Fn(&str) -> Option<String>,
+    expanded: &mut Expanded,
 ) -> Result<(), String> {
     match value {
         Value::String(text) => {
             if text.contains("${") {
-                *text = expand_str(text, lookup).map_err(|e| format!("{}: {e}", path.join(".")))?;
+                *text = expand_str(text, lookup, expanded)
+                    .map_err(|e| format!("{}: {e}", path.join(".")))?;
             }
         }
         Value::Sequence(items) => {
             for (index, item) in items.iter_mut().enumerate() {
                 path.push(format!("[{index}]"));
-                expand_at(item, path, lookup)?;
+                expand_at(item, path, lookup, expanded)?;
                 path.pop();
             }
         }
         Value::Mapping(map) => {
             for (key, item) in map.iter_mut() {
                 path.push(key.as_str().unwrap_or("?").to_string());
-                expand_at(item, path, lookup)?;
+                expand_at(item, path, lookup, expanded)?;
                 path.pop();
             }
         }
-        Value::Tagged(tagged) => expand_at(&mut tagged.value, path, lookup)?,
+        Value::Tagged(tagged) => expand_at(&mut tagged.value, path, lookup, expanded)?,
         Value::Null | Value::Bool(_) | Value::Number(_) => {}
     }
     Ok(())
 }
 
-fn expand_str(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+/// The errors name no part of `text`: it may be a secret written in the file.
+fn expand_str(
+    text: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+    expanded: &mut Expanded,
+) -> Result<String, String> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(start) = rest.find("${") {
         out.push_str(&rest[..start]);
         let after = &rest[start + 2..];
-        let end = after
+        let name = after
             .find('}')
-            .ok_or_else(|| format!("unclosed \"${{\" in \"{text}\""))?;
-        let name = &after[..end];
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            return Err(format!(
-                "\"${{{name}}}\" is not a valid environment variable name"
-            ));
-        }
-        let expanded =
+            .map(|end| &after[..end])
+            .filter(|name| {
+                !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            })
+            .ok_or_else(|| {
+                "\"${\" must start a reference like ${NAME} (letters, digits and _, then \"}\")"
+                    .to_string()
+            })?;
+        let value =
             lookup(name).ok_or_else(|| format!("environment variable {name} is not set"))?;
-        out.push_str(&expanded);
-        rest = &after[end + 1..];
+        out.push_str(&value);
+        expanded.0.push((name.to_string(), value));
+        rest = &after[name.len() + 1..];
     }
     out.push_str(rest);
     Ok(out)
@@ -72,13 +112,24 @@ mod tests {
         (name == "TOKEN").then(|| "s3cret".to_string())
     }
 
+    fn expand_one(text: &str) -> Result<String, String> {
+        expand_str(text, &lookup, &mut Expanded::default())
+    }
+
     #[test]
     fn expands_inside_strings() {
+        assert_eq!(expand_one("a-${TOKEN}-b").as_deref(), Ok("a-s3cret-b"));
+        assert_eq!(expand_one("plain").as_deref(), Ok("plain"));
+    }
+
+    #[test]
+    fn expanded_values_are_hidden_in_messages() {
+        let mut value: Value = serde_yaml::from_str("a: x-${TOKEN}\nb: ${TOKEN}\n").unwrap();
+        let expanded = expand(&mut value, &lookup).unwrap();
         assert_eq!(
-            expand_str("a-${TOKEN}-b", &lookup).as_deref(),
-            Ok("a-s3cret-b")
+            expanded.hide("got \"x-s3cret\" and s3cret".to_string()),
+            "got \"x-${TOKEN}\" and ${TOKEN}"
         );
-        assert_eq!(expand_str("plain", &lookup).as_deref(), Ok("plain"));
     }
 
     #[test]
@@ -92,9 +143,10 @@ mod tests {
     }
 
     #[test]
-    fn malformed_references_are_errors() {
-        assert!(expand_str("${TOKEN", &lookup).is_err());
-        assert!(expand_str("${}", &lookup).is_err());
-        assert!(expand_str("${A B}", &lookup).is_err());
+    fn malformed_references_are_errors_that_quote_nothing_of_the_value() {
+        for text in ["pa55${wqz", "pa55${}", "pa55${wq z}x"] {
+            let err = expand_one(text).unwrap_err();
+            assert!(!err.contains("pa55") && !err.contains("wq"), "{err}");
+        }
     }
 }

@@ -43,24 +43,51 @@ impl Config {
         if value.is_null() {
             value = serde_yaml::Value::Mapping(Default::default());
         }
-        env::expand(&mut value, lookup).map_err(ConfigError)?;
-        let mut config: Config = serde_path_to_error::deserialize(value).map_err(|e| {
+        let expanded = env::expand(&mut value, lookup).map_err(ConfigError)?;
+        let typed = serde_path_to_error::deserialize(value).map_err(|e| {
             let path = e.path().to_string();
-            let inner = e.into_inner();
+            let inner = without_literals(&e.into_inner().to_string());
             if path == "." {
-                ConfigError(inner.to_string())
+                ConfigError(inner)
             } else {
                 ConfigError(format!("{path}: {inner}"))
             }
-        })?;
-        config.validate()?;
-        Ok(config)
+        });
+        typed
+            .and_then(|mut config: Config| config.validate().map(|()| config))
+            .map_err(|ConfigError(e)| ConfigError(expanded.hide(e)))
     }
 
     /// The effective configuration as YAML, every secret shown as `***`.
     pub fn to_redacted_yaml(&self) -> String {
         serde_yaml::to_string(self).unwrap_or_else(|e| format!("# cannot print: {e}\n"))
     }
+}
+
+/// A serde message without the value it quotes (`invalid type: string "…", expected …` becomes
+/// `invalid type: string, expected …`): a value in the wrong place may be a secret, and the key
+/// path and what was expected are enough to mend the file.
+fn without_literals(message: &str) -> String {
+    const KINDS: [&str; 3] = ["invalid type: ", "invalid value: ", "unknown variant "];
+    let Some(start) = KINDS
+        .iter()
+        .find_map(|kind| message.find(kind).map(|at| at + kind.len()))
+    else {
+        return message.to_string();
+    };
+    let Some(expected) = message.rfind(", expected") else {
+        return message.to_string();
+    };
+    if expected < start {
+        return message.to_string();
+    }
+    let unexpected = &message[start..expected];
+    let kind = unexpected
+        .find(['"', '`'])
+        .map_or(unexpected, |quote| &unexpected[..quote])
+        .trim_end();
+    let head = format!("{}{kind}", &message[..start]);
+    format!("{}{}", head.trim_end(), &message[expected..])
 }
 
 #[cfg(test)]

@@ -132,6 +132,11 @@ pub struct Upstream {
     pub ca_file: Option<PathBuf>,
 }
 
+impl Upstream {
+    /// pingora sizes its pool's table by this at start: a bound well past any real need.
+    const MAX_KEEPALIVE_POOL: usize = 65_536;
+}
+
 impl Default for Upstream {
     fn default() -> Self {
         Upstream {
@@ -158,8 +163,12 @@ pub struct UpstreamUrl {
 
 impl UpstreamUrl {
     pub fn parse(text: &str) -> Result<UpstreamUrl, String> {
-        let expected =
-            || format!(r#"expected a URL like "https://mcs.us1.twilio.com", got "{text}""#);
+        let expected = || {
+            format!(
+                r#"expected a URL like "https://mcs.us1.twilio.com", got "{}""#,
+                redact_url_password(text)
+            )
+        };
         let uri: http::Uri = text.parse().map_err(|_| expected())?;
         let tls = match uri.scheme_str() {
             Some("https") => true,
@@ -169,13 +178,15 @@ impl UpstreamUrl {
         let authority = uri.authority().ok_or_else(expected)?;
         if authority.as_str().contains('@') {
             return Err(format!(
-                "\"{text}\": put credentials under `credentials:`, not in the URL"
+                "\"{}\": put credentials under `credentials:`, not in the URL",
+                redact_url_password(text)
             ));
         }
         if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-            return Err(format!(
-                "\"{text}\": give scheme://host[:port] only, the /v1 paths are added per request"
-            ));
+            return Err(
+                "give scheme://host[:port] only, no path or query: the /v1 paths are added per request"
+                    .to_string(),
+            );
         }
         let host = authority
             .host()
@@ -468,18 +479,17 @@ impl Serialize for QuotaBackend {
     }
 }
 
+/// A URL with whatever stands before its host's `@` (a user and password) shown as `***`; in
+/// text that is no URL at all (`redis//:pw@host`), all that stands before an `@`.
 fn redact_url_password(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            format!(
-                "{}://{}@{}",
-                &url[..scheme_end],
-                super::REDACTED,
-                &url[at + 1..]
-            )
-        }
-        _ => url.to_string(),
-    }
+    let Some(at) = url.rfind('@') else {
+        return url.to_string();
+    };
+    let scheme = match url.find("://") {
+        Some(end) if end < at => &url[..end + 3],
+        _ => "",
+    };
+    format!("{scheme}{}@{}", super::REDACTED, &url[at + 1..])
 }
 
 impl<'de> Deserialize<'de> for QuotaBackend {
@@ -561,6 +571,13 @@ impl Config {
         if self.server.threads == 0 {
             return Err(ConfigError("server.threads: must be at least 1".into()));
         }
+        self.check_above_zero()?;
+        if !(1..=Upstream::MAX_KEEPALIVE_POOL).contains(&self.upstream.keepalive_pool) {
+            return Err(ConfigError(format!(
+                "upstream.keepalive_pool: must be 1 to {}",
+                Upstream::MAX_KEEPALIVE_POOL
+            )));
+        }
         if self.quotas.slot_lease.get() < std::time::Duration::from_secs(1) {
             return Err(ConfigError("quotas.slot_lease: must be at least 1s".into()));
         }
@@ -609,6 +626,31 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The limits and timeouts at which 0 would refuse or cut off every request.
+    fn check_above_zero(&self) -> Result<(), ConfigError> {
+        let (server, upstream) = (&self.server, &self.upstream);
+        let zeros = [
+            ("server.max_connections", server.max_connections == 0),
+            ("server.head_timeout", server.head_timeout.get().is_zero()),
+            ("server.max_head_size", server.max_head_size.bytes() == 0),
+            ("server.max_headers", server.max_headers == 0),
+            (
+                "upstream.connect_timeout",
+                upstream.connect_timeout.get().is_zero(),
+            ),
+            (
+                "upstream.read_timeout",
+                upstream.read_timeout.get().is_zero(),
+            ),
+        ];
+        match zeros.iter().find(|(_, zero)| *zero) {
+            Some((key, _)) => Err(ConfigError(format!(
+                "{key}: must be above 0 (0 would refuse or cut off every request)"
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// The credentials injected for `service`: its own, else the defaults.

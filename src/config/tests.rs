@@ -209,3 +209,74 @@ fn bad_mime_patterns_are_refused() {
         "{e}"
     );
 }
+
+#[test]
+fn errors_never_show_a_secret() {
+    const SECRET: &str = "zq-sekrit-77";
+    let lookup = |name: &str| (name == "SECRET").then(|| SECRET.to_string());
+    let from_env = [
+        // A token where a `- token:` entry belongs: serde would quote the string.
+        format!("{MINIMAL}access:\n  tokens:\n    - ${{SECRET}}\n"),
+        format!("{MINIMAL}upstream:\n  url: https://user:${{SECRET}}@mcs.us1.twilio.com\n"),
+        format!("{MINIMAL}upstream:\n  url: \"${{SECRET}}\"\n"),
+        format!("{MINIMAL}server:\n  threads: ${{SECRET}}\n"),
+        format!("{MINIMAL}quotas:\n  on_backend_error: ${{SECRET}}\n"),
+    ];
+    let literal = [
+        format!("{MINIMAL}upstream:\n  url: https://user:{SECRET}@mcs.us1.twilio.com\n"),
+        format!("{MINIMAL}upstream:\n  url: https://mcs.us1.twilio.com/?key={SECRET}\n"),
+        format!("{MINIMAL}quotas:\n  backend: redis//:{SECRET}@127.0.0.1\n"),
+        format!("{MINIMAL}access:\n  tokens:\n    - {SECRET}\n"),
+        format!("credentials:\n  username: AC0123456789abcdef0123456789abcdef\n  password: \"{SECRET}${{x\"\n"),
+        "credentials:\n  username: AC0123456789abcdef0123456789abcdef\n  password: 73519246\n"
+            .to_string(),
+    ];
+    for yaml in from_env.iter().chain(&literal) {
+        let Err(ConfigError(e)) = Config::from_yaml(yaml, &lookup) else {
+            panic!("expected an error for:\n{yaml}");
+        };
+        assert!(
+            !e.contains("sekrit") && !e.contains("73519246"),
+            "{e}\nfor:\n{yaml}"
+        );
+        // Still the key it is about.
+        assert!(e.contains('.') && e.contains(':'), "{e}");
+    }
+    // An expanded value is shown as the reference it came from.
+    let e = Config::from_yaml(&from_env[0], &lookup).unwrap_err().0;
+    assert_eq!(
+        e,
+        "access.tokens[0]: invalid type: string, expected struct AccessToken"
+    );
+    let e = Config::from_yaml(&from_env[3], &lookup).unwrap_err().0;
+    assert!(e.starts_with("server.threads: invalid type: string"), "{e}");
+}
+
+#[test]
+fn settings_that_would_refuse_every_request_are_refused() {
+    for (key, yaml) in [
+        ("server.max_connections", "server:\n  max_connections: 0\n"),
+        ("server.head_timeout", "server:\n  head_timeout: 0s\n"),
+        ("server.max_head_size", "server:\n  max_head_size: 0\n"),
+        ("server.max_headers", "server:\n  max_headers: 0\n"),
+        (
+            "upstream.connect_timeout",
+            "upstream:\n  connect_timeout: 0s\n",
+        ),
+        ("upstream.read_timeout", "upstream:\n  read_timeout: 0ms\n"),
+        (
+            "upstream.keepalive_pool",
+            "upstream:\n  keepalive_pool: 0\n",
+        ),
+        // pingora sizes a table by it at start.
+        (
+            "upstream.keepalive_pool",
+            "upstream:\n  keepalive_pool: 10000000000\n",
+        ),
+    ] {
+        let e = error(&format!("{MINIMAL}{yaml}"));
+        assert!(e.starts_with(&format!("{key}: must be")), "{e}");
+    }
+    let config = parse(&format!("{MINIMAL}upstream:\n  keepalive_pool: 65536\n")).unwrap();
+    assert_eq!(config.upstream.keepalive_pool, 65536);
+}
