@@ -44,20 +44,38 @@ impl Reloader {
 
     /// Reads the file again and, if it is valid, puts its settings in force.
     pub fn reload(&self) -> Result<(), String> {
-        let config = Config::load(&self.path).map_err(|e| e.to_string())?;
-        let settings = Settings::new(&config)?;
+        let new = Config::load(&self.path).map_err(|e| e.to_string())?;
         let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-        for key in fixed_keys_changed(&running, &config) {
+        let (config, kept) = keeping_fixed_keys(&running, new);
+        let settings = Settings::new(&config)?;
+        for key in kept {
             log::warn!(
                 "configuration reload: {key} changes only with a restart; the running value stays"
             );
         }
         self.settings.store(Arc::new(settings));
         self.cache.resize(config.cache.memory.bytes());
+        // What is in force, fixed keys included: the next reload compares with that.
         *running = config;
         Ok(())
     }
 }
+
+/// `new` with the keys a reload cannot apply set back to their running values, and the names
+/// of those that differed: the settings built from it are then the ones the warnings describe.
+fn keeping_fixed_keys(running: &Config, mut new: Config) -> (Config, Vec<&'static str>) {
+    let kept = fixed_keys_changed(running, &new);
+    new.server = running.server.clone();
+    new.quotas.backend = running.quotas.backend.clone();
+    new.quotas.slot_lease = running.quotas.slot_lease;
+    new.uploads.retry = running.uploads.retry.clone();
+    if kept.contains(&IDEMPOTENCY_TTL) {
+        new.uploads.idempotency_ttl = running.uploads.idempotency_ttl;
+    }
+    (new, kept)
+}
+
+const IDEMPOTENCY_TTL: &str = "uploads.idempotency_ttl";
 
 /// The keys a reload cannot apply, among those that differ.
 fn fixed_keys_changed(running: &Config, new: &Config) -> Vec<&'static str> {
@@ -77,7 +95,7 @@ fn fixed_keys_changed(running: &Config, new: &Config) -> Vec<&'static str> {
     // The ledger keeps answers for the TTL it started with; turning it off (0s) does apply.
     let ttl = |c: &Config| c.uploads.idempotency_ttl.get();
     if ttl(running) != ttl(new) && !ttl(new).is_zero() {
-        changed.push("uploads.idempotency_ttl");
+        changed.push(IDEMPOTENCY_TTL);
     }
     changed
 }
@@ -123,6 +141,30 @@ mod tests {
     fn config(server: &str) -> Config {
         let yaml = format!("credentials: {{username: u, password: p}}\nserver:\n{server}");
         Config::from_yaml(&yaml, &|_| None).unwrap()
+    }
+
+    fn uploads(uploads: &str) -> Config {
+        let yaml = format!("credentials: {{username: u, password: p}}\nuploads:\n{uploads}");
+        Config::from_yaml(&yaml, &|_| None).unwrap()
+    }
+
+    #[test]
+    fn a_reload_keeps_the_running_values_of_the_keys_it_cannot_apply() {
+        let running = uploads("  retry: {attempts: 2}\n  idempotency_ttl: 0s\n  max_size: 1MiB\n");
+        let new = uploads("  retry: {attempts: 0}\n  idempotency_ttl: 24h\n  max_size: 2MiB\n");
+        let (config, kept) = keeping_fixed_keys(&running, new);
+        assert_eq!(kept, vec!["uploads.retry", IDEMPOTENCY_TTL]);
+        assert_eq!(config.uploads.retry, running.uploads.retry);
+        assert!(config.uploads.idempotency_ttl.get().is_zero());
+        // The rest applies.
+        assert_eq!(config.uploads.max_size.bytes(), 1 << 21);
+        // What is in force is the baseline: the same file again changes nothing more.
+        let again = uploads("  retry: {attempts: 0}\n  idempotency_ttl: 24h\n  max_size: 2MiB\n");
+        assert_eq!(keeping_fixed_keys(&config, again).1, kept);
+        // Turning idempotency off does apply.
+        let on = uploads("  idempotency_ttl: 24h\n");
+        let (config, kept) = keeping_fixed_keys(&on, uploads("  idempotency_ttl: 0s\n"));
+        assert!(kept.is_empty() && config.uploads.idempotency_ttl.get().is_zero());
     }
 
     #[test]
