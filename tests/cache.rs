@@ -468,12 +468,13 @@ async fn stalled_read(proxy: &Proxy, path: &str) -> (tokio::net::TcpStream, usiz
 
 const MIB: usize = 1024 * 1024;
 
-/// A proxy whose fills share 30 MiB (`cache.memory`) among media of up to 12 MiB, `cache`
-/// adding keys. Its cache lock's age (connect + read timeout) is past every wait of the tests
-/// that use it: no reader there is let through by the lock's age.
-fn fill_bound_proxy(origin: &Origin, send_timeout: &str, cache: &str) -> Proxy {
+/// A proxy whose fills share `memory` (30 MiB in most tests: content fills may take all but a
+/// sixteenth, 28.1 MiB) among media of up to 12 MiB, `cache` adding keys. Its cache lock's age
+/// (connect + read timeout) is past every wait of the tests that use it: no reader there is
+/// let through by the lock's age.
+fn fill_bound_proxy(origin: &Origin, memory: &str, send_timeout: &str, cache: &str) -> Proxy {
     let mut config = ProxyConfig::to(&origin.url).with(&format!(
-        "cache:\n  memory: 30MiB\n  max_object: 12MiB\n{cache}"
+        "cache:\n  memory: {memory}\n  max_object: 12MiB\n{cache}"
     ));
     config.read_timeout = "60s";
     config.server_extra = format!("  send_timeout: {send_timeout}\n");
@@ -499,7 +500,7 @@ async fn fills_in_progress_stay_within_the_memory_bound_and_one_past_it_is_serve
     use tokio::io::AsyncReadExt;
     let origin = Origin::start();
     // The stalled readers stay until the end, however slow the machine.
-    let proxy = fill_bound_proxy(&origin, "0s", "");
+    let proxy = fill_bound_proxy(&origin, "30MiB", "0s", "");
     let service = new_service();
     let media: Vec<(String, Vec<u8>)> = stored_pngs(&origin, &service, 3, 12 * MIB)
         .await
@@ -559,7 +560,7 @@ async fn a_reader_that_stops_reading_is_cut_off_and_frees_its_fill_and_the_reade
     let origin = Origin::start();
     // Long enough for the reads below that do read (on a busy machine too), short next to
     // the cache lock's age: a reader behind the stalled one is let through by the cut-off.
-    let proxy = fill_bound_proxy(&origin, "3s", "");
+    let proxy = fill_bound_proxy(&origin, "30MiB", "3s", "");
     let service = new_service();
     let (sid, bytes) = stored_pngs(&origin, &service, 1, 12 * MIB)
         .await
@@ -615,7 +616,7 @@ async fn a_reader_that_stops_reading_is_cut_off_and_frees_its_fill_and_the_reade
 #[tokio::test]
 async fn a_stale_content_entry_is_renewed_by_a_304_even_when_no_fill_has_room() {
     let origin = Origin::start();
-    let proxy = fill_bound_proxy(&origin, "0s", "  content_ttl: 1s\n");
+    let proxy = fill_bound_proxy(&origin, "30MiB", "0s", "  content_ttl: 1s\n");
     let service = new_service();
     let media = stored_pngs(&origin, &service, 3, 12 * MIB).await;
     let (sid, bytes) = &media[0];
@@ -842,4 +843,75 @@ async fn head_is_answered_from_the_cache_and_never_abandons_a_fill() {
     }
     let signed_gets = origin_gets(&origin, &format!("/{media}"));
     assert_eq!(signed_gets.len(), 1, "{signed_gets:?}");
+}
+
+#[tokio::test]
+async fn a_head_on_an_expired_entry_goes_upstream_as_a_head_and_a_get_renews_the_entry() {
+    let origin = Origin::start();
+    let proxy = start(&origin, "cache:\n  metadata_ttl: 1s\n");
+    let service = new_service();
+    let media = stored(&origin, &service, b"hello", "text/plain").await;
+    let (metadata, _) = paths(&service, &media);
+    assert_eq!(
+        get(&proxy, &metadata, &[]).await.cache.as_deref(),
+        Some("miss")
+    );
+    assert_eq!(
+        get(&proxy, &metadata, &[]).await.cache.as_deref(),
+        Some("hit")
+    );
+    // Past the TTL (kept in whole seconds): the entry is expired, still held.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+
+    // The HEAD holds the key's lock as the one to renew it, but a HEAD would end before a
+    // body reached the cache: it goes upstream as a HEAD and leaves the renewal to a GET.
+    let head = client().head(proxy.url(&metadata)).send().await.unwrap();
+    assert_eq!(head.status(), StatusCode::OK);
+    let heads = origin
+        .journal()
+        .into_iter()
+        .filter(|e| e["method"] == "HEAD" && e["path"] == metadata.as_str())
+        .count();
+    assert_eq!(heads, 1);
+    assert_eq!(origin_gets(&origin, &metadata).len(), 1);
+
+    let renewed = get(&proxy, &metadata, &[]).await;
+    assert_eq!(renewed.status, StatusCode::OK);
+    assert_eq!(origin_gets(&origin, &metadata).len(), 2);
+    assert_eq!(
+        get(&proxy, &metadata, &[]).await.cache.as_deref(),
+        Some("hit")
+    );
+}
+
+#[tokio::test]
+async fn content_fills_held_by_slow_readers_leave_room_for_metadata() {
+    let origin = Origin::start();
+    // Two 12 MiB fills would take all of 24 MiB; content fills may take 22.5 MiB of it.
+    let proxy = fill_bound_proxy(&origin, "24MiB", "0s", "");
+    let service = new_service();
+    let media = stored_pngs(&origin, &service, 2, 12 * MIB).await;
+    let mut readers = Vec::new();
+    for (sid, _) in &media {
+        readers.push(stalled_read(&proxy, &paths(&service, sid).1).await);
+    }
+    assert!(
+        wait_for(Duration::from_secs(10), || fill_bytes(&proxy)
+            == (12 * MIB) as f64),
+        "fills hold {} bytes",
+        fill_bytes(&proxy)
+    );
+    assert_eq!(content_fills_skipped(&proxy), 1.0);
+
+    // While the stalled reads hold their fill, metadata is still cached.
+    let (metadata, _) = paths(&service, &media[0].0);
+    assert_eq!(
+        get(&proxy, &metadata, &[]).await.cache.as_deref(),
+        Some("miss")
+    );
+    assert_eq!(
+        get(&proxy, &metadata, &[]).await.cache.as_deref(),
+        Some("hit")
+    );
+    drop(readers);
 }

@@ -107,8 +107,7 @@ impl MemoryStore {
     /// skipped when not. Asked with the answer's head, so that an answer with no room is not
     /// cached from the start and the readers waiting on its key need not wait for it.
     pub fn has_fill_room(&self, kind: Kind, length: usize) -> bool {
-        let fits =
-            self.fill_bytes().saturating_add(length) <= self.fills.limit.load(Ordering::Relaxed);
+        let fits = self.fill_bytes().saturating_add(length) <= self.fills.limit(kind);
         if !fits {
             self.fills_skipped[kind.index()].inc();
         }
@@ -189,16 +188,30 @@ struct FillBudget {
     gauge: IntGauge,
 }
 
+/// Content fills may take all but this fraction of the room (a sixteenth): a fill lasts as
+/// long as its reader takes to read it, so slow readers of large media could otherwise hold
+/// all of it, and no metadata (a kilobyte or two a fill) would be cached meanwhile.
+const METADATA_SHARE: usize = 16;
+
 impl FillBudget {
-    /// Takes `bytes` of room if they fit under the limit.
-    fn try_take(&self, bytes: usize) -> bool {
-        self.take_between(bytes, bytes).is_some()
+    /// The most that fills, the one asking among them, may hold together.
+    fn limit(&self, kind: Kind) -> usize {
+        let limit = self.limit.load(Ordering::Relaxed);
+        match kind {
+            Kind::Metadata => limit,
+            Kind::Content => limit - limit / METADATA_SHARE,
+        }
     }
 
-    /// Takes as much room as is left up to `most`, if that is at least `least`; answers how
-    /// much was taken.
-    fn take_between(&self, least: usize, most: usize) -> Option<usize> {
-        let limit = self.limit.load(Ordering::Relaxed);
+    /// Takes `bytes` of room for a fill of `kind` if they fit under its limit.
+    fn try_take(&self, kind: Kind, bytes: usize) -> bool {
+        self.take_between(kind, bytes, bytes).is_some()
+    }
+
+    /// Takes as much room as is left under `kind`'s limit up to `most`, if that is at least
+    /// `least`; answers how much was taken.
+    fn take_between(&self, kind: Kind, least: usize, most: usize) -> Option<usize> {
+        let limit = self.limit(kind);
         let mut took = 0;
         self.taken
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |taken| {
@@ -253,7 +266,7 @@ impl Storage for MemoryStore {
             room: 0,
             skipped: false,
         });
-        if self.fills.try_take(expected) {
+        if self.fills.try_take(kind, expected) {
             fill.room = expected;
             fill.body = BytesMut::with_capacity(expected);
         } else {
@@ -418,10 +431,10 @@ impl Fill {
             return true;
         }
         let doubled = needed.max(self.room.saturating_mul(2));
-        let Some(took) = self
-            .store
-            .fills
-            .take_between(needed - self.room, doubled - self.room)
+        let Some(took) =
+            self.store
+                .fills
+                .take_between(self.kind, needed - self.room, doubled - self.room)
         else {
             return false;
         };
@@ -666,7 +679,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_fill_without_content_length_grows_within_the_bound_and_gives_back_on_drop() {
-        let store: &'static MemoryStore = Box::leak(Box::new(MemoryStore::new(10_000)));
+        // Content fills may take 10,000 bytes of it: all but a sixteenth.
+        let store: &'static MemoryStore = Box::leak(Box::new(MemoryStore::new(10_666)));
         let (small, large) = (key(20, Kind::Content), key(21, Kind::Content));
         let mut fits = miss(store, &small, None).await;
         write(&mut fits, &[1u8; 3000]).await;
@@ -709,6 +723,20 @@ mod tests {
         now_fits.finish().await.unwrap();
         assert!(cached(store, &large).await);
         assert_eq!(store.fill_bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn content_fills_leave_a_sixteenth_of_the_room_to_metadata() {
+        let store: &'static MemoryStore = Box::leak(Box::new(MemoryStore::new(16_000)));
+        let _first = miss(store, &key(30, Kind::Content), Some(8000)).await;
+        let _second = miss(store, &key(31, Kind::Content), Some(7000)).await;
+        assert_eq!(store.fill_bytes(), 15_000);
+        assert!(!store.has_fill_room(Kind::Content, 1));
+        let _third = miss(store, &key(32, Kind::Content), Some(1)).await;
+        assert_eq!(store.fill_bytes(), 15_000, "content has taken its share");
+        assert!(store.has_fill_room(Kind::Metadata, 1000));
+        let _metadata = miss(store, &key(33, Kind::Metadata), Some(1000)).await;
+        assert_eq!(store.fill_bytes(), 16_000);
     }
 
     #[tokio::test]

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use http::{HeaderValue, Method};
-use pingora::cache::{CacheKey, CacheMeta, CachePhase, NoCacheReason, RespCacheable};
+use pingora::cache::{
+    CacheKey, CacheMeta, CachePhase, ForcedFreshness, HitHandler, NoCacheReason, RespCacheable,
+};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::modules::http::HttpModules;
 use pingora::proxy::{range_header_filter, FailToProxy, ProxyHttp, RangeType, Session};
@@ -795,6 +797,21 @@ impl ProxyHttp for Gateway {
         } else {
             session.cache.cache_miss();
         }
+    }
+
+    /// An expired entry found by a HEAD is treated as a miss, so that `cache_miss` sends the
+    /// HEAD upstream uncached: pingora would otherwise have the HEAD renew the entry with a
+    /// GET upstream, and abandon that fill once its client had the head.
+    async fn cache_hit_filter(
+        &self,
+        session: &mut Session,
+        _meta: &CacheMeta,
+        _hit: &mut HitHandler,
+        is_fresh: bool,
+        _ctx: &mut RequestCtx,
+    ) -> Result<Option<ForcedFreshness>> {
+        let stale_head = !is_fresh && session.req_header().method == Method::HEAD;
+        Ok(stale_head.then_some(ForcedFreshness::ForceMiss))
     }
 
     /// A miss (after the cache lock, for one request per key at a time): the API for metadata;
