@@ -84,7 +84,8 @@ impl Signer {
     /// The signed URL for `media` under `base` (`scheme://host[:port]`), valid for 300 s
     /// unless `with_ttl` says otherwise.
     pub fn temporary_url(&self, base: &str, media: &str) -> String {
-        let expires = now_epoch() + self.ttl_secs;
+        // Saturating: a `--url-ttl` past the end of time means a URL that never expires.
+        let expires = now_epoch().saturating_add(self.ttl_secs);
         let signature = hex::encode(self.mac(media, expires).finalize().into_bytes());
         format!("{base}/{media}?Expires={expires}&Signature={signature}&Key-Pair-Id={KEY_PAIR_ID}")
     }
@@ -149,6 +150,29 @@ mod tests {
         assert_eq!(
             signer.verify(media, &past.to_string(), &old),
             Err(UrlRefused::Expired)
+        );
+    }
+
+    #[test]
+    fn a_ttl_past_the_end_of_time_signs_a_url_that_never_expires() {
+        let dir = tempfile::tempdir().unwrap();
+        let signer = Signer::load_or_create(dir.path())
+            .unwrap()
+            .with_ttl(u64::MAX);
+        let media = "ME0123456789abcdef0123456789abcdef";
+        let url = signer.temporary_url("http://127.0.0.1:1", media);
+        let query = url.split_once('?').unwrap().1;
+        let param = |name: &str| {
+            query
+                .split('&')
+                .find_map(|pair| pair.strip_prefix(name))
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(param("Expires="), u64::MAX.to_string());
+        assert_eq!(
+            signer.verify(media, &param("Expires="), &param("Signature=")),
+            Ok(())
         );
     }
 
