@@ -11,8 +11,8 @@
 # turns run by run; the median counts.
 #
 # mediagate is built as the Dockerfile builds it (scripts/build-production: the `production`
-# profile with profile-guided optimisation; about 12 minutes the first time here); the reference
-# with the `production` profile alone.
+# profile with profile-guided optimisation; about 11 minutes the first time here); the reference
+# with the `production` profile alone (about 5 minutes the first time).
 #
 #   benches/load/compare.sh            # everything, about 7 minutes after the build
 #   RUNS=1 DURATION=2 benches/load/compare.sh   # a quick look
