@@ -28,16 +28,34 @@ impl RedisLink {
         })
     }
 
+    /// The connection, made on first use. Bounded by [`REDIS_TIMEOUT`]: the first attempt to
+    /// make it retries after a backoff of a second or more, and the callers behind it wait
+    /// their turn, so a Redis that is down at start would otherwise hold each call for seconds
+    /// and queue them one behind the other.
     pub async fn connection(&self) -> Result<ConnectionManager, String> {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(REDIS_TIMEOUT)
             .set_response_timeout(REDIS_TIMEOUT)
             .set_number_of_retries(1);
-        self.connection
-            .get_or_try_init(|| self.client.get_connection_manager_with_config(config))
-            .await
-            .cloned()
-            .map_err(|e| format!("redis: {e}"))
+        let connect = self
+            .connection
+            .get_or_try_init(|| self.client.get_connection_manager_with_config(config));
+        match tokio::time::timeout(REDIS_TIMEOUT, connect).await {
+            Ok(made) => made.cloned().map_err(|e| format!("redis: {e}")),
+            Err(_) => Err(format!("redis: no connection within {REDIS_TIMEOUT:?}")),
+        }
+    }
+}
+
+/// A call to Redis bounded by [`REDIS_TIMEOUT`]: while Redis is away the connection manager
+/// reconnects, with a backoff, before it answers a call, which would otherwise hold the call
+/// for seconds.
+pub async fn bounded<T>(
+    call: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(REDIS_TIMEOUT, call).await {
+        Ok(answer) => answer.map_err(|e| format!("redis: {e}")),
+        Err(_) => Err(format!("redis: no answer within {REDIS_TIMEOUT:?}")),
     }
 }
 
@@ -134,10 +152,9 @@ impl Leases {
             call.key(key).arg(id);
         }
         let mut connection = self.redis.connection().await?;
-        call.invoke_async::<i64>(&mut connection)
+        bounded(call.invoke_async::<i64>(&mut connection))
             .await
             .map(drop)
-            .map_err(|e| format!("redis: {e}"))
     }
 }
 

@@ -290,3 +290,28 @@ async fn redis_outage_follows_on_backend_error_and_admission_resumes() {
     );
     assert_eq!(ready(&deny), 200);
 }
+
+#[tokio::test]
+async fn a_redis_down_from_the_start_costs_each_upload_its_timeout_not_a_queue() {
+    let origin = Origin::start();
+    // Nothing listens there: each attempt to connect fails, and the connection manager would
+    // retry after a backoff of a second or more while the uploads behind it waited.
+    let nowhere = format!("redis://127.0.0.1:{}/0", free_port());
+    let proxy = Proxy::start(quota_config(
+        &origin,
+        &format!("  backend: {nowhere}\n  uploads_per_minute: 1000\n  on_backend_error: allow\n"),
+    ));
+    let started = std::time::Instant::now();
+    let answers = join_all((0..8).map(|_| upload(&proxy, 10))).await;
+    for answer in answers {
+        assert_eq!(answer.status(), StatusCode::CREATED);
+    }
+    // Each upload waits at most the backend's 500 ms (then goes on, as `allow` says), and
+    // they wait side by side: eight in a queue would take eight backoffs, 8 s or more.
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(4), "{took:?}");
+    let errors = proxy
+        .metric("mediagate_quota_backend_errors_total", &[])
+        .unwrap_or(0.0);
+    assert!(errors >= 8.0, "{errors}");
+}

@@ -14,7 +14,7 @@ use redis::{Script, Value};
 
 use super::{Answer, Claim, Claimed, IdempotencyKey, Ledger};
 use crate::api::ServiceSid;
-use crate::redis_link::{millis, Leases, RedisLink};
+use crate::redis_link::{bounded, millis, Leases, RedisLink};
 
 /// How often a repeat looks again while the first upload runs on some sidecar.
 const POLL: Duration = Duration::from_millis(100);
@@ -69,14 +69,14 @@ impl Ledger for RedisLedger {
         let mut connection = self.connection().await?;
         let token = self.token();
         let hash = redis_key(service, key);
-        let reply: Vec<Value> = self
-            .claim
-            .key(&hash)
-            .arg(token.to_string())
-            .arg(millis(self.running.lease()))
-            .invoke_async(&mut connection)
-            .await
-            .map_err(|e| format!("redis: {e}"))?;
+        let reply: Vec<Value> = bounded(
+            self.claim
+                .key(&hash)
+                .arg(token.to_string())
+                .arg(millis(self.running.lease()))
+                .invoke_async(&mut connection),
+        )
+        .await?;
         parse_claim(&reply, || Claim {
             service: *service,
             key: key.clone(),
@@ -91,31 +91,31 @@ impl Ledger for RedisLedger {
 
     async fn complete(&self, claim: Claim, answer: Answer) -> Result<(), String> {
         let mut connection = self.connection().await?;
-        let _: i64 = self
-            .complete
-            .key(redis_key(&claim.service, &claim.key))
-            .arg(claim.token.to_string())
-            .arg(answer.status)
-            .arg(answer.content_type.as_bytes())
-            .arg(answer.body.as_ref())
-            .arg(&answer.body_sha256[..])
-            .arg(millis(self.ttl))
-            .invoke_async(&mut connection)
-            .await
-            .map_err(|e| format!("redis: {e}"))?;
-        Ok(())
+        bounded(
+            self.complete
+                .key(redis_key(&claim.service, &claim.key))
+                .arg(claim.token.to_string())
+                .arg(answer.status)
+                .arg(answer.content_type.as_bytes())
+                .arg(answer.body.as_ref())
+                .arg(&answer.body_sha256[..])
+                .arg(millis(self.ttl))
+                .invoke_async::<i64>(&mut connection),
+        )
+        .await
+        .map(drop)
     }
 
     async fn abandon(&self, claim: Claim) -> Result<(), String> {
         let mut connection = self.connection().await?;
-        let _: i64 = self
-            .abandon
-            .key(redis_key(&claim.service, &claim.key))
-            .arg(claim.token.to_string())
-            .invoke_async(&mut connection)
-            .await
-            .map_err(|e| format!("redis: {e}"))?;
-        Ok(())
+        bounded(
+            self.abandon
+                .key(redis_key(&claim.service, &claim.key))
+                .arg(claim.token.to_string())
+                .invoke_async::<i64>(&mut connection),
+        )
+        .await
+        .map(drop)
     }
 }
 

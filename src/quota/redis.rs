@@ -15,7 +15,7 @@ use redis::Script;
 use super::window::BUCKETS;
 use super::{Limits, Outcome, OverQuota, Permit, Quota, Refused, HOUR_MS, MINUTE_MS};
 use crate::api::{RejectReason, ServiceSid};
-use crate::redis_link::{millis, Held, Leases, RedisLink};
+use crate::redis_link::{bounded, millis, Held, Leases, RedisLink};
 
 pub struct RedisQuota {
     shared: Arc<Shared>,
@@ -71,20 +71,21 @@ impl Shared {
             Outcome::Failed => (0, 0),
         };
         let mut connection = self.connection().await?;
-        self.settle
-            .key(uploads)
-            .key(bytes)
-            .key(slots)
-            .arg(stored)
-            .arg(reservation.bytes)
-            .arg(sent)
-            .arg(reservation.upload_bucket)
-            .arg(reservation.bytes_bucket)
-            .arg(&reservation.slot)
-            .invoke_async::<i64>(&mut connection)
-            .await
-            .map(drop)
-            .map_err(|e| format!("redis: {e}"))
+        bounded(
+            self.settle
+                .key(uploads)
+                .key(bytes)
+                .key(slots)
+                .arg(stored)
+                .arg(reservation.bytes)
+                .arg(sent)
+                .arg(reservation.upload_bucket)
+                .arg(reservation.bytes_bucket)
+                .arg(&reservation.slot)
+                .invoke_async::<i64>(&mut connection),
+        )
+        .await
+        .map(drop)
     }
 }
 
@@ -128,29 +129,31 @@ impl Quota for RedisQuota {
         );
         let [uploads_key, bytes_key, slots_key] = keys(service);
         let mut connection = shared.connection().await.map_err(Refused::Backend)?;
-        let answer: (String, u64, u64, u64) = shared
-            .admit
-            .key(&uploads_key)
-            .key(&bytes_key)
-            .key(&slots_key)
-            .arg(limits.uploads_per_minute)
-            .arg(limits.bytes_per_hour)
-            .arg(limits.concurrent_uploads)
-            .arg(bytes)
-            .arg(&slot)
-            .arg(millis(shared.slots.lease()))
-            .arg(MINUTE_MS / BUCKETS)
-            .arg(HOUR_MS / BUCKETS)
-            .arg(BUCKETS)
-            .invoke_async(&mut connection)
-            .await
-            .map_err(|e| {
-                // The script may have run before the answer was lost: give back the slot it
-                // may hold now rather than one lease later. Its counts stay until their window
-                // passes, which errs towards refusing, never towards admitting more.
-                release_slot_later(connection.clone(), slots_key.clone(), slot.clone());
-                Refused::Backend(format!("redis: {e}"))
-            })?;
+        let answer: (String, u64, u64, u64) = bounded(
+            shared
+                .admit
+                .key(&uploads_key)
+                .key(&bytes_key)
+                .key(&slots_key)
+                .arg(limits.uploads_per_minute)
+                .arg(limits.bytes_per_hour)
+                .arg(limits.concurrent_uploads)
+                .arg(bytes)
+                .arg(&slot)
+                .arg(millis(shared.slots.lease()))
+                .arg(MINUTE_MS / BUCKETS)
+                .arg(HOUR_MS / BUCKETS)
+                .arg(BUCKETS)
+                .invoke_async(&mut connection),
+        )
+        .await
+        .map_err(|e| {
+            // The script may have run before the answer was lost: give back the slot it may
+            // hold now rather than one lease later. Its counts stay until their window passes,
+            // which errs towards refusing, never towards admitting more.
+            release_slot_later(connection.clone(), slots_key.clone(), slot.clone());
+            Refused::Backend(e)
+        })?;
         let (verdict, retry_after_ms, upload_bucket, bytes_bucket) = answer;
         let reason = match verdict.as_str() {
             "ok" => None,
@@ -194,10 +197,11 @@ impl Quota for RedisQuota {
 
     async fn reachable(&self) -> bool {
         match self.shared.connection().await {
-            Ok(mut connection) => redis::cmd("PING")
-                .query_async::<String>(&mut connection)
-                .await
-                .is_ok(),
+            Ok(mut connection) => {
+                bounded(redis::cmd("PING").query_async::<String>(&mut connection))
+                    .await
+                    .is_ok()
+            }
             Err(_) => false,
         }
     }
