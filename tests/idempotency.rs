@@ -257,3 +257,63 @@ async fn a_killed_sidecars_key_frees_one_lease_later() {
     assert!(!retry.replayed);
     assert_eq!(origin.stored_uploads(&service), 1);
 }
+
+/// An upstream on a port of its own for two uploads: the first answered with a `201` whose
+/// body stops 20 bytes into its declared 200 (the connection closed there), the second in
+/// full. Counts the uploads it read.
+fn upstream_cutting_its_first_answer() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let uploads = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = uploads.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(2) {
+            let mut reader = BufReader::new(stream.unwrap());
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = value.trim().parse().unwrap();
+                }
+                if line == "\r\n" {
+                    break;
+                }
+            }
+            reader.read_exact(&mut vec![0; length]).unwrap();
+            let whole = br#"{"sid":"ME00000000000000000000000000000001","status":"completed"}"#;
+            let mut stream = reader.into_inner();
+            let answer = if counted.fetch_add(1, Ordering::SeqCst) == 0 {
+                let mut cut = b"HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: 200\r\n\r\n".to_vec();
+                cut.extend_from_slice(&whole[..20]);
+                cut
+            } else {
+                let mut head = format!("HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", whole.len()).into_bytes();
+                head.extend_from_slice(whole);
+                head
+            };
+            stream.write_all(&answer).unwrap();
+            // Dropped: closed, mid-body for the first.
+        }
+    });
+    (url, uploads)
+}
+
+#[tokio::test]
+async fn an_answer_cut_off_mid_body_is_not_kept_for_the_retry() {
+    let (upstream, uploads) = upstream_cutting_its_first_answer();
+    let proxy = Proxy::start(ProxyConfig::to(&upstream));
+    let service = new_service();
+    let body = png_bytes(5000);
+    let cut = upload(&proxy, &service, Some("cut-answer"), &body).await;
+    assert_eq!(cut.json, Value::Null, "the client got a whole answer");
+
+    // The retry is not given the cut answer as the first's: it goes upstream again.
+    let retried = upload(&proxy, &service, Some("cut-answer"), &body).await;
+    assert_eq!(retried.status, StatusCode::CREATED);
+    assert!(!retried.replayed);
+    assert_eq!(retried.json["sid"], "ME00000000000000000000000000000001");
+    assert_eq!(uploads.load(std::sync::atomic::Ordering::SeqCst), 2);
+}

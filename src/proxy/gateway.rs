@@ -166,11 +166,22 @@ struct AnswerCapture {
     body: bytes::BytesMut,
     /// Past `idempotency::MAX_ANSWER`: not kept, and the key is given up.
     too_long: bool,
+    /// The body has reached its end: an answer cut off on the way is never kept.
+    whole: bool,
 }
 
 impl AnswerCapture {
-    /// The start of the capture of a successful answer: its type, and the body so far.
-    fn of(head: &ResponseHeader, body: &[u8]) -> Box<AnswerCapture> {
+    /// The capture of a successful answer whose body follows.
+    fn of_head(head: &ResponseHeader) -> Box<AnswerCapture> {
+        Self::of(head, b"", false)
+    }
+
+    /// The capture of a successful answer at hand whole.
+    fn whole(head: &ResponseHeader, body: &[u8]) -> Box<AnswerCapture> {
+        Self::of(head, body, true)
+    }
+
+    fn of(head: &ResponseHeader, body: &[u8], whole: bool) -> Box<AnswerCapture> {
         let content_type = head
             .headers
             .get(http::header::CONTENT_TYPE)
@@ -180,6 +191,7 @@ impl AnswerCapture {
             content_type: content_type.to_string(),
             body: bytes::BytesMut::from(body),
             too_long: false,
+            whole,
         })
     }
 }
@@ -401,7 +413,7 @@ impl Gateway {
     /// At the end of an idempotent upload: its answer is kept for repeats when the upstream
     /// stored it, else the key is given up for the client's retry.
     async fn settle_claim(&self, claim: Claim, ctx: &mut RequestCtx, stored: bool) {
-        let answer = ctx.answer.take().filter(|a| !a.too_long);
+        let answer = ctx.answer.take().filter(|a| a.whole && !a.too_long);
         let fingerprint = ctx.fingerprint.take();
         let result = match (answer, fingerprint, ctx.upstream_status) {
             (Some(answer), Some(fingerprint), Some(status)) if stored => {
@@ -901,7 +913,7 @@ impl ProxyHttp for Gateway {
         }
         if ctx.claim.is_some() && response.status.is_success() {
             // The body follows, chunk by chunk (`response_body_filter`).
-            ctx.answer = Some(AnswerCapture::of(response, b""));
+            ctx.answer = Some(AnswerCapture::of_head(response));
         }
         if response.status.is_server_error() {
             ctx.upstream_error = Some("status_5xx");
@@ -914,16 +926,20 @@ impl ProxyHttp for Gateway {
         &self,
         _session: &mut Session,
         body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
-        if let (Some(answer), Some(chunk)) = (&mut ctx.answer, body.as_ref()) {
+        let Some(answer) = &mut ctx.answer else {
+            return Ok(None);
+        };
+        if let Some(chunk) = body.as_ref() {
             if answer.body.len() + chunk.len() > crate::idempotency::MAX_ANSWER {
                 answer.too_long = true;
             } else {
                 answer.body.extend_from_slice(chunk);
             }
         }
+        answer.whole |= end_of_stream;
         Ok(None)
     }
 
@@ -1291,7 +1307,7 @@ async fn answer_replay(
     ctx.upstream_status = Some(status);
     ctx.replayed = true;
     if ctx.claim.is_some() && head.status.is_success() {
-        ctx.answer = Some(AnswerCapture::of(&head, &body));
+        ctx.answer = Some(AnswerCapture::whole(&head, &body));
     }
     head.remove_header(&http::header::TRANSFER_ENCODING);
     head.remove_header(&http::header::CONNECTION);
