@@ -258,18 +258,37 @@ async fn a_killed_sidecars_key_frees_one_lease_later() {
     assert_eq!(origin.stored_uploads(&service), 1);
 }
 
-/// An upstream on a port of its own for two uploads: the first answered with a `201` whose
-/// body stops 20 bytes into its declared 200 (the connection closed there), the second in
-/// full. Counts the uploads it read.
-fn upstream_cutting_its_first_answer() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+/// How the test's own upstream answers its first upload.
+enum First {
+    /// A `201` whose body stops 20 bytes into its declared length, the connection closed there.
+    Cut,
+    /// In full, once told.
+    HeldUntil(std::sync::mpsc::Receiver<()>),
+}
+
+/// The Media SID the test's own upstream answers with.
+const ITS_SID: &str = "ME00000000000000000000000000000001";
+
+/// An upstream of the test's own, on a port of its own, for uploads: it reads each one whole
+/// (and says so on the receiver it answers with), then answers `201` with a Media's JSON and
+/// closes the connection; the first as `first` says. Counts the uploads it read.
+fn test_upstream(
+    first: First,
+) -> (
+    String,
+    std::sync::mpsc::Receiver<()>,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
     use std::io::{BufRead, BufReader, Read, Write};
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::Ordering;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let uploads = std::sync::Arc::new(AtomicUsize::new(0));
+    let (received, read) = std::sync::mpsc::channel();
+    let uploads = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counted = uploads.clone();
     std::thread::spawn(move || {
-        for stream in listener.incoming().take(2) {
+        let mut first = Some(first);
+        for stream in listener.incoming() {
             let mut reader = BufReader::new(stream.unwrap());
             let mut length = 0;
             loop {
@@ -283,27 +302,30 @@ fn upstream_cutting_its_first_answer() -> (String, std::sync::Arc<std::sync::ato
                 }
             }
             reader.read_exact(&mut vec![0; length]).unwrap();
-            let whole = br#"{"sid":"ME00000000000000000000000000000001","status":"completed"}"#;
-            let mut stream = reader.into_inner();
-            let answer = if counted.fetch_add(1, Ordering::SeqCst) == 0 {
-                let mut cut = b"HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: 200\r\n\r\n".to_vec();
-                cut.extend_from_slice(&whole[..20]);
-                cut
-            } else {
-                let mut head = format!("HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", whole.len()).into_bytes();
-                head.extend_from_slice(whole);
-                head
+            counted.fetch_add(1, Ordering::SeqCst);
+            let _ = received.send(());
+            let json = format!(r#"{{"sid":"{ITS_SID}","status":"completed"}}"#);
+            let head = |length: usize| {
+                format!("HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n")
             };
-            stream.write_all(&answer).unwrap();
-            // Dropped: closed, mid-body for the first.
+            let answer = match first.take() {
+                Some(First::Cut) => head(200) + &json[..20],
+                Some(First::HeldUntil(told)) => {
+                    let _ = told.recv();
+                    head(json.len()) + &json
+                }
+                None => head(json.len()) + &json,
+            };
+            // Then dropped: closed (mid-body for a cut answer).
+            let _ = reader.into_inner().write_all(answer.as_bytes());
         }
     });
-    (url, uploads)
+    (url, read, uploads)
 }
 
 #[tokio::test]
 async fn an_answer_cut_off_mid_body_is_not_kept_for_the_retry() {
-    let (upstream, uploads) = upstream_cutting_its_first_answer();
+    let (upstream, _, uploads) = test_upstream(First::Cut);
     let proxy = Proxy::start(ProxyConfig::to(&upstream));
     let service = new_service();
     let body = png_bytes(5000);
@@ -314,6 +336,58 @@ async fn an_answer_cut_off_mid_body_is_not_kept_for_the_retry() {
     let retried = upload(&proxy, &service, Some("cut-answer"), &body).await;
     assert_eq!(retried.status, StatusCode::CREATED);
     assert!(!retried.replayed);
-    assert_eq!(retried.json["sid"], "ME00000000000000000000000000000001");
+    assert_eq!(retried.json["sid"], ITS_SID);
     assert_eq!(uploads.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
+/// Closes `stream` with a reset (SO_LINGER 0), as a client that aborts does.
+fn reset(stream: std::net::TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid socket and a `linger` of the size passed.
+    let set = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(set, 0);
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_after_its_whole_body_gets_the_answer_on_its_retry() {
+    let service = new_service();
+    let body = png_bytes(200_000);
+    for (key, abort) in [("left-closed", false), ("left-reset", true)] {
+        let (answer, held) = std::sync::mpsc::channel();
+        let (upstream, received, uploads) = test_upstream(First::HeldUntil(held));
+        let proxy = Proxy::start(ProxyConfig::to(&upstream));
+        let stream = send_upload(&proxy, &service, key, &body, body.len());
+        // The whole body has gone through the proxy: the client leaves, then the answer comes.
+        received.recv_timeout(Duration::from_secs(10)).unwrap();
+        if abort {
+            reset(stream);
+        } else {
+            drop(stream);
+        }
+        // Time for the proxy to see it go before the answer comes (the order under test).
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        answer.send(()).unwrap();
+
+        let retried = upload(&proxy, &service, Some(key), &body).await;
+        assert_eq!(retried.status, StatusCode::CREATED, "{key}");
+        assert!(retried.replayed, "{key}: the retry went upstream again");
+        assert_eq!(retried.json["sid"], ITS_SID, "{key}");
+        assert_eq!(
+            uploads.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "{key}"
+        );
+    }
 }

@@ -10,6 +10,12 @@
 //! to tell heads from bodies, and a client over a limit gets a clear answer (503, 408, 431)
 //! written on the socket, then its connection ends. Each refusal is counted in
 //! `mediagate_clients_refused_total{reason}`.
+//!
+//! The same wrapper lets an upload's answer outlive its client: a client that goes away once it
+//! has sent its whole body (a reset, or a closed socket refusing the answer) reads as having
+//! closed, and what is written to it is dropped, so that pingora reads the upstream's answer to
+//! its end rather than abandon it at the first failed write. The upload's quota and
+//! `Idempotency-Key` are settled by that answer, and the client's retry gets it.
 
 use std::fmt;
 use std::future::Future;
@@ -255,6 +261,11 @@ pub struct Watched {
     /// whether it runs: from such a wait to the next write the socket takes.
     send_timer: Option<Pin<Box<Sleep>>>,
     send_waiting: bool,
+    /// A body was read to its end since the last head: its request (an upload) awaits its
+    /// answer.
+    body_read: bool,
+    /// The client went away while its upload's answer was due: reads end, writes are dropped.
+    gone: bool,
 }
 
 impl fmt::Debug for Watched {
@@ -283,7 +294,26 @@ impl Watched {
             cut: None,
             send_timer: None,
             send_waiting: false,
+            body_read: false,
+            gone: false,
         }
+    }
+
+    /// Whether `error`, from the client's socket, says the client went away while its
+    /// upload's answer was due; from then on it has.
+    fn client_gone(&mut self, error: &std::io::Error) -> bool {
+        use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
+        let gone = self.body_read
+            && matches!(self.phase, Phase::Between)
+            && matches!(
+                error.kind(),
+                ConnectionReset | BrokenPipe | ConnectionAborted
+            );
+        if gone && !self.gone {
+            log::debug!("the client left before its upload's answer ({error}); reading it on");
+        }
+        self.gone |= gone;
+        gone
     }
 
     fn arm(&mut self, after: Duration) {
@@ -311,6 +341,7 @@ impl Watched {
                     if left.done() {
                         self.phase = Phase::Between;
                         self.timer_on = false;
+                        self.body_read = true;
                     }
                 }
             }
@@ -356,6 +387,7 @@ impl Watched {
         self.phase = Phase::Head { started: false };
         self.timer_on = false;
         self.answered = false;
+        self.body_read = false;
     }
 
     fn start_body(&mut self, framing: Framing) {
@@ -424,9 +456,13 @@ impl Watched {
     /// nothing for that long is cut off: otherwise it could hold its answer's buffers (a cache
     /// fill's room among them) for as long as it stays connected. Once cut off for it, nothing
     /// more is written, whatever pingora makes of the failed write.
+    ///
+    /// To a client gone while its upload's answer was due, nothing is sent and `dropped` is
+    /// answered (what the write would have answered had it gone through).
     fn send<T>(
         &mut self,
         cx: &mut Context<'_>,
+        dropped: T,
         op: impl FnOnce(Pin<&mut Stream>, &mut Context<'_>) -> Poll<std::io::Result<T>>,
     ) -> Poll<std::io::Result<T>> {
         if self.cut == Some(Cutoff::SendTimeout) {
@@ -435,7 +471,15 @@ impl Watched {
                 Cutoff::SendTimeout.label(),
             )));
         }
+        if self.gone {
+            return Poll::Ready(Ok(dropped));
+        }
         let sent = op(Pin::new(&mut self.inner), cx);
+        if let Poll::Ready(Err(e)) = &sent {
+            if self.client_gone(e) {
+                return Poll::Ready(Ok(dropped));
+            }
+        }
         if sent.is_ready() {
             self.send_waiting = false;
             return sent;
@@ -720,6 +764,9 @@ impl AsyncRead for Watched {
                 cutoff.label(),
             )));
         }
+        if this.gone {
+            return Poll::Ready(Ok(()));
+        }
         if this.answered && matches!(this.phase, Phase::Between) {
             this.start_head();
         }
@@ -749,6 +796,9 @@ impl AsyncRead for Watched {
                 }
                 Poll::Pending
             }
+            // Read as the end of the stream: pingora lets an upload's client close (its
+            // abort-on-close is off for uploads), not reset.
+            Poll::Ready(Err(e)) if this.client_gone(&e) => Poll::Ready(Ok(())),
             error => error,
         }
     }
@@ -764,15 +814,15 @@ impl AsyncWrite for Watched {
         if !buf.starts_with(b"HTTP/1.1 100 ") && !buf.starts_with(b"HTTP/1.0 100 ") {
             self.answered = true;
         }
-        self.send(cx, |inner, cx| inner.poll_write(cx, buf))
+        self.send(cx, buf.len(), |inner, cx| inner.poll_write(cx, buf))
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        self.send(cx, |inner, cx| inner.poll_flush(cx))
+        self.send(cx, (), |inner, cx| inner.poll_flush(cx))
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        self.send(cx, |inner, cx| inner.poll_shutdown(cx))
+        self.send(cx, (), |inner, cx| inner.poll_shutdown(cx))
     }
 
     fn poll_write_vectored(
@@ -786,7 +836,8 @@ impl AsyncWrite for Watched {
         if !interim {
             self.answered = true;
         }
-        self.send(cx, |inner, cx| inner.poll_write_vectored(cx, bufs))
+        let all = bufs.iter().map(|b| b.len()).sum();
+        self.send(cx, all, |inner, cx| inner.poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
