@@ -21,12 +21,11 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use memchr::memmem;
 use pingora::apps::ServerApp;
 use pingora::protocols::raw_connect::ProxyDigest;
 use pingora::protocols::tls::{SslDigest, TlsRef};
@@ -717,11 +716,16 @@ fn judge_head(head: &[u8], limits: &ClientLimits) -> Result<Framing, Cutoff> {
     Ok(framing)
 }
 
-/// The end of a head (just past its blank line), if `bytes` hold it.
+/// The end of a head (just past its blank line), if `bytes` hold it. Lines end in CRLF or, as
+/// pingora (httparse) accepts too, a bare LF: the blank line is `\r\n` or `\n` after a line's
+/// `\n`. (Read as pingora reads it: else the watcher would take an upload's body for more of
+/// its head.)
 fn find_head_end(bytes: &[u8]) -> Option<usize> {
-    static BLANK_LINE: LazyLock<memmem::Finder<'static>> =
-        LazyLock::new(|| memmem::Finder::new(b"\r\n\r\n"));
-    BLANK_LINE.find(bytes).map(|i| i + 4)
+    memchr::memchr_iter(b'\n', bytes).find_map(|i| match bytes.get(i + 1..) {
+        Some([b'\n', ..]) => Some(i + 2),
+        Some([b'\r', b'\n', ..]) => Some(i + 3),
+        _ => None,
+    })
 }
 
 /// What one header line says of the body's framing, if anything: `Transfer-Encoding` with
@@ -958,6 +962,10 @@ mod tests {
         ));
         assert!(matches!(framing(&[b'a'; 1025]), Err(Cutoff::HeadTooLarge)));
         assert_eq!(find_head_end(b"GET / HTTP/1.1\r\n\r\nrest"), Some(18));
+        assert_eq!(find_head_end(b"GET / HTTP/1.1\nA: 1\n\nrest"), Some(21));
+        assert_eq!(find_head_end(b"GET / HTTP/1.1\nA: 1\n\r\nrest"), Some(22));
+        assert_eq!(find_head_end(b"GET / HTTP/1.1\r\nA: 1\r\n"), None);
+        assert_eq!(find_head_end(b"GET / HTTP/1.1\r\nA: 1\r\n\r"), None);
 
         // A chunked body ends at its last chunk and trailers, not at data that looks like it.
         let body = b"5\r\n0\r\n\r\n\r\n3;ext=1\r\nabc\r\n0\r\nX-T: 1\r\n\r\nGET /next";
