@@ -188,6 +188,18 @@ fn a_body_that_barely_moves_is_cut_off() {
         "slow_body"
     ) == 1.0));
     assert!(origin.files_in("content").is_empty());
+    // Recorded with the status the client was answered (pingora, which did not write it, has
+    // none for it).
+    proxy.wait_recorded(1);
+    assert_eq!(
+        proxy.metric(
+            "mediagate_requests_total",
+            &[("route", "upload"), ("status", "408")]
+        ),
+        Some(1.0),
+        "{}",
+        proxy.metrics_text()
+    );
 }
 
 /// The median time of `n` small uploads, one after another.

@@ -108,7 +108,31 @@ impl Cutoff {
     /// mediagate's own (a server may answer before it has read the whole request). None for a
     /// client that is not reading: it is in the middle of an answer already.
     fn answer(self) -> Option<Vec<u8>> {
-        let (status, phrase, code, message, extra) = match self {
+        let (status, phrase, code, message, extra) = self.answer_parts()?;
+        let body =
+            String::from_utf8_lossy(&ApiError::new(status, code, message).to_json()).into_owned();
+        Some(
+            format!(
+                "HTTP/1.1 {status} {phrase}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .into_bytes(),
+        )
+    }
+
+    /// What reads and writes of the connection fail with once it is cut off.
+    fn error(self) -> std::io::Error {
+        std::io::Error::new(std::io::ErrorKind::TimedOut, CutOff(self))
+    }
+
+    /// The status of `answer`.
+    fn status(self) -> Option<u16> {
+        self.answer_parts().map(|(status, ..)| status)
+    }
+
+    /// Status, reason phrase, error code, message and extra header lines of `answer`.
+    fn answer_parts(self) -> Option<(u16, &'static str, ErrorCode, &'static str, &'static str)> {
+        Some(match self {
             Cutoff::SendTimeout => return None,
             Cutoff::MaxConnections => (
                 503,
@@ -145,16 +169,7 @@ impl Cutoff {
                 "The request body arrived too slowly",
                 "",
             ),
-        };
-        let body =
-            String::from_utf8_lossy(&ApiError::new(status, code, message).to_json()).into_owned();
-        Some(
-            format!(
-                "HTTP/1.1 {status} {phrase}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{body}",
-                body.len()
-            )
-            .into_bytes(),
-        )
+        })
     }
 
     fn count(self) {
@@ -465,10 +480,7 @@ impl Watched {
         op: impl FnOnce(Pin<&mut Stream>, &mut Context<'_>) -> Poll<std::io::Result<T>>,
     ) -> Poll<std::io::Result<T>> {
         if self.cut == Some(Cutoff::SendTimeout) {
-            return Poll::Ready(Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                Cutoff::SendTimeout.label(),
-            )));
+            return Poll::Ready(Err(Cutoff::SendTimeout.error()));
         }
         if self.gone {
             return Poll::Ready(Ok(dropped));
@@ -519,8 +531,29 @@ impl Watched {
                 None => reset_on_close(self.inner.id()),
             }
         }
-        std::io::Error::new(std::io::ErrorKind::TimedOut, cutoff.label())
+        cutoff.error()
     }
+}
+
+/// The error a read or write of a cut-off connection fails with: pingora passes it on as the
+/// request's error, which tells `logging` what the client was answered.
+#[derive(Debug)]
+struct CutOff(Cutoff);
+
+impl fmt::Display for CutOff {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0.label())
+    }
+}
+
+impl std::error::Error for CutOff {}
+
+/// The status written to a client cut off in the middle of a request (a body too slow, a bad
+/// chunk), if `error` is that cut-off: pingora, which did not write it, has none to report.
+pub fn status_written(error: &pingora::Error) -> Option<u16> {
+    let io = error.root_cause().downcast_ref::<std::io::Error>()?;
+    let CutOff(cutoff) = io.get_ref()?.downcast_ref::<CutOff>()?;
+    cutoff.status()
 }
 
 /// A client cut off without an answer (it reads nothing) has its connection reset when it
@@ -763,10 +796,7 @@ impl AsyncRead for Watched {
     ) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
         if let Some(cutoff) = this.cut {
-            return Poll::Ready(Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                cutoff.label(),
-            )));
+            return Poll::Ready(Err(cutoff.error()));
         }
         if this.gone {
             return Poll::Ready(Ok(()));

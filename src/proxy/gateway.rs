@@ -23,6 +23,7 @@ use futures_util::future::BoxFuture;
 
 use super::access::AccessControl;
 use super::busy_poll::BusyPoll;
+use super::client_limits;
 use super::content::{self, ContentResolver, SignedUrl};
 use super::credentials::Injector;
 use super::idempotent::{self, IDEMPOTENCY_KEY};
@@ -1091,10 +1092,12 @@ impl ProxyHttp for Gateway {
 
     /// After the last byte, on every path: the quota reservation is settled, and the request
     /// is recorded, once, in the metrics and the access log.
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         // The client may send its next request on this connection soon.
         self.keep_polling();
-        let status = final_status(session).unwrap_or(0);
+        let status = final_status(session)
+            .or_else(|| e.and_then(client_limits::status_written))
+            .unwrap_or(0);
         // Stored is the upstream's word: a client that vanishes after its body was sent must not
         // get its upload refunded.
         let stored =
