@@ -105,11 +105,22 @@ fn the_reference_configuration_is_valid() {
     );
 }
 
+/// The demo's process, ended by its PID when the test ends however it ends (a failed assertion
+/// unwinds through it); its origin and proxy exit with it (their standard input is its).
+struct Demo(std::process::Child);
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn the_demo_prints_curl_commands_that_work_as_printed() {
     let dir = tempfile::tempdir().unwrap();
     let port = || format!("127.0.0.1:{}", free_port());
-    let mut demo = Command::new(binary())
+    let spawned = Command::new(binary())
         .arg("demo")
         .args([
             "--listen",
@@ -126,9 +137,10 @@ fn the_demo_prints_curl_commands_that_work_as_printed() {
         .env("RUST_LOG", "warn")
         .spawn()
         .expect("start the demo");
+    let mut demo = Demo(spawned);
     let mut commands = Vec::new();
     let mut output = String::new();
-    for line in BufReader::new(demo.stdout.take().unwrap()).lines() {
+    for line in BufReader::new(demo.0.stdout.take().unwrap()).lines() {
         let line = line.unwrap();
         output.push_str(&line);
         output.push('\n');
@@ -171,7 +183,7 @@ fn the_demo_prints_curl_commands_that_work_as_printed() {
         std::fs::read(dir.path().join("data/sample.png")).unwrap()
     );
 
-    signal(&demo, nix::sys::signal::Signal::SIGINT);
-    let status = wait_exit(&mut demo, Duration::from_secs(20)).expect("the demo stops on Ctrl-C");
+    signal(&demo.0, nix::sys::signal::Signal::SIGINT);
+    let status = wait_exit(&mut demo.0, Duration::from_secs(20)).expect("the demo stops on Ctrl-C");
     assert!(status.success(), "{status}");
 }
