@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Instructions per metadata cache hit, counted by callgrind: mediagate (every feature on, as in
 # compare.sh) and the reference (benches/load/bare_pingora.rs: pingora and pingora-cache over the
-# same storage, nothing else). Unlike requests/s on a shared VM, the count is the same from run
-# to run, so it shows what a change to the hit path does. Counted: user-space instructions inside
+# same storage, nothing else). Unlike requests/s on a shared VM, the count hardly moves from run
+# to run (mediagate's takes one of two values about 950 apart: run it a few times), so it shows
+# what a change to the hit path does. Counted: user-space instructions inside
 # pingora's `process_new_http` (one request, from reading its head to logging it); not the kernel.
 #
 #   benches/load/instructions.sh          # N=2000 hits each, about a minute after the build
