@@ -17,7 +17,7 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
 use super::gateway::Settings;
-use crate::config::Config;
+use crate::config::{Config, HumanDuration};
 use crate::metrics::metrics;
 
 pub struct Reloader {
@@ -25,6 +25,8 @@ pub struct Reloader {
     running: Mutex<Config>,
     settings: Arc<ArcSwap<Settings>>,
     cache: &'static Cache,
+    /// The idempotency ledger's TTL, fixed when it was made at start (0: no ledger).
+    ledger_ttl: HumanDuration,
 }
 
 impl Reloader {
@@ -36,6 +38,7 @@ impl Reloader {
     ) -> Reloader {
         Reloader {
             path,
+            ledger_ttl: running.uploads.idempotency_ttl,
             running: Mutex::new(running),
             settings,
             cache,
@@ -46,7 +49,7 @@ impl Reloader {
     pub fn reload(&self) -> Result<(), String> {
         let new = Config::load(&self.path).map_err(|e| e.to_string())?;
         let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-        let (config, kept) = keeping_fixed_keys(&running, new);
+        let (config, kept) = keeping_fixed_keys(&running, new, self.ledger_ttl);
         let settings = Settings::new(&config)?;
         for key in kept {
             log::warn!(
@@ -63,25 +66,40 @@ impl Reloader {
 
 /// `new` with the keys a reload cannot apply set back to their running values, and the names
 /// of those that differed: the settings built from it are then the ones the warnings describe.
-fn keeping_fixed_keys(running: &Config, mut new: Config) -> (Config, Vec<&'static str>) {
-    let kept = fixed_keys_changed(running, &new);
+fn keeping_fixed_keys(
+    running: &Config,
+    mut new: Config,
+    ledger_ttl: HumanDuration,
+) -> (Config, Vec<&'static str>) {
+    let mut kept = fixed_keys_changed(running, &new);
     new.server = running.server.clone();
+    new.upstream.keepalive_pool = running.upstream.keepalive_pool;
+    new.upstream.ca_file = running.upstream.ca_file.clone();
     new.quotas.backend = running.quotas.backend.clone();
     new.quotas.slot_lease = running.quotas.slot_lease;
     new.uploads.retry = running.uploads.retry.clone();
-    if kept.contains(&IDEMPOTENCY_TTL) {
-        new.uploads.idempotency_ttl = running.uploads.idempotency_ttl;
+    // The ledger keeps answers for the TTL it was made with (none when it started off):
+    // turning idempotency off applies, and turning it on again applies that TTL.
+    let ttl = new.uploads.idempotency_ttl;
+    if !ttl.get().is_zero() && ttl != ledger_ttl {
+        kept.push("uploads.idempotency_ttl");
+        new.uploads.idempotency_ttl = ledger_ttl;
     }
     (new, kept)
 }
 
-const IDEMPOTENCY_TTL: &str = "uploads.idempotency_ttl";
-
-/// The keys a reload cannot apply, among those that differ.
+/// The keys a reload cannot apply (pingora or a backend took them at start), among those that
+/// differ.
 fn fixed_keys_changed(running: &Config, new: &Config) -> Vec<&'static str> {
     let mut changed = Vec::new();
     if printed(&running.server) != printed(&new.server) {
         changed.push("server");
+    }
+    if running.upstream.keepalive_pool != new.upstream.keepalive_pool {
+        changed.push("upstream.keepalive_pool");
+    }
+    if running.upstream.ca_file != new.upstream.ca_file {
+        changed.push("upstream.ca_file");
     }
     if running.quotas.backend != new.quotas.backend {
         changed.push("quotas.backend");
@@ -91,11 +109,6 @@ fn fixed_keys_changed(running: &Config, new: &Config) -> Vec<&'static str> {
     }
     if running.uploads.retry != new.uploads.retry {
         changed.push("uploads.retry");
-    }
-    // The ledger keeps answers for the TTL it started with; turning it off (0s) does apply.
-    let ttl = |c: &Config| c.uploads.idempotency_ttl.get();
-    if ttl(running) != ttl(new) && !ttl(new).is_zero() {
-        changed.push(IDEMPOTENCY_TTL);
     }
     changed
 }
@@ -150,21 +163,45 @@ mod tests {
 
     #[test]
     fn a_reload_keeps_the_running_values_of_the_keys_it_cannot_apply() {
-        let running = uploads("  retry: {attempts: 2}\n  idempotency_ttl: 0s\n  max_size: 1MiB\n");
-        let new = uploads("  retry: {attempts: 0}\n  idempotency_ttl: 24h\n  max_size: 2MiB\n");
-        let (config, kept) = keeping_fixed_keys(&running, new);
-        assert_eq!(kept, vec!["uploads.retry", IDEMPOTENCY_TTL]);
+        let running = uploads("  retry: {attempts: 2}\n  max_size: 1MiB\n");
+        let ledger = running.uploads.idempotency_ttl;
+        let new = || uploads("  retry: {attempts: 0}\n  max_size: 2MiB\n");
+        let (config, kept) = keeping_fixed_keys(&running, new(), ledger);
+        assert_eq!(kept, vec!["uploads.retry"]);
         assert_eq!(config.uploads.retry, running.uploads.retry);
-        assert!(config.uploads.idempotency_ttl.get().is_zero());
         // The rest applies.
-        assert_eq!(config.uploads.max_size.bytes(), 1 << 21);
-        // What is in force is the baseline: the same file again changes nothing more.
-        let again = uploads("  retry: {attempts: 0}\n  idempotency_ttl: 24h\n  max_size: 2MiB\n");
-        assert_eq!(keeping_fixed_keys(&config, again).1, kept);
-        // Turning idempotency off does apply.
-        let on = uploads("  idempotency_ttl: 24h\n");
-        let (config, kept) = keeping_fixed_keys(&on, uploads("  idempotency_ttl: 0s\n"));
-        assert!(kept.is_empty() && config.uploads.idempotency_ttl.get().is_zero());
+        assert_eq!(config.uploads.max_size.bytes(), 2 << 20);
+        // What is in force is the baseline: the same file again is the same change.
+        assert_eq!(keeping_fixed_keys(&config, new(), ledger).1, kept);
+
+        let base = uploads("  max_size: 1MiB\n");
+        let yaml = "credentials: {username: u, password: p}\nupstream: {keepalive_pool: 16}\n";
+        let pool = Config::from_yaml(yaml, &|_| None).unwrap();
+        let (config, kept) = keeping_fixed_keys(&base, pool, ledger);
+        assert_eq!(kept, vec!["upstream.keepalive_pool"]);
+        assert_eq!(config.upstream.keepalive_pool, base.upstream.keepalive_pool);
+    }
+
+    #[test]
+    fn idempotency_turns_off_and_on_again_with_the_ledgers_ttl() {
+        let start = uploads("  idempotency_ttl: 24h\n");
+        let ledger = start.uploads.idempotency_ttl;
+        let ttl = |yaml: &str| uploads(&format!("  idempotency_ttl: {yaml}\n"));
+        let (off, kept) = keeping_fixed_keys(&start, ttl("0s"), ledger);
+        assert!(kept.is_empty() && off.uploads.idempotency_ttl.get().is_zero());
+        let (on, kept) = keeping_fixed_keys(&off, ttl("24h"), ledger);
+        assert!(kept.is_empty());
+        assert_eq!(on.uploads.idempotency_ttl, ledger);
+        // Another TTL needs a restart: the ledger's stays.
+        let (other, kept) = keeping_fixed_keys(&on, ttl("1h"), ledger);
+        assert_eq!(kept, vec!["uploads.idempotency_ttl"]);
+        assert_eq!(other.uploads.idempotency_ttl, ledger);
+        // Started off, there is no ledger to turn on.
+        let never = ttl("0s");
+        let none = never.uploads.idempotency_ttl;
+        let (still_off, kept) = keeping_fixed_keys(&never, ttl("24h"), none);
+        assert_eq!(kept, vec!["uploads.idempotency_ttl"]);
+        assert!(still_off.uploads.idempotency_ttl.get().is_zero());
     }
 
     #[test]
