@@ -140,7 +140,7 @@ async fn sighup_applies_new_cache_settings_and_a_new_memory_bound() {
     assert!(held() > 2.0 * 1024.0 * 1024.0, "{} bytes held", held());
 
     let mut smaller = ProxyConfig::to(&origin.url)
-        .with("cache:\n  memory: 1MiB\n  max_object: 1MiB\n  response_header: false\n");
+        .with("cache:\n  memory: 1MiB\n  max_object: 960KiB\n  response_header: false\n");
     smaller.log_level = "info";
     proxy.rewrite_config(&smaller);
     signal(&proxy.child, Signal::SIGHUP);

@@ -190,8 +190,9 @@ struct FillBudget {
 
 /// Content fills may take all but this fraction of the room (a sixteenth): a fill lasts as
 /// long as its reader takes to read it, so slow readers of large media could otherwise hold
-/// all of it, and no metadata (a kilobyte or two a fill) would be cached meanwhile.
-const METADATA_SHARE: usize = 16;
+/// all of it, and no metadata (a kilobyte or two a fill) would be cached meanwhile. (The
+/// configuration keeps `cache.max_object` within what content may take.)
+const METADATA_SHARE: usize = crate::config::Cache::METADATA_FILL_SHARE as usize;
 
 impl FillBudget {
     /// The most that fills, the one asking among them, may hold together.

@@ -12,7 +12,9 @@ use serde_yaml::Value;
 pub struct Expanded(Vec<(String, String)>);
 
 impl Expanded {
-    /// `message` with each expanded value written back as the reference it came from.
+    /// `message` with each expanded value written back, inside the message's quoted values
+    /// (where errors show a value), as the reference it came from. Outside them the message is
+    /// left alone: a short value such as `1s` would otherwise be replaced in its words.
     pub fn hide(&self, message: String) -> String {
         let mut by_length: Vec<_> = self
             .0
@@ -21,11 +23,26 @@ impl Expanded {
             .collect();
         // The longest first: a value inside another is hidden with the other.
         by_length.sort_by_key(|(_, value)| std::cmp::Reverse(value.len()));
-        by_length
-            .into_iter()
-            .fold(message, |message, (name, value)| {
-                message.replace(value.as_str(), &format!("${{{name}}}"))
+        let hide_in = |quoted: &str| {
+            by_length
+                .iter()
+                .fold(quoted.to_string(), |quoted, (name, value)| {
+                    quoted.replace(value.as_str(), &format!("${{{name}}}"))
+                })
+        };
+        // Split at the quotes: the odd pieces are quoted.
+        message
+            .split('"')
+            .enumerate()
+            .map(|(i, piece)| {
+                if i % 2 == 1 {
+                    hide_in(piece)
+                } else {
+                    piece.to_string()
+                }
             })
+            .collect::<Vec<_>>()
+            .join("\"")
     }
 }
 
@@ -123,12 +140,12 @@ mod tests {
     }
 
     #[test]
-    fn expanded_values_are_hidden_in_messages() {
+    fn expanded_values_are_hidden_in_the_quoted_values_of_messages() {
         let mut value: Value = serde_yaml::from_str("a: x-${TOKEN}\nb: ${TOKEN}\n").unwrap();
         let expanded = expand(&mut value, &lookup).unwrap();
         assert_eq!(
-            expanded.hide("got \"x-s3cret\" and s3cret".to_string()),
-            "got \"x-${TOKEN}\" and ${TOKEN}"
+            expanded.hide("got \"x-s3cret\", \"s3cret\"; s3cret unquoted".to_string()),
+            "got \"x-${TOKEN}\", \"${TOKEN}\"; s3cret unquoted"
         );
     }
 

@@ -537,6 +537,16 @@ impl Cache {
     pub fn enabled(&self) -> bool {
         self.memory.bytes() > 0
     }
+
+    /// Fills in progress may hold `memory` together, content fills all but this fraction of it
+    /// (a sixteenth), which is left to metadata (see `cache::storage`).
+    pub const METADATA_FILL_SHARE: u64 = 16;
+
+    /// The most that content fills in progress may hold together.
+    pub fn content_fill_room(&self) -> u64 {
+        let memory = self.memory.bytes();
+        memory - memory / Cache::METADATA_FILL_SHARE
+    }
 }
 
 impl Default for Cache {
@@ -572,9 +582,9 @@ impl Config {
             return Err(ConfigError("server.threads: must be at least 1".into()));
         }
         self.check_above_zero()?;
-        if !(1..=Upstream::MAX_KEEPALIVE_POOL).contains(&self.upstream.keepalive_pool) {
+        if self.upstream.keepalive_pool > Upstream::MAX_KEEPALIVE_POOL {
             return Err(ConfigError(format!(
-                "upstream.keepalive_pool: must be 1 to {}",
+                "upstream.keepalive_pool: must be at most {}",
                 Upstream::MAX_KEEPALIVE_POOL
             )));
         }
@@ -595,9 +605,11 @@ impl Config {
         if self.cache.negative_ttl.get() > Cache::MAX_NEGATIVE_TTL {
             return Err(ConfigError("cache.negative_ttl: must be at most 5s".into()));
         }
-        if self.cache.enabled() && self.cache.max_object.bytes() > self.cache.memory.bytes() {
+        if self.cache.enabled() && self.cache.max_object.bytes() > self.cache.content_fill_room() {
             return Err(ConfigError(
-                "cache.max_object: must not exceed cache.memory".into(),
+                "cache.max_object: must not exceed 15/16 of cache.memory (content fills leave a \
+                 sixteenth of it to metadata)"
+                    .into(),
             ));
         }
         if let Some(ca) = &self.upstream.ca_file {
