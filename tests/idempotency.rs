@@ -264,6 +264,8 @@ enum First {
     Cut,
     /// In full, once told.
     HeldUntil(std::sync::mpsc::Receiver<()>),
+    /// With no body at all (`Content-Length: 0`).
+    Empty,
 }
 
 /// The Media SID the test's own upstream answers with.
@@ -314,6 +316,7 @@ fn test_upstream(
                     let _ = told.recv();
                     head(json.len()) + &json
                 }
+                Some(First::Empty) => head(0),
                 None => head(json.len()) + &json,
             };
             // Then dropped: closed (mid-body for a cut answer).
@@ -358,6 +361,20 @@ fn reset(stream: std::net::TcpStream) {
         )
     };
     assert_eq!(set, 0);
+}
+
+#[tokio::test]
+async fn an_answer_without_a_body_is_kept_for_the_retry() {
+    let (upstream, _, uploads) = test_upstream(First::Empty);
+    let proxy = Proxy::start(ProxyConfig::to(&upstream));
+    let service = new_service();
+    let body = png_bytes(5000);
+    let first = upload(&proxy, &service, Some("empty-answer"), &body).await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    let retried = upload(&proxy, &service, Some("empty-answer"), &body).await;
+    assert_eq!(retried.status, StatusCode::CREATED);
+    assert!(retried.replayed, "the retry went upstream again");
+    assert_eq!(uploads.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
 
 #[tokio::test]

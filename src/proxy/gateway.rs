@@ -172,9 +172,15 @@ struct AnswerCapture {
 }
 
 impl AnswerCapture {
-    /// The capture of a successful answer whose body follows.
+    /// The capture of a successful answer whose body follows, if it has one: one without is
+    /// whole at its head (pingora calls no body filter for it).
     fn of_head(head: &ResponseHeader) -> Box<AnswerCapture> {
-        Self::of(head, b"", false)
+        let empty = head.status == http::StatusCode::NO_CONTENT
+            || head
+                .headers
+                .get(http::header::CONTENT_LENGTH)
+                .is_some_and(|length| length.as_bytes() == b"0");
+        Self::of(head, b"", empty)
     }
 
     /// The capture of a successful answer at hand whole.
