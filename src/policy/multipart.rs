@@ -12,7 +12,8 @@ pub fn parameters(value: &str) -> Vec<(String, String)> {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Escapes {
     Unescape,
-    /// Keep it as written, so that a value with one can be told apart.
+    /// Keep it as written, and the opening quote of a value never closed, so that a value
+    /// with either can be told apart.
     Keep,
 }
 
@@ -28,7 +29,12 @@ fn parameters_with(value: &str, escapes: Escapes) -> Vec<(String, String)> {
         let name = rest[..eq].trim().to_string();
         let after = &rest[eq + 1..];
         let (value, remaining) = if let Some(quoted) = after.strip_prefix('"') {
-            unquote(quoted, escapes)
+            match unquote(quoted, escapes) {
+                (value, false, remaining) if escapes == Escapes::Keep => {
+                    (format!("\"{value}"), remaining)
+                }
+                (value, _, remaining) => (value, remaining),
+            }
         } else {
             let end = after.find(';').unwrap_or(after.len());
             (after[..end].trim().to_string(), &after[end..])
@@ -39,13 +45,14 @@ fn parameters_with(value: &str, escapes: Escapes) -> Vec<(String, String)> {
     out
 }
 
-/// Reads a quoted-string body (after the opening quote): the value and what follows it.
-fn unquote(text: &str, escapes: Escapes) -> (String, &str) {
+/// Reads a quoted-string body (after the opening quote): the value, whether its closing quote
+/// came, and what follows it.
+fn unquote(text: &str, escapes: Escapes) -> (String, bool, &str) {
     let mut value = String::new();
     let mut chars = text.char_indices();
     while let Some((i, c)) = chars.next() {
         match c {
-            '"' => return (value, &text[i + 1..]),
+            '"' => return (value, true, &text[i + 1..]),
             '\\' => {
                 if escapes == Escapes::Keep {
                     value.push('\\');
@@ -57,20 +64,26 @@ fn unquote(text: &str, escapes: Escapes) -> (String, &str) {
             c => value.push(c),
         }
     }
-    (value, "")
+    (value, false, "")
 }
 
 /// The boundary of a multipart `Content-Type`, if it has a usable one: 1 to 70 of the
 /// characters RFC 2046 allows, less the space it allows inside a quoted one. Parsers disagree on
 /// anything else (a `\` escape in a quoted value is dropped by some and kept by others, an
 /// unquoted value ends at a space for some): a form the proxy splits at one boundary and the
-/// upstream at another could show the proxy a decoy file part.
+/// upstream at another could show the proxy a decoy file part. For the same reason there is
+/// one `boundary` parameter (parsers take the first, the last, or refuse), and a quoted one is
+/// closed.
 pub fn boundary(content_type: &str) -> Option<String> {
-    parameters_with(content_type, Escapes::Keep)
+    let mut boundaries = parameters_with(content_type, Escapes::Keep)
         .into_iter()
-        .find(|(name, _)| name.eq_ignore_ascii_case("boundary"))
-        .map(|(_, value)| value)
-        .filter(|b| !b.is_empty() && b.len() <= 70 && b.bytes().all(is_boundary_char))
+        .filter(|(name, _)| name.eq_ignore_ascii_case("boundary"))
+        .map(|(_, value)| value);
+    let boundary = boundaries.next()?;
+    if boundaries.next().is_some() {
+        return None;
+    }
+    Some(boundary).filter(|b| !b.is_empty() && b.len() <= 70 && b.bytes().all(is_boundary_char))
 }
 
 /// RFC 2046's `bcharsnospace`.
@@ -297,6 +310,12 @@ mod tests {
         assert_eq!(boundary("multipart/form-data; boundary=a b"), None);
         assert_eq!(boundary("multipart/form-data; boundary=\"a;b\""), None);
         assert_eq!(boundary("multipart/form-data; boundary=\"a\u{e9}\""), None);
+        // Unclosed, or given twice.
+        assert_eq!(boundary("multipart/form-data; boundary=\"abc"), None);
+        assert_eq!(
+            boundary("multipart/form-data; boundary=a; boundary=b"),
+            None
+        );
     }
 
     const FORM: &[u8] = b"--XyZ\r\nContent-Disposition: form-data; name=\"FileName\"\r\n\r\nreport.pdf\r\n--XyZ\r\nContent-Disposition: form-data; name=\"Media\"; filename=\"r.pdf\"\r\nContent-Type: application/pdf\r\n\r\n%PDF-1.7 body\r\n--XyZ--\r\n";
