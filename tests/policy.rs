@@ -119,6 +119,31 @@ fn escaped_boundary_form() -> Vec<u8> {
     body
 }
 
+/// A form whose first part has the given head and an ELF (the file for a parser that reads
+/// that head as naming `file`), followed by a `file` part with a PNG.
+fn ambiguous_form_reversed(boundary: &str, first_head: &str) -> Vec<u8> {
+    let mut body = format!("--{boundary}\r\n{first_head}\r\n\r\n").into_bytes();
+    body.extend(elf());
+    body.extend(format!("\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"file\"\r\nContent-Type: image/png\r\n\r\n").as_bytes());
+    body.extend(bytes(b"\x89PNG\r\n\x1a\n", 256, 95));
+    body.extend(format!("\r\n--{boundary}--\r\n").as_bytes());
+    body
+}
+
+/// A form whose `file` part (text/plain, an ELF) has its content start exactly where the
+/// proxy's 64 KiB of inspection end, after a padding field.
+fn file_part_at_the_inspection_limit(boundary: &str) -> Vec<u8> {
+    let pad_head = format!("--{boundary}\r\nContent-Disposition: form-data; name=\"pad\"\r\n\r\n");
+    let file_head = format!("\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"file\"\r\nContent-Type: text/plain\r\n\r\n");
+    let padding = 64 * 1024 - pad_head.len() - file_head.len();
+    let mut body = pad_head.into_bytes();
+    body.extend(std::iter::repeat_n(b'p', padding));
+    body.extend(file_head.as_bytes());
+    body.extend(elf());
+    body.extend(format!("\r\n--{boundary}--\r\n").as_bytes());
+    body
+}
+
 fn form_type(boundary: &str) -> String {
     format!("multipart/form-data; boundary={boundary}")
 }
@@ -443,6 +468,34 @@ fn cases() -> Vec<Case> {
             Some("content_type_missing"),
         )
         .header("Content-Type", "application/x-msdownload"),
+        case(
+            "form: `name` in the filename, so that some parsers read no name, then a second file part",
+            &form_type(b),
+            ambiguous_form(b, "Content-Disposition: form-data; filename=\"my name.png\"; name=\"file\"\r\nContent-Type: image/png"),
+            400,
+            Some("content_type_missing"),
+        ),
+        case(
+            "form: `name*=` before the name, then a second file part",
+            &form_type(b),
+            ambiguous_form(b, "Content-Disposition: form-data; name*=UTF-8''x; name=\"file\"\r\nContent-Type: image/png"),
+            400,
+            Some("content_type_missing"),
+        ),
+        case(
+            "form: `name =file` hidden in another value of a decoy part with an ELF",
+            &form_type(b),
+            ambiguous_form_reversed(b, "Content-Disposition: form-data; x=\"a name =file;\"; name=\"decoy\"\r\nContent-Type: image/png"),
+            400,
+            Some("content_type_missing"),
+        ),
+        case(
+            "form: the file part's content starts where the inspection ends",
+            &form_type(b),
+            file_part_at_the_inspection_limit(b),
+            400,
+            Some("content_type_missing"),
+        ),
         case(
             "form: two Content-Type lines",
             &form_type(b),

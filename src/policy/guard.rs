@@ -80,6 +80,15 @@ impl Inspector {
         if !self.rules.sniff {
             return Verdict::Pass;
         }
+        // A file part whose content starts at the end of what is kept for inspection would be
+        // judged on a few bytes or none.
+        if full && !content.complete && content.bytes.len() < sniff::ENOUGH {
+            return Verdict::Refuse(Refusal::new(
+                RejectReason::ContentTypeMissing,
+                "the file part starts too far into the form to be inspected (its first KiB \
+                 must come within the form's first 64 KiB)",
+            ));
+        }
         // At the body's end, what is at hand is all there will be: judged as it is (a form
         // whose file part lacks its closing delimiter still has its first bytes sniffed).
         if content.bytes.len() < sniff::ENOUGH && !content.complete && !full && !end {

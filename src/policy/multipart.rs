@@ -241,6 +241,12 @@ fn disposition_name(value: &str) -> Result<Option<String>, &'static str> {
     if value.to_ascii_lowercase().matches("name=").count() > visible {
         return Err("a part's Content-Disposition hides a name inside a quoted value");
     }
+    // Some parsers (multer, the local origin's) find the name as the first `name` after a
+    // space or `;`, wherever it stands: in a filename (`"my name.png"`), in another value, in
+    // `name*=`. Any such `name` but the parameter itself, and they read another name, or none.
+    if words_name(value) > names.len() {
+        return Err("a part's Content-Disposition has another word `name` than its name");
+    }
     // Parsers differ on `\` escapes, on whitespace around and inside an unquoted value, and on
     // what whitespace is: the name must be written `name="…"` without `\`, or `name=token`.
     if let Some((_, name)) = names.first() {
@@ -257,6 +263,16 @@ fn disposition_name(value: &str) -> Result<Option<String>, &'static str> {
         }
     }
     Ok(names.first().map(|(_, v)| v.clone()))
+}
+
+/// How many times `name` (in any case) starts a word of `value`: at its start, or after
+/// white space or `;`.
+fn words_name(value: &str) -> usize {
+    let lower = value.to_ascii_lowercase();
+    let bytes = lower.as_bytes();
+    memchr::memmem::find_iter(bytes, b"name")
+        .filter(|&at| at == 0 || bytes[at - 1].is_ascii_whitespace() || bytes[at - 1] == b';')
+        .count()
 }
 
 /// An HTTP token: what an unquoted parameter value may be.
