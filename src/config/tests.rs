@@ -285,3 +285,19 @@ fn settings_that_would_refuse_every_request_are_refused() {
         assert_eq!(config.upstream.keepalive_pool, pool);
     }
 }
+
+#[test]
+fn max_object_fits_in_the_room_content_fills_may_hold() {
+    // 15/16 of 1 MiB: 960 KiB.
+    let e = error(&format!(
+        "{MINIMAL}cache:\n  memory: 1MiB\n  max_object: 961KiB\n"
+    ));
+    assert!(
+        e.starts_with("cache.max_object: must not exceed 15/16"),
+        "{e}"
+    );
+    assert!(parse(&format!(
+        "{MINIMAL}cache:\n  memory: 1MiB\n  max_object: 960KiB\n"
+    ))
+    .is_ok());
+}
