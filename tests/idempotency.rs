@@ -258,78 +258,10 @@ async fn a_killed_sidecars_key_frees_one_lease_later() {
     assert_eq!(origin.stored_uploads(&service), 1);
 }
 
-/// How the test's own upstream answers its first upload.
-enum First {
-    /// A `201` whose body stops 20 bytes into its declared length, the connection closed there.
-    Cut,
-    /// In full, once told.
-    HeldUntil(std::sync::mpsc::Receiver<()>),
-    /// With no body at all (`Content-Length: 0`).
-    Empty,
-}
-
-/// The Media SID the test's own upstream answers with.
-const ITS_SID: &str = "ME00000000000000000000000000000001";
-
-/// An upstream of the test's own, on a port of its own, for uploads: it reads each one whole
-/// (and says so on the receiver it answers with), then answers `201` with a Media's JSON and
-/// closes the connection; the first as `first` says. Counts the uploads it read.
-fn test_upstream(
-    first: First,
-) -> (
-    String,
-    std::sync::mpsc::Receiver<()>,
-    std::sync::Arc<std::sync::atomic::AtomicUsize>,
-) {
-    use std::io::{BufRead, BufReader, Read, Write};
-    use std::sync::atomic::Ordering;
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let (received, read) = std::sync::mpsc::channel();
-    let uploads = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let counted = uploads.clone();
-    std::thread::spawn(move || {
-        let mut first = Some(first);
-        for stream in listener.incoming() {
-            let mut reader = BufReader::new(stream.unwrap());
-            let mut length = 0;
-            loop {
-                let mut line = String::new();
-                reader.read_line(&mut line).unwrap();
-                if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    length = value.trim().parse().unwrap();
-                }
-                if line == "\r\n" {
-                    break;
-                }
-            }
-            reader.read_exact(&mut vec![0; length]).unwrap();
-            counted.fetch_add(1, Ordering::SeqCst);
-            let _ = received.send(());
-            let json = format!(r#"{{"sid":"{ITS_SID}","status":"completed"}}"#);
-            let head = |length: usize| {
-                format!("HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n")
-            };
-            let answer = match first.take() {
-                Some(First::Cut) => head(200) + &json[..20],
-                Some(First::HeldUntil(told)) => {
-                    let _ = told.recv();
-                    head(json.len()) + &json
-                }
-                Some(First::Empty) => head(0),
-                None => head(json.len()) + &json,
-            };
-            // Then dropped: closed (mid-body for a cut answer).
-            let _ = reader.into_inner().write_all(answer.as_bytes());
-        }
-    });
-    (url, read, uploads)
-}
-
 #[tokio::test]
 async fn an_answer_cut_off_mid_body_is_not_kept_for_the_retry() {
-    let (upstream, _, uploads) = test_upstream(First::Cut);
-    let proxy = Proxy::start(ProxyConfig::to(&upstream));
+    let upstream = ScriptedUpstream::start(vec![Script::Cut(201)]);
+    let proxy = Proxy::start(ProxyConfig::to(&upstream.url));
     let service = new_service();
     let body = png_bytes(5000);
     let cut = upload(&proxy, &service, Some("cut-answer"), &body).await;
@@ -339,8 +271,8 @@ async fn an_answer_cut_off_mid_body_is_not_kept_for_the_retry() {
     let retried = upload(&proxy, &service, Some("cut-answer"), &body).await;
     assert_eq!(retried.status, StatusCode::CREATED);
     assert!(!retried.replayed);
-    assert_eq!(retried.json["sid"], ITS_SID);
-    assert_eq!(uploads.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert_eq!(retried.json["sid"], SCRIPTED_MEDIA_SID);
+    assert_eq!(upstream.uploads(), 2);
 }
 
 /// Closes `stream` with a reset (SO_LINGER 0), as a client that aborts does.
@@ -365,8 +297,8 @@ fn reset(stream: std::net::TcpStream) {
 
 #[tokio::test]
 async fn an_answer_without_a_body_is_kept_for_the_retry() {
-    let (upstream, _, uploads) = test_upstream(First::Empty);
-    let proxy = Proxy::start(ProxyConfig::to(&upstream));
+    let upstream = ScriptedUpstream::start(vec![Script::Empty]);
+    let proxy = Proxy::start(ProxyConfig::to(&upstream.url));
     let service = new_service();
     let body = png_bytes(5000);
     let first = upload(&proxy, &service, Some("empty-answer"), &body).await;
@@ -374,7 +306,7 @@ async fn an_answer_without_a_body_is_kept_for_the_retry() {
     let retried = upload(&proxy, &service, Some("empty-answer"), &body).await;
     assert_eq!(retried.status, StatusCode::CREATED);
     assert!(retried.replayed, "the retry went upstream again");
-    assert_eq!(uploads.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(upstream.uploads(), 1);
 }
 
 #[tokio::test]
@@ -383,11 +315,14 @@ async fn a_client_that_leaves_after_its_whole_body_gets_the_answer_on_its_retry(
     let body = png_bytes(200_000);
     for (key, abort) in [("left-closed", false), ("left-reset", true)] {
         let (answer, held) = std::sync::mpsc::channel();
-        let (upstream, received, uploads) = test_upstream(First::HeldUntil(held));
-        let proxy = Proxy::start(ProxyConfig::to(&upstream));
+        let upstream = ScriptedUpstream::start(vec![Script::HeldUntil(held)]);
+        let proxy = Proxy::start(ProxyConfig::to(&upstream.url));
         let stream = send_upload(&proxy, &service, key, &body, body.len());
         // The whole body has gone through the proxy: the client leaves, then the answer comes.
-        received.recv_timeout(Duration::from_secs(10)).unwrap();
+        upstream
+            .received
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap();
         if abort {
             reset(stream);
         } else {
@@ -400,11 +335,7 @@ async fn a_client_that_leaves_after_its_whole_body_gets_the_answer_on_its_retry(
         let retried = upload(&proxy, &service, Some(key), &body).await;
         assert_eq!(retried.status, StatusCode::CREATED, "{key}");
         assert!(retried.replayed, "{key}: the retry went upstream again");
-        assert_eq!(retried.json["sid"], ITS_SID, "{key}");
-        assert_eq!(
-            uploads.load(std::sync::atomic::Ordering::SeqCst),
-            1,
-            "{key}"
-        );
+        assert_eq!(retried.json["sid"], SCRIPTED_MEDIA_SID, "{key}");
+        assert_eq!(upstream.uploads(), 1, "{key}");
     }
 }

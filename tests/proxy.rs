@@ -343,18 +343,19 @@ async fn an_upstream_that_does_not_answer_gives_504_json() {
     config.read_timeout = "300ms";
     let proxy = Proxy::start(config);
     let service = new_service();
-    let response = client()
-        .get(proxy.url(&unknown_media_path(&service)))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
-    let error = json(response).await;
-    assert_eq!(error["code"], 91504);
-    proxy.wait_recorded(1);
+    let metadata = unknown_media_path(&service);
+    // A content read asks the API for its redirect on a connection of the proxy's own.
+    let content = format!("{metadata}/Content");
+    for path in [&metadata, &content] {
+        let response = client().get(proxy.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT, "{path}");
+        let error = json(response).await;
+        assert_eq!(error["code"], 91504, "{path}");
+    }
+    proxy.wait_recorded(2);
     assert_eq!(
         proxy.metric("mediagate_upstream_errors_total", &[("kind", "timeout")]),
-        Some(1.0)
+        Some(2.0)
     );
     drop(silent);
 }

@@ -173,3 +173,69 @@ fn past_spool_max_an_upload_streams_unspooled() {
     );
     assert_eq!(spool_files(spool.path()), 0);
 }
+
+/// A proxy retrying `attempts` times, 100 ms apart, in front of a scripted upstream whose reads
+/// time out after 1 s.
+fn proxy_before(upstream: &ScriptedUpstream, spool: &std::path::Path, attempts: u32) -> Proxy {
+    let mut config = ProxyConfig::to(&upstream.url).with(&format!(
+        "uploads:\n  retry:\n    attempts: {attempts}\n    backoff: 100ms\n    spool_dir: {}\n",
+        spool.display()
+    ));
+    config.read_timeout = "1s";
+    Proxy::start(config)
+}
+
+fn upload_to(proxy: &Proxy) -> (u16, serde_json::Value) {
+    let (status, body) = mediagate::process::http_request(
+        proxy.listen,
+        "POST",
+        &format!("/v1/Services/{}/Media", new_service()),
+        &[("Content-Type", "image/png")],
+        &png_bytes(5000),
+    )
+    .expect("an answer");
+    (status, serde_json::from_slice(&body).unwrap_or_default())
+}
+
+#[test]
+fn a_replay_the_upstream_never_answers_times_out_with_504() {
+    // The first try is answered 503; the replay's connection is accepted and never read.
+    let upstream = ScriptedUpstream::start(vec![Script::Answer(503), Script::Silent]);
+    let spool = tempfile::tempdir().unwrap();
+    let proxy = proxy_before(&upstream, spool.path(), 1);
+    let (status, error) = upload_to(&proxy);
+    assert_eq!(status, 504, "{error}\n{}", proxy.log());
+    assert_eq!(error["code"], 91504);
+    assert_eq!(upstream.uploads(), 1);
+    proxy.wait_recorded(1);
+    assert_eq!(
+        proxy.metric("mediagate_upstream_errors_total", &[("kind", "timeout")]),
+        Some(1.0)
+    );
+}
+
+#[test]
+fn a_replay_whose_201_breaks_off_is_not_sent_again() {
+    // The first try is answered 503; the replay's 201 stops mid-body. The upstream may have
+    // stored it: a third try could store it twice.
+    let upstream = ScriptedUpstream::start(vec![Script::Answer(503), Script::Cut(201)]);
+    let spool = tempfile::tempdir().unwrap();
+    let proxy = proxy_before(&upstream, spool.path(), 3);
+    let (status, error) = upload_to(&proxy);
+    assert_eq!(status, 502, "{error}\n{}", proxy.log());
+    assert_eq!(error["code"], 91502);
+    assert_eq!(upstream.uploads(), 2, "sent again after the 201");
+}
+
+#[test]
+fn replays_that_all_fail_answer_the_last_failure() {
+    // 503, then a replay that breaks off after a 503 head: the client hears of the upstream's
+    // failure (91502), not of an internal error.
+    let upstream = ScriptedUpstream::start(vec![Script::Answer(503), Script::Cut(503)]);
+    let spool = tempfile::tempdir().unwrap();
+    let proxy = proxy_before(&upstream, spool.path(), 1);
+    let (status, error) = upload_to(&proxy);
+    assert_eq!(status, 503, "{error}\n{}", proxy.log());
+    assert_eq!(error["code"], 91502);
+    assert_eq!(upstream.uploads(), 2);
+}

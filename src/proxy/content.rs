@@ -91,10 +91,27 @@ pub fn carry_validators(prepared: &RequestHeader, own: &mut RequestHeader) -> Re
     Ok(())
 }
 
+/// A connection for a request of the proxy's own (a content redirect, an upload replay), and
+/// whether it was a pooled one. pingora gives the peer's read and write timeouts only to the
+/// sessions it proxies on itself; without them a silent API would hold the request forever.
+pub async fn own_session(connector: &Connector, peer: &HttpPeer) -> Result<(HttpSession, bool)> {
+    let (mut session, reused) = connector
+        .get_http_session(peer)
+        .await
+        .map_err(|e| e.into_up())?;
+    session.set_read_timeout(peer.options.read_timeout);
+    session.set_write_timeout(peer.options.write_timeout);
+    Ok((session, reused))
+}
+
+/// The most interim heads read before an answer's own: an upstream sending `100 Continue`
+/// without end would otherwise keep the request waiting past every read timeout.
+const MAX_INTERIM_HEADS: usize = 8;
+
 /// Reads the head of an upstream's answer to a request of the proxy's own, past any interim
 /// (`100 Continue`) head.
 pub async fn answer_head(session: &mut HttpSession) -> Result<ResponseHeader> {
-    loop {
+    for _ in 0..=MAX_INTERIM_HEADS {
         session
             .read_response_header()
             .await
@@ -107,6 +124,11 @@ pub async fn answer_head(session: &mut HttpSession) -> Result<ResponseHeader> {
             return Ok(response.clone());
         }
     }
+    Error::e_explain(
+        ErrorType::InvalidHTTPHeader,
+        "interim answer heads without end",
+    )
+    .map_err(|e| e.into_up())
 }
 
 pub struct ContentResolver {
@@ -151,11 +173,9 @@ impl ContentResolver {
         api: &Endpoint,
         api_host: &HeaderValue,
     ) -> Result<Option<SignedUrl>, (Box<Error>, bool)> {
-        let (session, reused) = self
-            .connector
-            .get_http_session(peer)
+        let (session, reused) = own_session(&self.connector, peer)
             .await
-            .map_err(|e| (e.into_up(), false))?;
+            .map_err(|e| (e, false))?;
         self.exchange(session, peer, request, api, api_host)
             .await
             .map_err(|e| (e, reused))

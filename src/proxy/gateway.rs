@@ -453,58 +453,77 @@ impl Gateway {
 
     /// An upload the upstream failed before answering (or answered 502/503/504): the rest of
     /// the client's body is spooled, then the upload is sent again, after `backoff` and twice
-    /// that before each next try, up to `attempts` times. Returns the status answered to the
-    /// client, or `None` to answer the failure as usual.
+    /// that before each next try, up to `attempts` times.
     async fn retry_upload(
         &self,
         session: &mut Session,
         e: &Error,
         ctx: &mut RequestCtx,
-    ) -> Option<u16> {
+    ) -> Retried {
         let retriable = ctx.retry_status.is_some() || e.esource() == &ErrorSource::Upstream;
         let attempts = ctx.settings.retry_attempts;
         if !retriable || attempts == 0 || ctx.spool.is_none() || final_status(session).is_some() {
-            return None;
+            return Retried::No;
         }
         if let Err(refusal) = spool_unforwarded(session, ctx).await {
-            let rejection = refusal?;
-            let status = rejection.error.status;
-            if let Err(e) = refuse(session, ctx, rejection).await {
-                log::debug!("cannot send the refusal: {e}");
-            }
-            return Some(status);
+            let Some(rejection) = refusal else {
+                return Retried::No;
+            };
+            return Retried::Answered(refuse_after_failure(session, ctx, rejection).await);
         }
         if let Err(refusal) = finish_spooling(session, ctx).await {
-            let rejection = refusal?;
-            let status = rejection.error.status;
-            if let Err(e) = refuse(session, ctx, rejection).await {
-                log::debug!("cannot send the refusal: {e}");
-            }
-            return Some(status);
+            let Some(rejection) = refusal else {
+                return Retried::No;
+            };
+            return Retried::Answered(refuse_after_failure(session, ctx, rejection).await);
         }
         let mut backoff = ctx.settings.retry_backoff;
         log::info!(
             "upload {}: the upstream failed it ({e}); replaying it in {backoff:?}",
             ctx.request_id()
         );
+        let mut last_failure = None;
         for attempt in 1..=attempts {
             tokio::time::sleep(backoff).await;
             backoff = backoff.saturating_mul(2);
             metrics().upload_replays.inc();
-            match self.replay_once(session, ctx).await {
-                Ok((head, body))
-                    if !is_retried_status(head.status.as_u16()) || attempt == attempts =>
-                {
-                    return answer_replay(session, ctx, *head, body).await;
+            let (head, answer) = match self.replay_once(session, ctx).await {
+                Ok(answered) => answered,
+                Err(e) => {
+                    log::warn!("upload replay {attempt}/{attempts} failed: {e}");
+                    last_failure = Some(e);
+                    continue;
                 }
-                Ok((head, _)) => log::info!(
-                    "upload replay {attempt}/{attempts}: the upstream answered {}",
-                    head.status
-                ),
-                Err(e) => log::warn!("upload replay {attempt}/{attempts} failed: {e}"),
+            };
+            let status = head.status.as_u16();
+            match answer {
+                Ok(body) if !is_retried_status(status) || attempt == attempts => {
+                    return Retried::Answered(answer_replay(session, ctx, *head, body).await);
+                }
+                // The upstream answered as one that took the upload, then its answer broke off:
+                // another try could store the upload twice.
+                Err(e) if !is_retried_status(status) => {
+                    log::warn!(
+                        "upload replay {attempt}/{attempts}: the upstream answered {status}, \
+                         then its answer broke off ({e}); not sent again"
+                    );
+                    ctx.upstream_status = Some(status);
+                    return Retried::Failed(e);
+                }
+                _ => {
+                    log::info!(
+                        "upload replay {attempt}/{attempts}: the upstream answered {status}"
+                    );
+                    last_failure = Some(Error::explain(
+                        ErrorType::HTTPStatus(status),
+                        "the upstream failed the upload's last replay",
+                    ));
+                }
             }
         }
-        None
+        Retried::Failed(last_failure.unwrap_or_else(|| {
+            Error::explain(ErrorType::InternalError, "an upload retried no time")
+        }))
     }
 
     /// One replay of the spooled upload: the head the upstream would have had, the spool.
@@ -512,7 +531,7 @@ impl Gateway {
         &self,
         session: &Session,
         ctx: &mut RequestCtx,
-    ) -> Result<(Box<ResponseHeader>, Bytes)> {
+    ) -> Result<(Box<ResponseHeader>, Result<Bytes>)> {
         let mut head = session.req_header().clone();
         api_head(&mut head, ctx)?;
         // The body is here, whole: the upstream has nothing to wait for.
@@ -1066,12 +1085,21 @@ impl ProxyHttp for Gateway {
             };
         }
         ctx.upstream_error = upstream_error_kind(e).or(ctx.upstream_error);
-        if let Some(status) = self.retry_upload(session, e, ctx).await {
-            return FailToProxy {
-                error_code: status,
-                can_reuse_downstream: false,
-            };
-        }
+        let last_failure;
+        let e = match self.retry_upload(session, e, ctx).await {
+            Retried::Answered(status) => {
+                return FailToProxy {
+                    error_code: status,
+                    can_reuse_downstream: false,
+                }
+            }
+            Retried::Failed(last) => {
+                last_failure = last;
+                ctx.upstream_error = upstream_error_kind(&last_failure).or(ctx.upstream_error);
+                &*last_failure
+            }
+            Retried::No => e,
+        };
         let error = classify_failure(e);
         let status = match &error {
             Some(error) if final_status(session).is_none() => {
@@ -1079,6 +1107,9 @@ impl ProxyHttp for Gateway {
                 if let Err(write_error) = reject::respond(session, error, &id).await {
                     log::debug!("cannot send the error answer: {write_error}");
                 }
+                // The rest of an upload's body, as after a refusal: a client still sending
+                // would otherwise meet a reset instead of this answer.
+                linger_unless_waiting(session, ctx).await;
                 error.status
             }
             Some(error) => error.status,
@@ -1154,11 +1185,40 @@ async fn send_refusal(
         rejection.reason.map_or("", RejectReason::label),
     );
     reject::send(session, &rejection, ctx.request_id()).await?;
-    // A client still waiting for 100 Continue sends no body: nothing to linger for.
+    linger_unless_waiting(session, ctx).await;
+    Ok(true)
+}
+
+/// Reads past the rest of a request body after answering early, unless the client still waits
+/// for its 100 Continue and so sends no body.
+async fn linger_unless_waiting(session: &mut Session, ctx: &RequestCtx) {
     if ctx.continued || !expects_continue(session) {
         reject::linger(session).await;
     }
-    Ok(true)
+}
+
+/// What became of an upload the upstream failed.
+enum Retried {
+    /// Not sent again: retrying is off, the failure was the client's, the upload was not
+    /// spooled, or the client already had an answer.
+    No,
+    /// Sent again (or refused while its body was spooled); the client was answered with this.
+    Answered(u16),
+    /// Sent again with no answer to give: the client is to be answered for this failure.
+    Failed(Box<Error>),
+}
+
+/// Refuses an upload whose rest could not be spooled after the upstream failed it.
+async fn refuse_after_failure(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    rejection: Rejection,
+) -> u16 {
+    let status = rejection.error.status;
+    if let Err(e) = refuse(session, ctx, rejection).await {
+        log::debug!("cannot send the refusal: {e}");
+    }
+    status
 }
 
 /// The request's body framing (see `framing`). The raw head is only read when the parser may
@@ -1311,7 +1371,7 @@ async fn answer_replay(
     ctx: &mut RequestCtx,
     mut head: ResponseHeader,
     body: Bytes,
-) -> Option<u16> {
+) -> u16 {
     let status = head.status.as_u16();
     ctx.upstream_status = Some(status);
     ctx.replayed = true;
@@ -1330,7 +1390,7 @@ async fn answer_replay(
     if let Err(e) = written {
         log::debug!("cannot send the replayed upload's answer: {e}");
     }
-    Some(status)
+    status
 }
 
 /// An API request's head from the client's: the client's credentials out, the service's in,
@@ -1446,13 +1506,20 @@ fn method_label(method: &Method) -> &'static str {
 fn classify_failure(e: &Error) -> Option<ApiError> {
     use ErrorType::*;
     match (e.esource(), e.etype()) {
+        // The upstream answered an upload 502, 503 or 504, and no replay did better.
+        (_, HTTPStatus(504)) => Some(ApiError::new(
+            504,
+            ErrorCode::UpstreamTimeout,
+            "The Media API did not answer in time",
+        )),
+        (_, HTTPStatus(code)) if *code >= 500 => Some(ApiError::new(
+            *code,
+            ErrorCode::UpstreamUnavailable,
+            "The Media API could not take the upload",
+        )),
         (_, HTTPStatus(code)) if *code >= 400 => Some(ApiError::new(
             *code,
-            if *code >= 500 {
-                ErrorCode::Internal
-            } else {
-                ErrorCode::BadRequest
-            },
+            ErrorCode::BadRequest,
             "The request could not be completed",
         )),
         (ErrorSource::Upstream, ConnectTimedout | ReadTimedout | WriteTimedout) => {

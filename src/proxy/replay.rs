@@ -6,12 +6,13 @@ use bytes::{Bytes, BytesMut};
 use pingora::connectors::http::Connector;
 use pingora::connectors::ConnectorOptions;
 use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::protocols::http::client::HttpSession;
 use pingora::server::configuration::ServerConf;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, Result};
 use tokio::io::AsyncReadExt;
 
-use super::content::answer_head;
+use super::content::{answer_head, own_session};
 use crate::spool::Spool;
 
 /// The chunks the spool is read in.
@@ -30,13 +31,14 @@ impl Replayer {
         }
     }
 
-    /// Sends `head` with the spooled body; the upstream's answer, head and whole body.
+    /// Sends `head` with the spooled body; the upstream's answer head, and its whole body or
+    /// why it could not be read.
     pub async fn send(
         &self,
         peer: &HttpPeer,
         mut head: RequestHeader,
         spool: &mut Spool,
-    ) -> Result<(ResponseHeader, Bytes)> {
+    ) -> Result<(ResponseHeader, Result<Bytes>)> {
         head.remove_header(&http::header::TRANSFER_ENCODING);
         head.insert_header(http::header::CONTENT_LENGTH, spool.len().to_string())?;
         let mut body = spool
@@ -44,11 +46,7 @@ impl Replayer {
             .await
             .map_err(|e| Error::because(ErrorType::FileReadError, "the spooled upload", e))?;
         // A new connection: the pooled ones may be what just failed.
-        let (mut session, _) = self
-            .connector
-            .get_http_session(peer)
-            .await
-            .map_err(|e| e.into_up())?;
+        let (mut session, _) = own_session(&self.connector, peer).await?;
         session
             .write_request_header(Box::new(head))
             .await
@@ -74,21 +72,25 @@ impl Replayer {
             .await
             .map_err(|e| e.into_up())?;
         let response = answer_head(&mut session).await?;
-        let mut answer = BytesMut::new();
-        while let Some(chunk) = session
-            .read_response_body()
-            .await
-            .map_err(|e| e.into_up())?
-        {
-            if answer.len() + chunk.len() > MAX_ANSWER {
-                return Error::e_explain(
-                    ErrorType::InvalidHTTPHeader,
-                    "an upload answer over 1 MiB",
-                )
-                .map_err(|e| e.into_up());
-            }
-            answer.extend_from_slice(&chunk);
-        }
-        Ok((response, answer.freeze()))
+        let answer = read_answer(&mut session).await;
+        Ok((response, answer))
     }
+}
+
+/// The answer's body, whole. An error here comes after the upstream answered: the caller must
+/// not take it for an upload the upstream never received.
+async fn read_answer(session: &mut HttpSession) -> Result<Bytes> {
+    let mut answer = BytesMut::new();
+    while let Some(chunk) = session
+        .read_response_body()
+        .await
+        .map_err(|e| e.into_up())?
+    {
+        if answer.len() + chunk.len() > MAX_ANSWER {
+            return Error::e_explain(ErrorType::InvalidHTTPHeader, "an upload answer over 1 MiB")
+                .map_err(|e| e.into_up());
+        }
+        answer.extend_from_slice(&chunk);
+    }
+    Ok(answer.freeze())
 }

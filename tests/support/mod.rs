@@ -284,6 +284,115 @@ pub fn basic(user: &str, password: &str) -> String {
 }
 
 // ---------------------------------------------------------------------------------------------
+// An upstream of the test's own, for answers the origin never gives
+
+/// How a `ScriptedUpstream` treats one upload (one connection).
+pub enum Script {
+    /// Reads it whole, answers `status` with the Media JSON (any status: the body is the same)
+    /// and closes.
+    Answer(u16),
+    /// Reads it whole, answers a `status` head whose body stops 20 bytes into its declared
+    /// length, and closes there.
+    Cut(u16),
+    /// Reads it whole, then answers `201` in full once told.
+    HeldUntil(std::sync::mpsc::Receiver<()>),
+    /// Reads it whole, answers `201` with no body at all (`Content-Length: 0`).
+    Empty,
+    /// Reads nothing and answers nothing: the connection stays open until the test ends.
+    Silent,
+}
+
+/// The Media SID a `ScriptedUpstream` answers with.
+pub const SCRIPTED_MEDIA_SID: &str = "ME00000000000000000000000000000001";
+
+/// An HTTP/1.1 upstream on a port of its own that treats each connection's upload as the next
+/// of its scripts says, and every one after them as `Answer(201)`. It runs on a thread until
+/// the test process ends.
+pub struct ScriptedUpstream {
+    pub url: String,
+    /// Told each time an upload has been read whole.
+    pub received: std::sync::mpsc::Receiver<()>,
+    uploads: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl ScriptedUpstream {
+    pub fn start(scripts: Vec<Script>) -> ScriptedUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        let (told, received) = std::sync::mpsc::channel();
+        let uploads = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = uploads.clone();
+        std::thread::spawn(move || {
+            let mut scripts = scripts.into_iter();
+            let mut silent = Vec::new();
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let script = scripts.next().unwrap_or(Script::Answer(201));
+                if let Script::Silent = script {
+                    silent.push(stream);
+                    continue;
+                }
+                let mut reader = BufReader::new(stream);
+                if read_upload(&mut reader).is_err() {
+                    continue;
+                }
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let _ = told.send(());
+                // Then dropped: closed (mid-body for a cut answer).
+                let _ = reader
+                    .into_inner()
+                    .write_all(scripted_answer(script).as_bytes());
+            }
+        });
+        ScriptedUpstream {
+            url,
+            received,
+            uploads,
+        }
+    }
+
+    /// How many uploads it has read whole.
+    pub fn uploads(&self) -> usize {
+        self.uploads.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Reads one request with a `Content-Length` body.
+fn read_upload(reader: &mut BufReader<TcpStream>) -> std::io::Result<()> {
+    let mut length = 0;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = value.trim().parse().unwrap_or(0);
+        }
+        if line == "\r\n" {
+            break;
+        }
+    }
+    reader.read_exact(&mut vec![0; length])
+}
+
+fn scripted_answer(script: Script) -> String {
+    let json = format!(r#"{{"sid":"{SCRIPTED_MEDIA_SID}","status":"completed"}}"#);
+    let head = |status: u16, length: usize| {
+        format!("HTTP/1.1 {status} Scripted\r\nContent-Type: application/json\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n")
+    };
+    match script {
+        Script::Answer(status) => head(status, json.len()) + &json,
+        Script::Cut(status) => head(status, 200) + &json[..20],
+        Script::HeldUntil(told) => {
+            let _ = told.recv();
+            head(201, json.len()) + &json
+        }
+        Script::Empty => head(201, 0),
+        Script::Silent => String::new(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // The proxy
 
 pub struct Proxy {
@@ -582,6 +691,8 @@ pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
+        // A request the proxy never answers fails its test rather than hanging it.
+        .timeout(Duration::from_secs(60))
         .build()
         .expect("http client")
 }
