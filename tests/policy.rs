@@ -430,6 +430,33 @@ fn cases() -> Vec<Case> {
             415,
             Some("sniff_mismatch"),
         ),
+        // A proxy removes the headers `Connection` names (RFC 9110 7.6.1): the upstream would
+        // see an upload other than the one judged (this form, untyped, stored whole).
+        case(
+            "form: Connection names Content-Type",
+            &form_type(b),
+            file_part(Some("image/png"), leaked(png(61))),
+            400,
+            Some("content_type_missing"),
+        )
+        .header("Connection", "keep-alive, Content-Type"),
+        case(
+            "raw: Connection names Content-Size",
+            "image/png",
+            png(62),
+            400,
+            Some("size_mismatch"),
+        )
+        .header("Content-Size", "2048")
+        .header("Connection", "content-size"),
+        case(
+            "raw: Connection names only hop-by-hop options",
+            "image/png",
+            png(63),
+            201,
+            None,
+        )
+        .header("Connection", "keep-alive, te"),
         case(
             "form: no file part",
             &form_type(b),

@@ -102,6 +102,7 @@ impl Refusal {
 /// Judges an upload's head. On success, the guard to follow its body with; it holds an
 /// inspector when the first bytes must be seen before the upload may go upstream.
 pub fn check_head(rules: &Arc<UploadRules>, headers: &HeaderMap) -> Result<UploadGuard, Refusal> {
+    refuse_judged_headers_dropped(headers)?;
     let declared =
         sizes::declared(headers).map_err(|e| Refusal::new(RejectReason::SizeMismatch, e.0))?;
     if rules.require_content_size && declared.content_size.is_none() {
@@ -118,6 +119,31 @@ pub fn check_head(rules: &Arc<UploadRules>, headers: &HeaderMap) -> Result<Uploa
     }
     let inspector = inspector_for(rules, headers)?;
     Ok(UploadGuard::new(rules, declared, inspector))
+}
+
+/// A proxy removes the headers its `Connection` header names (RFC 9110 7.6.1), so a client
+/// naming one the policy judges would have the upstream receive an upload other than the one
+/// judged: a form without its type is stored whole, as an untyped file.
+fn refuse_judged_headers_dropped(headers: &HeaderMap) -> Result<(), Refusal> {
+    for value in headers.get_all(http::header::CONNECTION) {
+        let options = value.to_str().unwrap_or("").split(',').map(str::trim);
+        for option in options {
+            let reason = if option.eq_ignore_ascii_case("content-type") {
+                RejectReason::ContentTypeMissing
+            } else if option.eq_ignore_ascii_case("content-size")
+                || option.eq_ignore_ascii_case("content-length")
+            {
+                RejectReason::SizeMismatch
+            } else {
+                continue;
+            };
+            return Err(Refusal::new(
+                reason,
+                format!("the Connection header names {option}, which the upload needs upstream"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The upload's type from its head: a raw upload's is checked now; a form's is in its body.

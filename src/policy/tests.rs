@@ -166,6 +166,27 @@ fn two_content_types_are_refused() {
 }
 
 #[test]
+fn a_connection_header_naming_a_judged_header_is_refused() {
+    let r = rules(false);
+    let with = |connection: &str| {
+        reason(check_head(
+            &r,
+            &headers(&[
+                ("content-type", "image/png"),
+                ("content-length", "10"),
+                ("connection", "keep-alive"),
+                ("connection", connection),
+            ]),
+        ))
+    };
+    assert_eq!(with("Content-Type"), Some("content_type_missing"));
+    assert_eq!(with("te, content-length"), Some("size_mismatch"));
+    assert_eq!(with(" CONTENT-SIZE "), Some("size_mismatch"));
+    assert_eq!(with("close, te"), None);
+    assert_eq!(with("content-types"), None);
+}
+
+#[test]
 fn text_cut_by_the_sniff_window_inside_a_character_passes() {
     let r = Arc::new(UploadRules::new(&Uploads::default()));
     let mut guard = check_head(&r, &headers(&[("content-type", "text/plain")])).unwrap();
