@@ -239,3 +239,47 @@ fn replays_that_all_fail_answer_the_last_failure() {
     assert_eq!(error["code"], 91502);
     assert_eq!(upstream.uploads(), 2);
 }
+
+#[test]
+fn a_replay_sends_the_head_the_first_try_sent() {
+    let upstream = ScriptedUpstream::start(vec![Script::Answer(503)]);
+    let spool = tempfile::tempdir().unwrap();
+    let proxy = proxy_before(&upstream, spool.path(), 1);
+    let service = new_service();
+    let body = png_bytes(5000);
+    // An absolute-form target naming another host, hop-by-hop headers and one the client's
+    // `Connection` names: none of them is for the upstream.
+    let mut stream = std::net::TcpStream::connect(proxy.listen).unwrap();
+    write!(
+        stream,
+        "POST http://elsewhere.example/v1/Services/{service}/Media HTTP/1.1\r\nHost: elsewhere.example\r\n\
+         Content-Type: image/png\r\nContent-Length: {}\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\n\
+         Keep-Alive: timeout=5\r\nTE: trailers\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    stream.write_all(&body).unwrap();
+    let answer = read_response(&mut stream);
+    assert_eq!(answer.status, 201, "{answer:?}\n{}", proxy.log());
+    let heads = upstream.heads();
+    assert_eq!(heads.len(), 2);
+    for (which, head) in ["first try", "replay"].iter().zip(&heads) {
+        let lower = head.to_ascii_lowercase();
+        assert!(
+            head.starts_with(&format!("POST /v1/Services/{service}/Media HTTP/1.1\r\n")),
+            "{which}: {head}"
+        );
+        for gone in [
+            "\r\nx-hop:",
+            "\r\nkeep-alive:",
+            "\r\nte:",
+            "elsewhere.example",
+        ] {
+            assert!(!lower.contains(gone), "{which} has {gone:?}: {head}");
+        }
+        assert!(
+            lower.contains("\r\nauthorization: basic "),
+            "{which}: {head}"
+        );
+    }
+}

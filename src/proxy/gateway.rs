@@ -28,7 +28,7 @@ use super::content::{self, ContentResolver, SignedUrl};
 use super::credentials::Injector;
 use super::idempotent::{self, IDEMPOTENCY_KEY};
 use super::reject::{self, Rejection};
-use super::replay::Replayer;
+use super::replay::{self, Replayer};
 use super::upstream::UpstreamTarget;
 use crate::access_log::{AccessEntry, AccessLog, Timestamp};
 use crate::api::{ApiError, ErrorCode, RejectReason, Route, RouteKind, ServiceSid};
@@ -532,7 +532,7 @@ impl Gateway {
         session: &Session,
         ctx: &mut RequestCtx,
     ) -> Result<(Box<ResponseHeader>, Result<Bytes>)> {
-        let mut head = session.req_header().clone();
+        let mut head = replay::forwarded_head(session.req_header());
         api_head(&mut head, ctx)?;
         // The body is here, whole: the upstream has nothing to wait for.
         head.remove_header(&http::header::EXPECT);
@@ -1393,9 +1393,16 @@ async fn answer_replay(
     status
 }
 
-/// An API request's head from the client's: the client's credentials out, the service's in,
-/// the API's `Host`, the request id, and no second `Expect` once the client had its 100.
+/// An API request's head from the client's: an origin-form target (a client's absolute-form
+/// one named a host of its choosing), the client's credentials out, the service's in, the API's
+/// `Host`, the request id, and no second `Expect` once the client had its 100.
 fn api_head(request: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
+    // pingora keeps an absolute-form target's bytes beside the parsed path: compare with those.
+    if let Some(target) = request.uri.path_and_query().cloned() {
+        if request.raw_path() != target.as_str().as_bytes() {
+            request.set_uri(http::Uri::from(target));
+        }
+    }
     let Some(route) = &ctx.route else {
         // request_filter answers every request it does not route: this cannot be reached.
         return Error::e_explain(

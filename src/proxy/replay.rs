@@ -77,6 +77,40 @@ impl Replayer {
     }
 }
 
+/// The hop-by-hop headers (RFC 9110 7.6.1), which end at the proxy.
+const HOP_BY_HOP: [&str; 10] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "http2-settings",
+];
+
+/// The client's request head as pingora forwards it on the first try: HTTP/1.1, and neither
+/// the hop-by-hop headers nor those the client's `Connection` header names.
+pub fn forwarded_head(client: &RequestHeader) -> RequestHeader {
+    let mut head = client.clone();
+    head.set_version(http::Version::HTTP_11);
+    let nominated: Vec<String> = client
+        .headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(|option| option.trim().to_ascii_lowercase())
+        .filter(|option| !option.is_empty())
+        .collect();
+    for name in nominated.iter().map(String::as_str).chain(HOP_BY_HOP) {
+        head.remove_header(name);
+    }
+    head
+}
+
 /// The answer's body, whole. An error here comes after the upstream answered: the caller must
 /// not take it for an upload the upstream never received.
 async fn read_answer(session: &mut HttpSession) -> Result<Bytes> {

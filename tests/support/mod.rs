@@ -313,6 +313,7 @@ pub struct ScriptedUpstream {
     /// Told each time an upload has been read whole.
     pub received: std::sync::mpsc::Receiver<()>,
     uploads: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    heads: std::sync::Arc<Mutex<Vec<String>>>,
 }
 
 impl ScriptedUpstream {
@@ -322,6 +323,8 @@ impl ScriptedUpstream {
         let (told, received) = std::sync::mpsc::channel();
         let uploads = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let counted = uploads.clone();
+        let heads = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let seen = heads.clone();
         std::thread::spawn(move || {
             let mut scripts = scripts.into_iter();
             let mut silent = Vec::new();
@@ -333,9 +336,10 @@ impl ScriptedUpstream {
                     continue;
                 }
                 let mut reader = BufReader::new(stream);
-                if read_upload(&mut reader).is_err() {
+                let Ok(head) = read_upload(&mut reader) else {
                     continue;
-                }
+                };
+                seen.lock().unwrap_or_else(|p| p.into_inner()).push(head);
                 counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let _ = told.send(());
                 // Then dropped: closed (mid-body for a cut answer).
@@ -348,7 +352,13 @@ impl ScriptedUpstream {
             url,
             received,
             uploads,
+            heads,
         }
+    }
+
+    /// The request heads of the uploads it read whole, in order, as received.
+    pub fn heads(&self) -> Vec<String> {
+        self.heads.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// How many uploads it has read whole.
@@ -357,14 +367,16 @@ impl ScriptedUpstream {
     }
 }
 
-/// Reads one request with a `Content-Length` body.
-fn read_upload(reader: &mut BufReader<TcpStream>) -> std::io::Result<()> {
+/// Reads one request with a `Content-Length` body; its head.
+fn read_upload(reader: &mut BufReader<TcpStream>) -> std::io::Result<String> {
     let mut length = 0;
+    let mut head = String::new();
     loop {
         let mut line = String::new();
         if reader.read_line(&mut line)? == 0 {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
+        head.push_str(&line);
         if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
             length = value.trim().parse().unwrap_or(0);
         }
@@ -372,7 +384,8 @@ fn read_upload(reader: &mut BufReader<TcpStream>) -> std::io::Result<()> {
             break;
         }
     }
-    reader.read_exact(&mut vec![0; length])
+    reader.read_exact(&mut vec![0; length])?;
+    Ok(head)
 }
 
 fn scripted_answer(script: Script) -> String {
