@@ -274,6 +274,27 @@ async fn redis_outage_follows_on_backend_error_and_admission_resumes() {
         assert!(errors >= 1.0, "backend errors counted: {errors}");
     }
 
+    // A reload that swaps their on_backend_error swaps their readiness with it.
+    for (proxy, choice) in [(&allow, "deny"), (&deny, "allow")] {
+        proxy.rewrite_config(&quota_config(
+            &origin,
+            &format!(
+                "  backend: redis://127.0.0.1:{port}/0\n{quotas}  on_backend_error: {choice}\n"
+            ),
+        ));
+        signal(&proxy.child, nix::sys::signal::Signal::SIGHUP);
+        assert!(
+            wait_for(Duration::from_secs(10), || proxy
+                .metric("mediagate_config_reloads_total", &[("result", "ok")])
+                == Some(1.0)),
+            "{}",
+            proxy.log()
+        );
+    }
+    assert_eq!(ready(&allow), 503, "reloaded to deny");
+    assert_eq!(ready(&deny), 200, "reloaded to allow");
+    assert_eq!(upload(&deny, 10).await.status(), StatusCode::CREATED);
+
     let _back = RedisServer::start_on(port);
     let mut status = StatusCode::SERVICE_UNAVAILABLE;
     for _ in 0..100 {

@@ -11,6 +11,9 @@ use http::{header, Method, Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
+use arc_swap::ArcSwap;
+
+use super::gateway::Settings;
 use crate::api::{MediaSid, ServiceSid};
 use crate::cache::Cache;
 use crate::metrics;
@@ -19,9 +22,10 @@ use crate::quota::Quota;
 pub struct AdminApp {
     /// The proxy's client listener: ready means it accepts connections.
     proxy_listen: SocketAddr,
-    /// The quota backend, when uploads are refused without it (`on_backend_error: deny`):
-    /// then it must answer too.
-    required_quota: Option<Arc<dyn Quota>>,
+    /// The quota backend: it must answer too while uploads are refused without it
+    /// (`on_backend_error: deny`, as the settings in force say: a reload may change it).
+    quota: Arc<dyn Quota>,
+    settings: Arc<ArcSwap<Settings>>,
     cache: &'static Cache,
 }
 
@@ -30,12 +34,14 @@ const READY_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 impl AdminApp {
     pub fn new(
         proxy_listen: SocketAddr,
-        required_quota: Option<Arc<dyn Quota>>,
+        quota: Arc<dyn Quota>,
+        settings: Arc<ArcSwap<Settings>>,
         cache: &'static Cache,
     ) -> AdminApp {
         AdminApp {
             proxy_listen,
-            required_quota,
+            quota,
+            settings,
             cache,
         }
     }
@@ -75,12 +81,9 @@ impl AdminApp {
     /// listener accepts, and a quota backend that uploads depend on answers. An upstream outage
     /// does not make the sidecar unready: that would take the chat server out with it.
     async fn readiness(&self) -> Result<(), String> {
-        if let Some(quota) = &self.required_quota {
-            if !quota.reachable().await {
-                return Err(
-                    "the quota backend does not answer and on_backend_error is deny".into(),
-                );
-            }
+        let needs_quota = self.settings.load().needs_quota_backend();
+        if needs_quota && !self.quota.reachable().await {
+            return Err("the quota backend does not answer and on_backend_error is deny".into());
         }
         let probe = reachable(self.proxy_listen);
         match tokio::time::timeout(READY_PROBE_TIMEOUT, tokio::net::TcpStream::connect(probe)).await

@@ -78,6 +78,11 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// Whether uploads are refused while the quota backend cannot be asked.
+    pub fn needs_quota_backend(&self) -> bool {
+        self.on_quota_backend_error == OnBackendError::Deny
+    }
+
     pub fn new(config: &Config) -> Result<Settings, String> {
         Ok(Settings {
             access: AccessControl::new(config),

@@ -33,7 +33,7 @@ pub use gateway::Gateway;
 
 use crate::access_log::AccessLog;
 use crate::cache::Cache;
-use crate::config::{Config, OnBackendError};
+use crate::config::Config;
 use content::ContentResolver;
 
 /// How long pingora waits for runtimes to stop once the grace period is over.
@@ -63,8 +63,6 @@ pub fn run(config: Config, path: &Path, upgrade: bool) -> Result<(), String> {
     keep_freed_buffers_in_the_heap();
     let quota = crate::quota::backend(&config)?;
     let settings = Arc::new(ArcSwap::from_pointee(gateway::Settings::new(&config)?));
-    let required_quota =
-        (config.quotas.on_backend_error == OnBackendError::Deny).then_some(quota.clone());
     crate::metrics::init();
     let cache = Cache::leak(config.cache.memory.bytes(), cache_lock_age(&config));
 
@@ -79,7 +77,7 @@ pub fn run(config: Config, path: &Path, upgrade: bool) -> Result<(), String> {
     // Everything that can fail is made before the sockets are taken over: once an upgrade has
     // them, this process must serve.
     let lasting = gateway::Lasting {
-        quota,
+        quota: quota.clone(),
         cache,
         content: ContentResolver::new(&server.configuration),
         ledger: crate::idempotency::ledger(&config)?,
@@ -116,7 +114,8 @@ pub fn run(config: Config, path: &Path, upgrade: bool) -> Result<(), String> {
         "mediagate admin".to_string(),
         HttpServer::new_app(admin::AdminApp::new(
             config.server.listen,
-            required_quota,
+            quota,
+            settings.clone(),
             cache,
         )),
     );
