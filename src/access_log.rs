@@ -171,8 +171,11 @@ pub struct AccessLog {
 
 struct Shared {
     waiting: Mutex<Vec<u8>>,
-    /// Standard output is gone: nobody reads the log any more.
+    /// Standard output is gone (a broken pipe): nobody reads the log any more.
     closed: AtomicBool,
+    /// The last write failed (a full disk, a non-blocking pipe that is full): the next batch
+    /// starts on a line of its own, and its success is logged.
+    failing: AtomicBool,
 }
 
 thread_local! {
@@ -230,6 +233,7 @@ impl AccessLog {
         let shared = Arc::new(Shared {
             waiting: Mutex::new(Vec::with_capacity(64 * 1024)),
             closed: AtomicBool::new(false),
+            failing: AtomicBool::new(false),
         });
         let writer = shared.clone();
         std::thread::Builder::new()
@@ -251,6 +255,7 @@ impl AccessLog {
     pub fn write(&self, entry: &AccessEntry) {
         let Some(shared) = &self.shared else { return };
         if shared.closed.load(Ordering::Relaxed) {
+            metrics().access_log_dropped.inc();
             return;
         }
         LINE.with_borrow_mut(|line| {
@@ -310,7 +315,9 @@ fn write_lines(shared: &Shared) {
 }
 
 impl Shared {
-    /// Writes out the lines waiting; false once standard output is gone. Standard output is
+    /// Writes out the lines waiting; false once standard output is gone (a broken pipe). Lines
+    /// that cannot be written for another reason are dropped and counted, and the next batch is
+    /// tried as usual: a full disk may have room again. Standard output is
     /// held from taking the lines until they are written, so that two writers (the thread and
     /// the last write at exit) cannot put a later batch before an earlier one.
     fn write_out(&self, out_buffer: &mut Vec<u8>) -> bool {
@@ -323,12 +330,41 @@ impl Shared {
             }
             std::mem::swap(&mut *waiting, out_buffer);
         }
-        let written = out.write_all(out_buffer).and_then(|()| out.flush());
+        let failing = self.failing.load(Ordering::Relaxed);
+        // After a failed write a line may have been cut short: end it before the next.
+        let restart: &[u8] = if failing { b"\n" } else { b"" };
+        let written = out
+            .write_all(restart)
+            .and_then(|()| out.write_all(out_buffer))
+            .and_then(|()| out.flush());
+        let lines = out_buffer.iter().filter(|&&b| b == b'\n').count();
         out_buffer.clear();
-        if written.is_err() {
-            self.closed.store(true, Ordering::Relaxed);
+        match written {
+            Ok(()) if failing => {
+                self.failing.store(false, Ordering::Relaxed);
+                log::warn!("access log: standard output takes lines again");
+                true
+            }
+            Ok(()) => true,
+            Err(e) => {
+                metrics().access_log_dropped.inc_by(lines as u64);
+                if e.kind() == std::io::ErrorKind::BrokenPipe {
+                    log::error!(
+                        "access log: standard output is closed ({e}); logging nothing more"
+                    );
+                    self.closed.store(true, Ordering::Relaxed);
+                    return false;
+                }
+                if !failing {
+                    self.failing.store(true, Ordering::Relaxed);
+                    log::error!(
+                        "access log: cannot write to standard output ({e}); dropping lines \
+                         (mediagate_access_log_dropped_total) until it can"
+                    );
+                }
+                true
+            }
         }
-        written.is_ok()
     }
 }
 

@@ -555,14 +555,7 @@ fn proxy_for_exit(stdout: impl Fn(&std::path::Path) -> Stdio) -> Proxy {
 /// Sends `requests` requests the proxy answers itself (a malformed SID: 400), then SIGTERM, and
 /// checks that the proxy exits, and cleanly.
 async fn answer_then_stop(proxy: &mut Proxy, requests: usize) {
-    for _ in 0..requests {
-        let response = client()
-            .get(proxy.url("/v1/Services/ISnot-a-sid/Media"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
-    }
+    bad_sid_requests(proxy, requests).await;
     proxy.wait_recorded(requests);
     signal(&proxy.child, nix::sys::signal::Signal::SIGTERM);
     let exit = wait_exit(&mut proxy.child, Duration::from_secs(20)).expect("the proxy exits");
@@ -598,6 +591,58 @@ async fn a_stalled_reader_of_the_access_log_does_not_keep_the_proxy_from_exiting
     answer_then_stop(&mut proxy, 1000).await;
     assert!(
         proxy.log().contains("the last lines are lost"),
+        "{}",
+        proxy.log()
+    );
+}
+
+/// Sends `count` requests the proxy answers itself (a malformed SID: 400).
+async fn bad_sid_requests(proxy: &Proxy, count: usize) {
+    for _ in 0..count {
+        let response = client()
+            .get(proxy.url("/v1/Services/ISnot-a-sid/Media"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    }
+}
+
+#[tokio::test]
+async fn access_log_lines_standard_output_refuses_are_counted_and_logged_once() {
+    // /dev/full refuses every write (ENOSPC), as a full disk does: each batch of lines fails.
+    let proxy = Proxy::start_with_stdout(
+        ProxyConfig::to(&format!("http://127.0.0.1:{}", free_port())),
+        |_| {
+            Stdio::from(
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open("/dev/full")
+                    .expect("/dev/full"),
+            )
+        },
+    );
+    let dropped = || {
+        proxy
+            .metric("mediagate_access_log_dropped_total", &[])
+            .unwrap_or(0.0)
+    };
+    // Two rounds: a failed write does not end the log, the next batch is tried (and counted).
+    for round in 1..=2 {
+        bad_sid_requests(&proxy, 5).await;
+        assert!(
+            wait_for(Duration::from_secs(10), || dropped() >= (5 * round) as f64),
+            "round {round}: {} dropped\n{}",
+            dropped(),
+            proxy.log()
+        );
+    }
+    assert_eq!(
+        proxy
+            .log()
+            .matches("cannot write to standard output")
+            .count(),
+        1,
         "{}",
         proxy.log()
     );
