@@ -336,3 +336,35 @@ async fn a_redis_down_from_the_start_costs_each_upload_its_timeout_not_a_queue()
         .unwrap_or(0.0);
     assert!(errors >= 8.0, "{errors}");
 }
+
+#[tokio::test]
+async fn an_upload_larger_than_the_hours_bytes_is_413_and_one_of_unknown_size_still_fits() {
+    let origin = Origin::start();
+    // Smaller than the default max_size (150 MiB): the hour can never hold an upload that big.
+    let proxy = Proxy::start(quota_config(&origin, "  bytes_per_hour: 10KiB\n"));
+    let too_big = upload(&proxy, 20 * 1024).await;
+    assert_eq!(too_big.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(too_big.headers()["mediagate-reject"], "too_large");
+    // A 429 would promise a time at which it fits: there is none.
+    assert!(!too_big.headers().contains_key("retry-after"));
+
+    // Without a declared size an upload reserves the most it may be: at most the hour's bytes,
+    // not max_size, which would never fit.
+    let chunked = client()
+        .post(proxy.url(&format!("/v1/Services/{SERVICE}/Media")))
+        .header("Content-Type", "text/plain")
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter([
+            Ok::<_, std::io::Error>(vec![b'q'; 3000]),
+            Ok(vec![b'q'; 2000]),
+        ])))
+        .send()
+        .await
+        .expect("upload");
+    assert_eq!(chunked.status(), StatusCode::CREATED);
+    // Settled to its 5,000 bytes: 5 KiB of the hour are left for a declared upload.
+    assert_eq!(upload(&proxy, 5000).await.status(), StatusCode::CREATED);
+    assert_eq!(
+        upload(&proxy, 1000).await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}

@@ -38,7 +38,7 @@ use crate::config::{Config, OnBackendError};
 use crate::idempotency::{Answer, BodyHasher, Claim, Claimed, IdempotencyKey, Ledger};
 use crate::metrics::{metrics, InFlight, RequestMetrics, RequestRecord};
 use crate::policy::{self, UploadGuard, UploadPolicies};
-use crate::quota::{LimitBook, Outcome, Permit, Quota, Refused};
+use crate::quota::{LimitBook, Limits, Outcome, Permit, Quota, Refused};
 use crate::spool::{Spool, SpoolDir};
 
 pub struct Gateway {
@@ -302,8 +302,24 @@ impl Gateway {
             Err(refusal) => return Ok(Err(refusal.into())),
         };
         // Without a declared size, reserve the most it may be; settling gives back the rest.
-        let reserve = guard.declared_size().unwrap_or(rules.max_size);
-        match self.reserve_quota(&settings, service, reserve).await {
+        let limits = settings.limits.for_service(service);
+        let reserve = match limits.bytes_to_reserve(guard.declared_size(), rules.max_size) {
+            Ok(bytes) => bytes,
+            Err(per_hour) => {
+                return Ok(Err(policy::Refusal::new(
+                    RejectReason::TooLarge,
+                    format!(
+                        "the upload is larger than the {per_hour} bytes this service may upload \
+                         in an hour (quotas.bytes_per_hour)"
+                    ),
+                )
+                .into()))
+            }
+        };
+        match self
+            .reserve_quota(&settings, service, limits, reserve)
+            .await
+        {
             Ok(permit) => ctx.permit = Some(permit),
             Err(rejection) => return Ok(Err(rejection)),
         }
@@ -555,9 +571,9 @@ impl Gateway {
         &self,
         settings: &Settings,
         service: &ServiceSid,
+        limits: Limits,
         bytes: u64,
     ) -> Result<Permit, Rejection> {
-        let limits = settings.limits.for_service(service);
         match self.quota.admit(service, limits, bytes).await {
             Ok(permit) => Ok(permit),
             Err(Refused::Over(over)) => Err(Rejection::over_quota(&over)),

@@ -44,6 +44,20 @@ impl Limits {
         }
     }
 
+    /// The bytes an upload reserves: its declared size, or without one the most it may be,
+    /// `max_size`, though never more than `bytes_per_hour`: a reservation over the hour's limit
+    /// could never be admitted, however long the client waited. `Err` with that limit for an
+    /// upload declared larger than it.
+    pub fn bytes_to_reserve(&self, declared: Option<u64>, max_size: u64) -> Result<u64, u64> {
+        let per_hour = self.bytes_per_hour;
+        match declared {
+            Some(size) if per_hour > 0 && size > per_hour => Err(per_hour),
+            Some(size) => Ok(size),
+            None if per_hour > 0 => Ok(max_size.min(per_hour)),
+            None => Ok(max_size),
+        }
+    }
+
     pub fn unlimited(&self) -> bool {
         self.uploads_per_minute == 0 && self.bytes_per_hour == 0 && self.concurrent_uploads == 0
     }
