@@ -368,3 +368,44 @@ async fn an_upload_larger_than_the_hours_bytes_is_413_and_one_of_unknown_size_st
         StatusCode::TOO_MANY_REQUESTS
     );
 }
+
+#[tokio::test]
+async fn a_failed_upload_gives_back_only_what_its_own_admission_counted() {
+    // Two sidecars share Redis with different limits for one service: the first counts no
+    // uploads per minute (only a slot), the second counts two a minute.
+    let redis = RedisServer::start();
+    let origin = Origin::start();
+    let slots_only = Proxy::start(redis_config(&origin, &redis, "  concurrent_uploads: 1\n"));
+    let per_minute = Proxy::start(redis_config(&origin, &redis, "  uploads_per_minute: 2\n"));
+    let body = vec![b'q'; 100_000];
+    let length = body.len().to_string();
+    let held = open_upload(
+        slots_only.listen,
+        &format!("/v1/Services/{SERVICE}/Media"),
+        &[("Content-Type", "text/plain"), ("Content-Length", &length)],
+        &body[..1000],
+    );
+    assert!(wait_for(Duration::from_secs(10), || !origin
+        .requests_for(SERVICE)
+        .is_empty()));
+    assert_eq!(upload(&per_minute, 10).await.status(), StatusCode::CREATED);
+    // The held upload fails: its refund must not take back the other sidecar's count.
+    drop(held);
+    // Its slot frees when its settling has run.
+    let mut status = StatusCode::TOO_MANY_REQUESTS;
+    for _ in 0..100 {
+        status = upload(&slots_only, 10).await.status();
+        if status == StatusCode::CREATED {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, StatusCode::CREATED, "{}", slots_only.log());
+    assert_eq!(upload(&per_minute, 10).await.status(), StatusCode::CREATED);
+    let third = upload(&per_minute, 10).await;
+    assert_eq!(
+        third.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "a third upload in a minute"
+    );
+}

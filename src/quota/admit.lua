@@ -64,4 +64,5 @@ if concurrent > 0 then
   redis.call('ZADD', KEYS[3], now + lease, ARGV[5])
   redis.call('PEXPIRE', KEYS[3], 2 * lease)
 end
-return {'ok', 0, upload_bucket, bytes_bucket}
+-- The buckets counted in; -1 for a limit that is off (nothing counted, nothing to settle).
+return {'ok', 0, per_minute > 0 and upload_bucket or -1, per_hour > 0 and bytes_bucket or -1}

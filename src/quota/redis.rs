@@ -109,8 +109,10 @@ struct Reservation {
     _lease: Option<Held>,
     slot: String,
     bytes: u64,
-    upload_bucket: u64,
-    bytes_bucket: u64,
+    /// The buckets the upload and its bytes were counted in; -1 where that limit was off, so
+    /// nothing was counted (another sidecar's, or a later, count may be there).
+    upload_bucket: i64,
+    bytes_bucket: i64,
 }
 
 #[async_trait]
@@ -129,7 +131,7 @@ impl Quota for RedisQuota {
         );
         let [uploads_key, bytes_key, slots_key] = keys(service);
         let mut connection = shared.connection().await.map_err(Refused::Backend)?;
-        let answer: (String, u64, u64, u64) = bounded(
+        let answer: (String, u64, i64, i64) = bounded(
             shared
                 .admit
                 .key(&uploads_key)
