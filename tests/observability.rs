@@ -647,3 +647,38 @@ async fn access_log_lines_standard_output_refuses_are_counted_and_logged_once() 
         proxy.log()
     );
 }
+
+#[test]
+fn a_slow_clients_upload_time_is_not_counted_as_the_upstreams() {
+    let origin = Origin::start();
+    let proxy = Proxy::start(ProxyConfig::to(&origin.url));
+    let service = new_service();
+    let body = png(100_000);
+    let length = body.len().to_string();
+    let mut stream = open_upload(
+        proxy.listen,
+        &format!("/v1/Services/{service}/Media"),
+        &[("Content-Type", "image/png"), ("Content-Length", &length)],
+        &body[..50_000],
+    );
+    // The client pauses mid-body: the upstream is waiting on the client, not the other way.
+    assert!(wait_for(Duration::from_secs(10), || !origin
+        .requests_for(&service)
+        .is_empty()));
+    std::thread::sleep(Duration::from_millis(1500));
+    std::io::Write::write_all(&mut stream, &body[50_000..]).unwrap();
+    assert_eq!(read_answer(&mut stream).0, 201);
+    proxy.wait_recorded(1);
+    let route = [("route", "upload")];
+    let request = proxy
+        .metric("mediagate_request_duration_seconds_sum", &route)
+        .unwrap();
+    let upstream = proxy
+        .metric("mediagate_upstream_duration_seconds_sum", &route)
+        .unwrap();
+    assert!(request >= 1.5, "the request took {request} s");
+    assert!(
+        upstream < 1.0,
+        "the upstream's time was {upstream} s of {request} s"
+    );
+}

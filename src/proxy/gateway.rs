@@ -611,10 +611,16 @@ impl Gateway {
     }
 
     /// Records the finished request: metrics, then the access log line.
-    fn record(&self, session: &Session, ctx: &RequestCtx, status: u16, uploaded: Option<u64>) {
+    fn record(
+        &self,
+        session: &Session,
+        ctx: &RequestCtx,
+        status: u16,
+        uploaded: Option<u64>,
+        duration: Duration,
+    ) {
         let head = session.req_header();
         let route = ctx.route.as_ref();
-        let duration = ctx.started.elapsed();
         let record = RequestRecord {
             route: route.map_or(RouteKind::Other, Route::kind),
             method: method_label(&head.method),
@@ -792,6 +798,13 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         ctx.body_forwarded = true;
+        if end_of_stream {
+            // The upstream waits on the client until the body's last byte: its own time starts
+            // here (a slow client's upload is not the upstream's latency).
+            if let Some(sent) = &mut ctx.upstream_sent {
+                *sent = Instant::now();
+            }
+        }
         let chunk = body.as_deref().unwrap_or_default();
         if let Some(fingerprint) = &mut ctx.fingerprint {
             fingerprint.update(chunk);
@@ -1153,6 +1166,8 @@ impl ProxyHttp for Gateway {
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         // The client may send its next request on this connection soon.
         self.keep_polling();
+        // To the last byte answered: not the settling below, which may wait on Redis.
+        let duration = ctx.started.elapsed();
         let status = final_status(session)
             .or_else(|| e.and_then(client_limits::status_written))
             .unwrap_or(0);
@@ -1172,7 +1187,7 @@ impl ProxyHttp for Gateway {
             self.settle_claim(*claim, ctx, stored).await;
         }
         let uploaded = sent.filter(|_| stored);
-        self.record(session, ctx, status, uploaded);
+        self.record(session, ctx, status, uploaded, duration);
     }
 }
 
