@@ -26,10 +26,13 @@ pub struct SpoolDir {
 
 impl SpoolDir {
     /// Creates the directory if needed (owner-only: spooled uploads are private) and removes
-    /// what processes that are gone left in it.
+    /// what processes that are gone left in it. A directory that exists keeps its mode: it may
+    /// be shared (`/var/tmp`), and the spool files are owner-only whatever their directory.
     pub fn open(config: &UploadRetry) -> io::Result<Arc<SpoolDir>> {
-        std::fs::create_dir_all(&config.spool_dir)?;
-        restrict(&config.spool_dir, 0o700)?;
+        if !config.spool_dir.exists() {
+            std::fs::create_dir_all(&config.spool_dir)?;
+            restrict(&config.spool_dir, 0o700)?;
+        }
         let swept = sweep(&config.spool_dir)?;
         if swept > 0 {
             log::info!(
@@ -195,6 +198,21 @@ mod tests {
             spool_dir: dir.to_path_buf(),
             spool_max: ByteSize::parse(&max.to_string()).unwrap(),
         }
+    }
+
+    #[test]
+    fn a_directory_made_here_is_owner_only_and_one_that_exists_keeps_its_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o7777;
+        let tmp = tempfile::tempdir().unwrap();
+        let made = tmp.path().join("made/here");
+        SpoolDir::open(&config(&made, 100)).unwrap();
+        assert_eq!(mode(&made), 0o700);
+        let shared = tmp.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        restrict(&shared, 0o1777).unwrap();
+        SpoolDir::open(&config(&shared, 100)).unwrap();
+        assert_eq!(mode(&shared), 0o1777);
     }
 
     #[tokio::test]

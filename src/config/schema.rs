@@ -344,6 +344,12 @@ pub struct UploadRetry {
     pub spool_max: ByteSize,
 }
 
+impl UploadRetry {
+    /// With the backoff doubling each time, 5 tries after a 10 s backoff already wait 5 minutes.
+    pub const MAX_ATTEMPTS: u32 = 5;
+    pub const MAX_BACKOFF: std::time::Duration = std::time::Duration::from_secs(10);
+}
+
 impl Default for UploadRetry {
     fn default() -> Self {
         UploadRetry {
@@ -617,12 +623,18 @@ impl Config {
         }
         self.credentials.resolve("credentials")?;
         check_types("uploads.allowed_types", &self.uploads.allowed_types)?;
-        for (index, token) in self.access.tokens.iter().enumerate() {
-            if token.token.expose().trim().is_empty() {
-                return Err(ConfigError(format!(
-                    "access.tokens[{index}].token: must not be empty"
-                )));
-            }
+        self.check_tokens()?;
+        if self.uploads.retry.attempts > UploadRetry::MAX_ATTEMPTS {
+            return Err(ConfigError(format!(
+                "uploads.retry.attempts: must be at most {} (each waits twice as long as the one \
+                 before, holding the upload's slot and spool)",
+                UploadRetry::MAX_ATTEMPTS
+            )));
+        }
+        if self.uploads.retry.backoff.get() > UploadRetry::MAX_BACKOFF {
+            return Err(ConfigError(
+                "uploads.retry.backoff: must be at most 10s".into(),
+            ));
         }
         for (sid, service) in &mut self.services {
             let key = format!("services.{sid}");
@@ -635,6 +647,31 @@ impl Config {
                 .and_then(|u| u.allowed_types.as_ref())
             {
                 check_types(&format!("{key}.uploads.allowed_types"), types)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Tokens a client can send: not empty, no blank around them (a newline from a secret file
+    /// would make the token unmatchable: clients' tokens are read trimmed), none listed twice
+    /// (the second's services would silently replace the first's).
+    fn check_tokens(&self) -> Result<(), ConfigError> {
+        let mut seen = std::collections::HashSet::new();
+        for (index, token) in self.access.tokens.iter().enumerate() {
+            let key = format!("access.tokens[{index}].token");
+            let value = token.token.expose();
+            if value.trim().is_empty() {
+                return Err(ConfigError(format!("{key}: must not be empty")));
+            }
+            if value.trim() != value {
+                return Err(ConfigError(format!(
+                    "{key}: has blank space (a newline?) before or after it: no client could send it"
+                )));
+            }
+            if !seen.insert(value) {
+                return Err(ConfigError(format!(
+                    "{key}: is listed twice (give one entry all its services)"
+                )));
             }
         }
         Ok(())

@@ -301,3 +301,38 @@ fn max_object_fits_in_the_room_content_fills_may_hold() {
     ))
     .is_ok());
 }
+
+#[test]
+fn retries_are_bounded() {
+    let retry = |block: &str| format!("{MINIMAL}uploads:\n  retry:\n{block}");
+    let e = error(&retry("    attempts: 6\n"));
+    assert!(
+        e.starts_with("uploads.retry.attempts: must be at most 5"),
+        "{e}"
+    );
+    let e = error(&retry("    attempts: 2\n    backoff: 11s\n"));
+    assert!(
+        e.starts_with("uploads.retry.backoff: must be at most 10s"),
+        "{e}"
+    );
+    assert!(parse(&retry("    attempts: 5\n    backoff: 10s\n")).is_ok());
+}
+
+#[test]
+fn tokens_a_client_could_never_send_are_refused() {
+    let tokens = |list: &str| format!("{MINIMAL}access:\n  tokens:\n{list}");
+    let e = error(&tokens("    - token: \"abc\\n\"\n"));
+    assert!(
+        e.starts_with("access.tokens[0].token: has blank space"),
+        "{e}"
+    );
+    assert!(!e.contains("abc"), "the token is not shown: {e}");
+    let e = error(&tokens(
+        "    - token: abc\n    - token: abc\n      services: []\n",
+    ));
+    assert!(
+        e.starts_with("access.tokens[1].token: is listed twice"),
+        "{e}"
+    );
+    assert!(parse(&tokens("    - token: abc\n    - token: abd\n")).is_ok());
+}
