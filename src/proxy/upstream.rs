@@ -132,8 +132,10 @@ impl UpstreamTarget {
 }
 
 /// The API decides where a media's bytes are, but the sidecar does not follow it anywhere: not
-/// from HTTPS down to HTTP, and not to an internal address (loopback, private, link-local, …)
-/// unless the API itself is at one (a local origin, a test).
+/// from HTTPS down to HTTP, and not to an internal address (loopback, private, link-local,
+/// reserved, …) other than the API's own (a local origin serving its own signed URLs, a test).
+/// A compromised or spoofed API could otherwise have the sidecar fetch, cache and serve what
+/// only the sidecar's network can reach (a metadata service, an admin port).
 fn redirect_allowed(
     api: &Endpoint,
     api_ip: IpAddr,
@@ -143,7 +145,7 @@ fn redirect_allowed(
     if api.tls && !target.tls {
         return Err("the content redirect leaves HTTPS");
     }
-    if is_internal(target_ip) && !is_internal(api_ip) {
+    if is_internal(target_ip) && target_ip != api_ip {
         return Err("the content redirect points inside the network");
     }
     Ok(())
@@ -152,24 +154,49 @@ fn redirect_allowed(
 fn is_internal(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
             v4.is_loopback()
                 || v4.is_private()
                 || v4.is_link_local()
                 || v4.is_unspecified()
                 || v4.is_broadcast()
-                // 100.64.0.0/10, carrier-grade NAT
-                || (v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64)
+                || v4.is_multicast()
+                || (a == 100 && (b & 0xc0) == 64) // 100.64.0.0/10, carrier-grade NAT
+                || (a == 192 && b == 0 && c == 0) // 192.0.0.0/24, protocol assignments
+                || (a == 198 && (b & 0xfe) == 18) // 198.18.0.0/15, benchmarking
+                || a >= 240 // 240.0.0.0/4, reserved
         }
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => is_internal(IpAddr::V4(v4)),
-            None => {
-                let first = v6.segments()[0];
-                v6.is_loopback()
-                    || v6.is_unspecified()
-                    || (first & 0xfe00) == 0xfc00 // unique local
-                    || (first & 0xffc0) == 0xfe80 // link-local
+        IpAddr::V6(v6) => {
+            if let Some(v4) = embedded_ipv4(v6) {
+                return is_internal(IpAddr::V4(v4));
             }
-        },
+            let first = v6.segments()[0];
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (first & 0xfe00) == 0xfc00 // unique local
+                || (first & 0xffc0) == 0xfe80 // link-local
+                || (first & 0xffc0) == 0xfec0 // site-local (deprecated)
+        }
+    }
+}
+
+/// The IPv4 address an IPv6 one reaches: IPv4-mapped (`::ffff:a.b.c.d`), IPv4-compatible
+/// (`::a.b.c.d`), NAT64 (`64:ff9b::/96`, where a gateway forwards to the IPv4 address) and 6to4
+/// (`2002:ab:cd::/16`).
+fn embedded_ipv4(v6: std::net::Ipv6Addr) -> Option<std::net::Ipv4Addr> {
+    let s = v6.segments();
+    let low = |hi: u16, lo: u16| std::net::Ipv4Addr::from(((hi as u32) << 16) | lo as u32);
+    if let Some(v4) = v6.to_ipv4_mapped() {
+        return Some(v4);
+    }
+    match s {
+        [0, 0, 0, 0, 0, 0, hi, lo] if !v6.is_loopback() && !v6.is_unspecified() => {
+            Some(low(hi, lo))
+        }
+        [0x64, 0xff9b, 0, 0, 0, 0, hi, lo] => Some(low(hi, lo)),
+        [0x2002, hi, lo, ..] => Some(low(hi, lo)),
+        _ => None,
     }
 }
 
@@ -203,6 +230,15 @@ mod tests {
             "fd00::1",
             "fe80::1",
             "::ffff:127.0.0.1",
+            "::10.0.0.5",
+            "64:ff9b::a00:5",
+            "2002:a00:5::1",
+            "192.0.0.8",
+            "198.18.0.1",
+            "240.0.0.1",
+            "224.0.0.1",
+            "ff02::1",
+            "fec0::1",
         ] {
             let ip: IpAddr = internal.parse().unwrap();
             assert!(
@@ -210,8 +246,26 @@ mod tests {
                 "{internal}"
             );
         }
-        // A local API (the local origin, tests) may redirect to itself.
+        // A local API (the local origin, tests) may redirect to itself, and nowhere else
+        // inside.
         let loopback: IpAddr = "127.0.0.1".parse().unwrap();
         assert_eq!(redirect_allowed(&http, loopback, &http, loopback), Ok(()));
+        for elsewhere in ["127.0.0.2", "169.254.169.254", "10.0.0.5"] {
+            let ip: IpAddr = elsewhere.parse().unwrap();
+            assert!(
+                redirect_allowed(&http, loopback, &http, ip).is_err(),
+                "{elsewhere}"
+            );
+        }
+        // Public addresses inside the special blocks' neighbours stay public.
+        for outside in [
+            "64:ff9b::808:808",
+            "2002:808:808::1",
+            "198.20.0.1",
+            "100.128.0.1",
+        ] {
+            let ip: IpAddr = outside.parse().unwrap();
+            assert!(!is_internal(ip), "{outside}");
+        }
     }
 }
