@@ -12,6 +12,14 @@ use serde::Serialize;
 
 const KEEP: usize = 10_000;
 
+/// The most bytes kept of a text field taken from a request (method, path, request id, user
+/// name). Heads may be tens of KiB long: kept whole, 10,000 entries could hold gigabytes; capped,
+/// they hold a few tens of MB at most.
+pub const MAX_FIELD: usize = 512;
+
+/// What replaces the rest of a field cut at `MAX_FIELD`.
+pub const TRUNCATED: &str = "…[truncated]";
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Entry {
     pub id: u64,
@@ -63,14 +71,14 @@ impl Journal {
         }
         inner.entries.push_back(Entry {
             id,
-            method: method.to_string(),
-            path: path.to_string(),
-            auth: describe_auth(headers),
+            method: capped(method),
+            path: capped(path),
+            auth: capped(&describe_auth(headers)),
             twilio_token: headers.contains_key("x-twilio-token"),
             request_id: headers
                 .get("x-request-id")
                 .and_then(|v| v.to_str().ok())
-                .map(str::to_string),
+                .map(capped),
             peer: peer.to_string(),
             status: None,
         });
@@ -122,5 +130,73 @@ fn describe_auth(headers: &HeaderMap) -> String {
         Some(user) => format!("basic:{user}"),
         None if value.len() >= 7 && value[..7].eq_ignore_ascii_case("bearer ") => "bearer".into(),
         None => "other".into(),
+    }
+}
+
+/// `text` itself when it is at most `MAX_FIELD` bytes; else its first bytes, cut at a character
+/// boundary, and `TRUNCATED`.
+fn capped(text: &str) -> String {
+    if text.len() <= MAX_FIELD {
+        return text.to_string();
+    }
+    let mut end = MAX_FIELD;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{TRUNCATED}", &text[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_fields_are_capped_and_marked() {
+        let journal = Journal::default();
+        let path = format!("/v1/Services/{}", "x".repeat(64 * 1024));
+        // Two bytes a character, after "basic:a": byte 512 falls inside one.
+        let user = format!("a{}", "é".repeat(20_000));
+        let credentials = format!("{user}:secret");
+        use base64::Engine;
+        let basic = base64::engine::general_purpose::STANDARD.encode(credentials);
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            http::header::AUTHORIZATION,
+            format!("Basic {basic}").parse().expect("header value"),
+        );
+        headers.insert(
+            "x-request-id",
+            "r".repeat(60_000).parse().expect("header value"),
+        );
+        let peer: SocketAddr = "127.0.0.1:9".parse().expect("address");
+        drop(journal.start(&"M".repeat(10_000), &path, &headers, peer));
+
+        let entries: Vec<serde_json::Value> =
+            serde_json::from_slice(&journal.to_json()).expect("journal JSON");
+        let entry = &entries[0];
+        for field in ["method", "path", "auth", "request_id"] {
+            let text = entry[field].as_str().expect(field);
+            assert!(
+                text.len() <= MAX_FIELD + TRUNCATED.len(),
+                "{field}: {}",
+                text.len()
+            );
+            assert!(text.ends_with(TRUNCATED), "{field}");
+        }
+        assert!(entry["path"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("/v1/Services/xxx")));
+        assert!(entry["auth"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("basic:aéé")));
+        assert_eq!(entry["status"], 0);
+    }
+
+    #[test]
+    fn short_fields_are_kept_whole() {
+        assert_eq!(capped("/v1/Services"), "/v1/Services");
+        let exact = "a".repeat(MAX_FIELD);
+        assert_eq!(capped(&exact), exact);
+        assert_eq!(capped(&format!("{exact}b")), format!("{exact}{TRUNCATED}"));
     }
 }
