@@ -171,8 +171,10 @@ impl Store {
             std::fs::remove_file(&staging_path)?;
         } else {
             std::fs::rename(&staging_path, &target)?;
-            std::fs::File::open(self.content_dir())?.sync_all()?;
         }
+        // Also when the file was there: an upload of the same bytes may have renamed it into
+        // place a moment ago and not yet made that durable. The row must not outlive its file.
+        std::fs::File::open(self.content_dir())?.sync_all()?;
         self.lock()
             .execute(
                 "INSERT INTO media (sid, service_sid, account_sid, date_created, category, size,
