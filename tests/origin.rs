@@ -509,3 +509,70 @@ async fn short_aborted_or_over_long_bodies_store_nothing() {
         origin.files_in("tmp")
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// The finer points of the protocol
+
+#[tokio::test]
+async fn method_not_allowed_says_what_is_and_ranges_and_etags_follow_rfc_9110() {
+    let origin = shared();
+    let service = new_service();
+    let bytes = png_bytes(100);
+    let media = origin.upload(&service, &bytes, "image/png").await;
+    let sid = media["sid"].as_str().expect("sid");
+
+    for (method, path, allow) in [
+        (
+            reqwest::Method::DELETE,
+            format!("/v1/Services/{service}/Media"),
+            "POST",
+        ),
+        (
+            reqwest::Method::POST,
+            format!("/v1/Services/{service}/Media/{sid}"),
+            "GET, HEAD",
+        ),
+        (reqwest::Method::PUT, format!("/{sid}"), "GET, HEAD"),
+    ] {
+        let response = client()
+            .request(method, format!("{}{path}", origin.url))
+            .header("Authorization", origin.basic_auth())
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED, "{path}");
+        assert_eq!(
+            response
+                .headers()
+                .get("allow")
+                .and_then(|v| v.to_str().ok()),
+            Some(allow),
+            "{path}"
+        );
+    }
+
+    let metadata = get_json(origin, &format!("/v1/Services/{service}/Media/{sid}")).await;
+    let temporary = metadata["links"]["content_direct_temporary"]
+        .as_str()
+        .expect("temporary URL");
+    let get =
+        |name: &'static str, value: String| client().get(temporary).header(name, value).send();
+    // Not valid ranges: ignored, the whole content.
+    for invalid in ["bytes=-x", "bytes=-", "bytes=+1-5"] {
+        let response = get("Range", invalid.to_string()).await.expect("GET");
+        assert_eq!(response.status(), StatusCode::OK, "{invalid}");
+        assert_eq!(
+            response.bytes().await.expect("body").as_ref(),
+            bytes.as_slice()
+        );
+    }
+    // A valid range that selects nothing.
+    let response = get("Range", "bytes=-0".to_string()).await.expect("GET");
+    assert_eq!(response.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+    // A weak validator matches the strong ETag (the weak comparison).
+    let etag = format!("\"{}\"", sha256_hex(&bytes));
+    let response = get("If-None-Match", format!("W/{etag}"))
+        .await
+        .expect("GET");
+    assert_eq!(response.status(), StatusCode::NOT_MODIFIED);
+}

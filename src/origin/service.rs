@@ -79,7 +79,7 @@ impl Origin {
             Ok(route) => route,
             Err(RouteError::NotFound) => return Err(ApiError::resource_not_found()),
             Err(RouteError::BadSid) => return Err(ApiError::invalid_sid()),
-            Err(RouteError::MethodNotAllowed(_)) => return Err(ApiError::method_not_allowed()),
+            Err(RouteError::MethodNotAllowed(allow)) => return Ok(method_not_allowed(allow)),
         };
         let authorization = req
             .headers()
@@ -228,7 +228,7 @@ impl Origin {
         media: &str,
     ) -> Result<Response<Body>, ApiError> {
         if req.method() != Method::GET && req.method() != Method::HEAD {
-            return Err(ApiError::method_not_allowed());
+            return Ok(method_not_allowed("GET, HEAD"));
         }
         let query = query_params(req.uri().query());
         let param = |name: &str| query.get(name).map(String::as_str).unwrap_or("");
@@ -379,8 +379,9 @@ enum RangeAnswer {
     Unsatisfiable,
 }
 
-/// One byte range (`bytes=a-b`, `bytes=a-`, `bytes=-n`). Several ranges or a malformed header
-/// get the whole content, as RFC 9110 allows.
+/// One byte range (`bytes=a-b`, `bytes=a-`, `bytes=-n`). Several ranges or a header that is
+/// not a valid range (RFC 9110 says to ignore it) get the whole content; a valid range that
+/// selects nothing (`bytes=-0`, a start past the end) is unsatisfiable.
 fn parse_range(value: &str, size: u64) -> RangeAnswer {
     let Some(spec) = value.trim().strip_prefix("bytes=") else {
         return RangeAnswer::Whole;
@@ -391,14 +392,22 @@ fn parse_range(value: &str, size: u64) -> RangeAnswer {
     let Some((first, last)) = spec.trim().split_once('-') else {
         return RangeAnswer::Whole;
     };
-    let number = |s: &str| s.trim().parse::<u64>().ok();
-    let (start, end) = match (first.trim().is_empty(), number(first), number(last)) {
-        (true, _, Some(suffix)) if suffix > 0 => {
+    let (first, last) = (first.trim(), last.trim());
+    // 1*DIGIT only: `parse` would also take a sign.
+    let number = |s: &str| {
+        if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+            s.parse::<u64>().ok()
+        } else {
+            None
+        }
+    };
+    let (start, end) = match (number(first), number(last)) {
+        (None, Some(0)) if first.is_empty() => return RangeAnswer::Unsatisfiable,
+        (None, Some(suffix)) if first.is_empty() => {
             (size.saturating_sub(suffix), size.saturating_sub(1))
         }
-        (true, _, _) => return RangeAnswer::Unsatisfiable,
-        (false, Some(start), None) if last.trim().is_empty() => (start, size.saturating_sub(1)),
-        (false, Some(start), Some(end)) if start <= end => (start, end.min(size.saturating_sub(1))),
+        (Some(start), None) if last.is_empty() => (start, size.saturating_sub(1)),
+        (Some(start), Some(end)) if start <= end => (start, end.min(size.saturating_sub(1))),
         _ => return RangeAnswer::Whole,
     };
     if size == 0 || start >= size {
@@ -408,10 +417,17 @@ fn parse_range(value: &str, size: u64) -> RangeAnswer {
     }
 }
 
+/// `If-None-Match` uses the weak comparison (RFC 9110 13.1.2): `W/"x"` matches `"x"`.
 fn etag_matches(if_none_match: &str, etag: &str) -> bool {
-    if_none_match
-        .split(',')
-        .any(|candidate| matches!(candidate.trim(), "*") || candidate.trim() == etag)
+    let opaque = |tag: &str| {
+        let tag = tag.trim();
+        tag.strip_prefix("W/").unwrap_or(tag).to_string()
+    };
+    let etag = opaque(etag);
+    if_none_match.split(',').any(|candidate| {
+        let candidate = candidate.trim();
+        candidate == "*" || opaque(candidate) == etag
+    })
 }
 
 /// A size header: absent is `None`; present, it must be plain decimal digits.
@@ -476,6 +492,15 @@ fn json_response(status: StatusCode, body: Vec<u8>) -> Response<Body> {
     response
 }
 
+/// 405 with the methods the resource does serve.
+fn method_not_allowed(allow: &'static str) -> Response<Body> {
+    let mut response = error_response(ApiError::method_not_allowed());
+    response
+        .headers_mut()
+        .insert(header::ALLOW, http::HeaderValue::from_static(allow));
+    response
+}
+
 fn error_response(error: ApiError) -> Response<Body> {
     let status = StatusCode::from_u16(error.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut response = json_response(status, error.to_json());
@@ -510,5 +535,43 @@ mod tests {
         assert_eq!(range("bytes=0-1,5-6", 100), None);
         assert_eq!(range("items=0-1", 100), None);
         assert_eq!(range("bytes=9-1", 100), None);
+    }
+
+    #[test]
+    fn invalid_ranges_are_ignored_and_empty_ones_unsatisfiable() {
+        const UNSATISFIABLE: Option<(u64, u64)> = Some((u64::MAX, u64::MAX));
+        // Not a valid range at all: the whole content.
+        for invalid in [
+            "bytes=-x",
+            "bytes=-",
+            "bytes=x-",
+            "bytes=x-9",
+            "bytes=0-x",
+            "bytes=+1-5",
+            "bytes=-+5",
+            "bytes=--5",
+            "bytes=5",
+            "bytes=",
+        ] {
+            assert_eq!(range(invalid, 100), None, "{invalid}");
+        }
+        // Valid, but selecting nothing.
+        assert_eq!(range("bytes=-0", 100), UNSATISFIABLE);
+        assert_eq!(range("bytes=0-", 0), UNSATISFIABLE);
+        assert_eq!(range("bytes=-5", 0), UNSATISFIABLE);
+        // A suffix longer than the content is all of it.
+        assert_eq!(range("bytes=-500", 100), Some((0, 99)));
+    }
+
+    #[test]
+    fn if_none_match_compares_weakly() {
+        let etag = "\"abc\"";
+        assert!(etag_matches("\"abc\"", etag));
+        assert!(etag_matches("W/\"abc\"", etag));
+        assert!(etag_matches("\"x\", W/\"abc\"", etag));
+        assert!(etag_matches("*", etag));
+        assert!(!etag_matches("\"abcd\"", etag));
+        assert!(!etag_matches("W/\"x\"", etag));
+        assert!(!etag_matches("abc", etag));
     }
 }
