@@ -576,3 +576,46 @@ async fn method_not_allowed_says_what_is_and_ranges_and_etags_follow_rfc_9110() 
         .expect("GET");
     assert_eq!(response.status(), StatusCode::NOT_MODIFIED);
 }
+
+#[tokio::test]
+async fn empty_filenames_are_null() {
+    let origin = shared();
+    let service = new_service();
+    let response = client()
+        .post(format!("{}?Filename=", media_url(origin, &service)))
+        .header("Authorization", origin.basic_auth())
+        .header("Content-Type", "image/png")
+        .body(png_bytes(100))
+        .send()
+        .await
+        .expect("upload");
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let media: Value = response.json().await.expect("media JSON");
+    assert_eq!(media["filename"], Value::Null);
+
+    let (boundary, body) = multipart(&[
+        ("Media", None, Some("application/pdf"), b"%PDF-1.7 tiny"),
+        ("FileName", None, None, b""),
+    ]);
+    let url = media_url(origin, &service);
+    let media = create(origin, url, &multipart_type(&boundary), body).await;
+    assert_eq!(media["filename"], Value::Null);
+
+    // Every source empty: still null.
+    let (boundary, body) = multipart(&[
+        ("file", Some(""), Some("image/png"), &png_bytes(10)),
+        ("FileName", None, None, b""),
+    ]);
+    let url = format!("{}?Filename=", media_url(origin, &service));
+    let media = create(origin, url, &multipart_type(&boundary), body).await;
+    assert_eq!(media["filename"], Value::Null);
+
+    // An empty one gives way to the next source.
+    let (boundary, body) = multipart(&[
+        ("file", Some(""), Some("image/png"), &png_bytes(10)),
+        ("FileName", None, None, b""),
+    ]);
+    let url = format!("{}?Filename=q.png", media_url(origin, &service));
+    let media = create(origin, url, &multipart_type(&boundary), body).await;
+    assert_eq!(media["filename"], "q.png");
+}

@@ -151,7 +151,10 @@ impl Origin {
             date_created: now_iso8601(),
             category: category.to_string(),
             content_type: received.content_type,
-            filename: received.filename.or(filename_param),
+            // An empty name is no name, wherever it came from.
+            filename: received
+                .filename
+                .or(filename_param.filter(|name| !name.is_empty())),
         };
         self.store.commit(received.staged, new).await.map_err(|e| {
             log::error!("origin store: cannot commit an upload: {e}");

@@ -89,7 +89,10 @@ where
     Ok(Received {
         staged,
         content_type,
-        filename: part_name.filter(|n| !n.is_empty()).or(filename_field),
+        // An empty name is no name: the next source is asked.
+        filename: part_name
+            .filter(|n| !n.is_empty())
+            .or(filename_field.filter(|n| !n.is_empty())),
     })
 }
 
