@@ -2,7 +2,9 @@
 
 mod support;
 
-use std::io::Write;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -618,4 +620,120 @@ async fn empty_filenames_are_null() {
     let url = format!("{}?Filename=q.png", media_url(origin, &service));
     let media = create(origin, url, &multipart_type(&boundary), body).await;
     assert_eq!(media["filename"], "q.png");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Clients that stop sending
+
+/// An origin in this test process, with timeouts short enough to wait for, on a listener bound
+/// before it starts (so it is ready at once).
+struct QuickOrigin {
+    addr: SocketAddr,
+    data: PathBuf,
+    _runtime: tokio::runtime::Runtime,
+    _dir: tempfile::TempDir,
+}
+
+impl QuickOrigin {
+    fn start(timeouts: mediagate::origin::Timeouts) -> QuickOrigin {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let data = dir.path().join("store");
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("non-blocking");
+        let addr = listener.local_addr().expect("address");
+        let listener = {
+            let _entered = runtime.enter();
+            tokio::net::TcpListener::from_std(listener).expect("tokio listener")
+        };
+        let options = mediagate::origin::OriginOptions {
+            listen: addr,
+            data: data.clone(),
+            account_sid: Some(ACCOUNT.into()),
+            auth_token: Some(AUTH_TOKEN.into()),
+            tls: None,
+            url_ttl_secs: 300,
+            cache_control: None,
+        };
+        runtime.spawn(async move {
+            if let Err(e) = mediagate::origin::run_on(listener, options, timeouts).await {
+                panic!("the origin stopped: {e}");
+            }
+        });
+        QuickOrigin {
+            addr,
+            data,
+            _runtime: runtime,
+            _dir: dir,
+        }
+    }
+
+    fn files_in(&self, sub: &str) -> Vec<PathBuf> {
+        std::fs::read_dir(self.data.join(sub))
+            .map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default()
+    }
+}
+
+const QUICK: mediagate::origin::Timeouts = mediagate::origin::Timeouts {
+    header_read: Duration::from_secs(1),
+    body_idle: Duration::from_secs(1),
+};
+
+#[test]
+fn a_request_head_that_stops_coming_is_given_up() {
+    let origin = QuickOrigin::start(QUICK);
+    let mut stream = TcpStream::connect(origin.addr).expect("connect");
+    let head = format!(
+        "POST /v1/Services/{}/Media HTTP/1.1\r\nHost: x\r\n",
+        new_service()
+    );
+    stream
+        .write_all(head.as_bytes())
+        .expect("send part of a head");
+    // Without a header timeout the origin waits for the rest for ever; this read would then
+    // fail after 30 s instead of seeing the connection closed.
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("read timeout");
+    let mut answer = Vec::new();
+    stream
+        .read_to_end(&mut answer)
+        .expect("the origin closes the connection");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "{answer}"
+    );
+}
+
+#[test]
+fn a_request_body_that_stops_coming_is_given_up_and_its_staging_file_removed() {
+    let origin = QuickOrigin::start(QUICK);
+    let service = new_service();
+    let mut stream = open_upload(
+        origin.addr,
+        &format!("/v1/Services/{service}/Media"),
+        &[
+            ("Authorization", &basic(ACCOUNT, AUTH_TOKEN)),
+            ("Content-Type", "image/png"),
+            ("Content-Length", "100000"),
+        ],
+        &png_bytes(1000),
+    );
+    // Without an idle timeout on bodies no answer ever comes (read_response gives up at 30 s).
+    let response = read_response(&mut stream);
+    assert_eq!(response.status, 408, "{}", response.body);
+    let error: Value = serde_json::from_str(&response.body).expect("error JSON");
+    assert_eq!(error["code"], 91408);
+    assert!(
+        origin.files_in("tmp").is_empty(),
+        "{:?}",
+        origin.files_in("tmp")
+    );
+    assert!(origin.files_in("content").is_empty());
 }

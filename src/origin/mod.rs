@@ -7,6 +7,7 @@
 //! started it on port 0 learns the port.
 
 mod auth;
+mod body;
 mod journal;
 mod service;
 mod signing;
@@ -17,10 +18,11 @@ use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_rustls::rustls;
@@ -45,8 +47,54 @@ pub struct OriginOptions {
     pub cache_control: Option<String>,
 }
 
+/// How long the origin waits on a client that stops sending.
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    /// From the moment a request head is awaited (on a new connection, or on a kept-alive one
+    /// after the previous answer) to its end; past it the connection is closed. It also bounds
+    /// a TLS handshake.
+    pub header_read: Duration,
+    /// The longest wait for the next bytes of a request body; past it the request is answered
+    /// 408 and its staging file removed.
+    pub body_idle: Duration,
+}
+
+/// A request head must be in within 30 s (hyper's own default once it has a timer).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// A request body may pause for up to 60 s between bytes.
+pub const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl Default for Timeouts {
+    fn default() -> Timeouts {
+        Timeouts {
+            header_read: HEADER_READ_TIMEOUT,
+            body_idle: BODY_IDLE_TIMEOUT,
+        }
+    }
+}
+
+/// After a failed accept (out of file descriptors, say), the pause before the next one: the
+/// error would otherwise come back at once, and the loop would spin a core.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
 /// Opens the store and serves until the process ends.
 pub async fn run(options: OriginOptions) -> io::Result<()> {
+    let listener = TcpListener::bind(options.listen).await.map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot listen on {}: {e}", options.listen),
+        )
+    })?;
+    run_on(listener, options, Timeouts::default()).await
+}
+
+/// `run` on a listener the caller bound (`options.listen` is not used) with these timeouts: for
+/// tests, which learn the port before the origin starts and cannot wait the default timeouts.
+pub async fn run_on(
+    listener: TcpListener,
+    options: OriginOptions,
+    timeouts: Timeouts,
+) -> io::Result<()> {
     let tls = match &options.tls {
         Some((cert, key)) => Some(tls_acceptor(cert, key)?),
         None => None,
@@ -59,12 +107,6 @@ pub async fn run(options: OriginOptions) -> io::Result<()> {
         .map(http::HeaderValue::from_str)
         .transpose()
         .map_err(|_| io::Error::other("--cache-control: not a valid header value"))?;
-    let listener = TcpListener::bind(options.listen).await.map_err(|e| {
-        io::Error::new(
-            e.kind(),
-            format!("cannot listen on {}: {e}", options.listen),
-        )
-    })?;
     let local = listener.local_addr()?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     let account = match (&options.account_sid, &options.auth_token) {
@@ -82,9 +124,10 @@ pub async fn run(options: OriginOptions) -> io::Result<()> {
         cache_control,
         scheme,
         fallback_host: local.to_string(),
+        body_idle: timeouts.body_idle,
     });
     announce(scheme, local, &options.data)?;
-    serve(listener, tls, origin).await
+    serve(listener, tls, origin, timeouts.header_read).await
 }
 
 fn announce(scheme: &str, local: SocketAddr, data: &Path) -> io::Result<()> {
@@ -101,13 +144,16 @@ async fn serve(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     origin: Arc<Origin>,
+    header_read: Duration,
 ) -> io::Result<()> {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
-                // Out of file descriptors and the like: keep serving the connections we have.
+                // Out of file descriptors and the like: keep serving the connections we have,
+                // and give them time to end before trying again.
                 log::warn!("origin: accept failed: {e}");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
                 continue;
             }
         };
@@ -115,18 +161,25 @@ async fn serve(
         let tls = tls.clone();
         tokio::spawn(async move {
             match tls {
-                Some(acceptor) => match acceptor.accept(stream).await {
-                    Ok(stream) => serve_connection(stream, peer, origin).await,
-                    Err(e) => log::debug!("origin: TLS handshake failed: {e}"),
-                },
-                None => serve_connection(stream, peer, origin).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(header_read, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => serve_connection(stream, peer, origin, header_read).await,
+                        Ok(Err(e)) => log::debug!("origin: TLS handshake failed: {e}"),
+                        Err(_) => log::debug!("origin: TLS handshake from {peer} timed out"),
+                    }
+                }
+                None => serve_connection(stream, peer, origin, header_read).await,
             }
         });
     }
 }
 
-async fn serve_connection<S>(stream: S, peer: SocketAddr, origin: Arc<Origin>)
-where
+async fn serve_connection<S>(
+    stream: S,
+    peer: SocketAddr,
+    origin: Arc<Origin>,
+    header_read: Duration,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service = service_fn(move |req| {
@@ -134,6 +187,8 @@ where
         async move { origin.handle(req, peer).await }
     });
     if let Err(e) = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read)
         .serve_connection(TokioIo::new(stream), service)
         .await
     {

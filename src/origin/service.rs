@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io::SeekFrom;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, HeaderMap, Method, Request, Response, StatusCode};
@@ -13,6 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
 
 use super::auth::Account;
+use super::body::{self, IdleTimeout, RequestBody};
 use super::journal::Journal;
 use super::signing::{Signer, UrlRefused};
 use super::store::{MediaRecord, NewMedia, Store};
@@ -36,6 +38,8 @@ pub struct Origin {
     pub fallback_host: String,
     /// Sent with every successful read when set (`--cache-control`).
     pub cache_control: Option<http::HeaderValue>,
+    /// The longest wait for a request body's next bytes.
+    pub body_idle: Duration,
 }
 
 const JOURNAL_PATH: &str = "/_origin/requests";
@@ -59,6 +63,7 @@ impl Origin {
         let pending = self
             .journal
             .start(req.method().as_str(), target, req.headers(), peer);
+        let req = req.map(|body| IdleTimeout::new(body, self.body_idle));
         let mut response = self.route(req).await.unwrap_or_else(error_response);
         if let Some(value) = &self.cache_control {
             if response.status().is_success() || response.status().is_redirection() {
@@ -71,7 +76,7 @@ impl Origin {
         Ok(response)
     }
 
-    async fn route(&self, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    async fn route(&self, req: Request<RequestBody>) -> Result<Response<Body>, ApiError> {
         if let Some(media) = temporary_url_media(req.uri().path()) {
             return self.serve_temporary(&req, &media).await;
         }
@@ -99,7 +104,7 @@ impl Origin {
     /// `POST /v1/Services/{IS}/Media`: 201 with the Media JSON once the bytes are durable.
     async fn upload(
         &self,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         service: ServiceSid,
     ) -> Result<Response<Body>, ApiError> {
         let query = query_params(req.uri().query());
@@ -165,7 +170,7 @@ impl Origin {
     /// `GET /v1/Services/{IS}/Media/{ME}`: the Media JSON with a fresh temporary URL.
     async fn metadata(
         &self,
-        req: &Request<Incoming>,
+        req: &Request<RequestBody>,
         service: &ServiceSid,
         media: &MediaSid,
     ) -> Result<Response<Body>, ApiError> {
@@ -177,7 +182,7 @@ impl Origin {
     /// `GET …/Content`: a redirect to the temporary URL, as the real service answers.
     async fn content(
         &self,
-        req: &Request<Incoming>,
+        req: &Request<RequestBody>,
         service: &ServiceSid,
         media: &MediaSid,
     ) -> Result<Response<Body>, ApiError> {
@@ -194,14 +199,17 @@ impl Origin {
     /// `POST …/MediaSet` with `{"command":"get","list":[{"media_sid":…}]}`.
     async fn media_set(
         &self,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         service: &ServiceSid,
     ) -> Result<Response<Body>, ApiError> {
         let base = self.base_url(&req);
         let body = Limited::new(req.into_body(), MEDIA_SET_MAX_BODY)
             .collect()
             .await
-            .map_err(|e| ApiError::bad_request(format!("MediaSet body: {e}")))?
+            .map_err(|e| match e.downcast_ref::<std::io::Error>() {
+                Some(e) if body::is_timeout(e) => upload::body_timeout(e),
+                _ => ApiError::bad_request(format!("MediaSet body: {e}")),
+            })?
             .to_bytes();
         let request: MediaSetRequest = serde_json::from_slice(&body)
             .map_err(|e| ApiError::bad_request(format!("MediaSet body is not valid: {e}")))?;
@@ -227,7 +235,7 @@ impl Origin {
     /// `GET /{ME}?Expires=…&Signature=…`: the bytes, no credentials needed.
     async fn serve_temporary(
         &self,
-        req: &Request<Incoming>,
+        req: &Request<RequestBody>,
         media: &str,
     ) -> Result<Response<Body>, ApiError> {
         if req.method() != Method::GET && req.method() != Method::HEAD {
@@ -258,7 +266,7 @@ impl Origin {
 
     async fn serve_bytes(
         &self,
-        req: &Request<Incoming>,
+        req: &Request<RequestBody>,
         record: &MediaRecord,
     ) -> Result<Response<Body>, ApiError> {
         let etag = format!("\"{}\"", record.sha256);
@@ -364,7 +372,7 @@ impl Origin {
     }
 
     /// `scheme://host` as the client reached this origin.
-    fn base_url(&self, req: &Request<Incoming>) -> String {
+    fn base_url(&self, req: &Request<RequestBody>) -> String {
         let host = header_str(req.headers(), header::HOST).unwrap_or(&self.fallback_host);
         format!("{}://{host}", self.scheme)
     }

@@ -2,11 +2,14 @@
 //! multipart form whose file part is named `file` (with `?Category=`) or `Media` (with a
 //! `FileName` text field). Bytes stream into a staging file; nothing is buffered whole.
 
+use std::io;
+
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 
+use super::body;
 use super::store::{Staged, Store};
-use crate::api::{ApiError, MAX_MEDIA_SIZE};
+use crate::api::{ApiError, ErrorCode, MAX_MEDIA_SIZE};
 
 /// An upload whose bytes are all in, not yet committed.
 pub struct Received {
@@ -28,17 +31,16 @@ pub fn is_multipart(content_type: Option<&str>) -> bool {
 }
 
 /// A raw upload: the body is the file, its type the request's `Content-Type`.
-pub async fn receive_raw<S, E>(
+pub async fn receive_raw<S>(
     store: &Store,
     body: S,
     content_type: Option<&str>,
 ) -> Result<Received, ApiError>
 where
-    S: Stream<Item = Result<Bytes, E>> + Unpin,
-    E: std::fmt::Display,
+    S: Stream<Item = Result<Bytes, io::Error>> + Unpin,
 {
     let mut staged = store.stage().await.map_err(io_error)?;
-    copy_into(&mut staged, body).await?;
+    copy_into(&mut staged, body, read_error).await?;
     Ok(Received {
         staged,
         content_type: media_type_or_untyped(content_type),
@@ -47,14 +49,13 @@ where
 }
 
 /// A multipart upload: the part named `file` or `Media` is the file.
-pub async fn receive_multipart<S, E>(
+pub async fn receive_multipart<S>(
     store: &Store,
     body: S,
     content_type: &str,
 ) -> Result<Received, ApiError>
 where
-    S: Stream<Item = Result<Bytes, E>> + Send + 'static,
-    E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
+    S: Stream<Item = Result<Bytes, io::Error>> + Send + 'static,
 {
     let boundary = multer::parse_boundary(content_type)
         .map_err(|_| ApiError::bad_request("multipart/form-data without a boundary"))?;
@@ -67,7 +68,7 @@ where
                 let part_type = field.content_type().map(|m| m.to_string());
                 let part_name = field.file_name().map(str::to_string);
                 let mut staged = store.stage().await.map_err(io_error)?;
-                copy_into(&mut staged, &mut field).await?;
+                copy_into(&mut staged, &mut field, body_error).await?;
                 file = Some((
                     staged,
                     media_type_or_untyped(part_type.as_deref()),
@@ -113,13 +114,16 @@ async fn read_short_text(field: &mut multer::Field<'_>) -> Result<String, ApiErr
 }
 
 /// Streams `body` into `staged`, refusing anything past the Media API's maximum size.
-async fn copy_into<S, E>(staged: &mut Staged, mut body: S) -> Result<(), ApiError>
+async fn copy_into<S, E>(
+    staged: &mut Staged,
+    mut body: S,
+    error: impl Fn(E) -> ApiError,
+) -> Result<(), ApiError>
 where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
-    E: std::fmt::Display,
 {
     while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(body_error)?;
+        let chunk = chunk.map_err(&error)?;
         if staged.size() + chunk.len() as u64 > MAX_MEDIA_SIZE {
             return Err(ApiError::too_large(MAX_MEDIA_SIZE));
         }
@@ -145,7 +149,20 @@ fn body_error(e: impl std::fmt::Display) -> ApiError {
     ApiError::bad_request(format!("the upload body could not be read: {e}"))
 }
 
-fn io_error(e: std::io::Error) -> ApiError {
+/// A body read that failed: 408 when the client went quiet, 400 otherwise.
+fn read_error(e: io::Error) -> ApiError {
+    if body::is_timeout(&e) {
+        body_timeout(&e)
+    } else {
+        body_error(e)
+    }
+}
+
+pub fn body_timeout(e: &io::Error) -> ApiError {
+    ApiError::new(408, ErrorCode::HeadTimeout, format!("request body: {e}"))
+}
+
+fn io_error(e: io::Error) -> ApiError {
     log::error!("origin store: {e}");
     ApiError::internal()
 }
