@@ -3,7 +3,7 @@
 mod support;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -736,4 +736,168 @@ fn a_request_body_that_stops_coming_is_given_up_and_its_staging_file_removed() {
         origin.files_in("tmp")
     );
     assert!(origin.files_in("content").is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hostile and broken multipart bodies
+
+/// Sends `body` on `stream` from a thread of its own, ignoring write errors: the origin may
+/// answer and close before it has read it all. The connection stays open (a body that does not
+/// complete its request stays unfinished) for as long as the caller keeps `stream`.
+fn send_in_background(stream: &TcpStream, body: Vec<u8>) {
+    let mut writer = stream.try_clone().expect("clone the connection");
+    writer
+        .set_write_timeout(Some(Duration::from_secs(30)))
+        .expect("write timeout");
+    std::thread::spawn(move || {
+        let _ = writer.write_all(&body);
+    });
+}
+
+/// `body` as HTTP/1.1 chunks of 64 KiB, without the last chunk: a body that has not ended.
+fn chunks_of(body: &[u8]) -> Vec<u8> {
+    let mut framed = Vec::new();
+    for chunk in body.chunks(64 * 1024) {
+        framed.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        framed.extend_from_slice(chunk);
+        framed.extend_from_slice(b"\r\n");
+    }
+    framed
+}
+
+/// Asserts that the origin stored nothing, neither content nor a staging file left behind.
+fn nothing_stored(origin: &Origin) {
+    assert!(
+        origin.files_in("content").is_empty(),
+        "{:?}",
+        origin.files_in("content")
+    );
+    assert!(
+        origin.files_in("tmp").is_empty(),
+        "{:?}",
+        origin.files_in("tmp")
+    );
+}
+
+/// A chunked multipart upload whose body starts with `prefix`, followed by `filler` repeated
+/// to 1 MiB, and never ends: answered (400) long before the origin could have it all.
+fn refused_before_the_end(prefix: &[u8], filler: &[u8]) {
+    let origin = Origin::start();
+    let service = new_service();
+    let stream = open_upload(
+        origin.addr,
+        &format!("/v1/Services/{service}/Media"),
+        &[
+            ("Authorization", &origin.basic_auth()),
+            ("Content-Type", &multipart_type("B0undary")),
+            ("Transfer-Encoding", "chunked"),
+        ],
+        b"",
+    );
+    let mut body = prefix.to_vec();
+    while body.len() < 1 << 20 {
+        body.extend_from_slice(filler);
+    }
+    send_in_background(&stream, chunks_of(&body));
+    // Without a bound the origin keeps buffering and waits for the rest: no answer ever.
+    let entries = settled(&origin, &service, 1);
+    assert_eq!(entries[0]["status"], 400, "{entries:?}");
+    nothing_stored(&origin);
+    drop(stream);
+}
+
+#[test]
+fn a_multipart_body_without_a_boundary_is_refused_early() {
+    refused_before_the_end(b"", &[b'x'; 4096]);
+}
+
+#[test]
+fn a_multipart_part_head_without_an_end_is_refused_early() {
+    refused_before_the_end(
+        b"--B0undary\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"",
+        b"\r\nX-Filler: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+    );
+}
+
+#[tokio::test]
+async fn a_multipart_body_is_stored_only_once_it_has_ended_cleanly() {
+    let origin = Origin::start();
+    let service = new_service();
+    let path = format!("/v1/Services/{service}/Media");
+    let auth = origin.basic_auth();
+    let (boundary, mut form) =
+        multipart(&[("file", Some("x.png"), Some("image/png"), &png_bytes(3000))]);
+    // The form ends right after its closing delimiter, before its CRLF.
+    form.truncate(form.len() - 2);
+    assert!(form.ends_with(format!("--{boundary}--").as_bytes()));
+    let content_type = multipart_type(&boundary);
+    // An epilogue the origin reads past (under its 64 KiB bound): with one, a body cut off at
+    // its end is cut off well after the form, where the parser no longer reads.
+    let mut with_epilogue = form.clone();
+    with_epilogue.extend_from_slice(&vec![b'e'; 40 * 1024]);
+
+    // Content-Length promises 100 bytes more than come: the client stops sending and leaves
+    // its write side.
+    for sent in [&form, &with_epilogue] {
+        let mut stream = open_upload(
+            origin.addr,
+            &path,
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", &content_type),
+                ("Content-Length", &(sent.len() + 100).to_string()),
+            ],
+            sent,
+        );
+        stream
+            .shutdown(Shutdown::Write)
+            .expect("shut down the write side");
+        let (status, body) = read_answer(&mut stream);
+        assert_eq!(status, 400, "{body}");
+    }
+
+    // Chunked: the form, the epilogue, then a chunk size that is not one (hex digits only).
+    let mut framed = chunks_of(&with_epilogue);
+    framed.extend_from_slice(b"zz\r\n");
+    let stream = open_upload(
+        origin.addr,
+        &path,
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", &content_type),
+            ("Transfer-Encoding", "chunked"),
+        ],
+        b"",
+    );
+    send_in_background(&stream, framed);
+
+    // An epilogue over 64 KiB, the length right.
+    let mut long = form.clone();
+    long.extend_from_slice(&vec![b'e'; 100 * 1024]);
+    let long_stream = open_upload(
+        origin.addr,
+        &path,
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", &content_type),
+            ("Content-Length", &long.len().to_string()),
+        ],
+        b"",
+    );
+    send_in_background(&long_stream, long);
+
+    let entries = settled(&origin, &service, 4);
+    assert!(entries.iter().all(|e| e["status"] == 400), "{entries:?}");
+    nothing_stored(&origin);
+    drop((stream, long_stream));
+
+    // The same form and epilogue, the body complete: stored.
+    let media = create(
+        &origin,
+        origin.url.clone() + &path,
+        &content_type,
+        with_epilogue,
+    )
+    .await;
+    assert_eq!(media["size"], 3000);
 }
