@@ -59,8 +59,10 @@ pub struct Timeouts {
     pub body_idle: Duration,
 }
 
-/// A request head must be in within 30 s (hyper's own default once it has a timer).
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// A request head must be in within 90 s. The wait for the next head on a kept-alive connection
+/// counts too, so this stays above the proxy's pool idle time (60 s, `proxy::upstream`): a
+/// connection the proxy takes from its pool must not be one the origin is closing.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(90);
 /// A request body may pause for up to 60 s between bytes.
 pub const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
