@@ -170,14 +170,21 @@ async fn a_scripted_mix_shows_in_every_family_and_in_the_access_log() {
             .headers()["mediagate-reject"],
         "quota_uploads"
     );
+    // 600 of the hour's 1,000 bytes, then 600 more do not fit.
     assert_eq!(
-        mix.upload(SMALL_BYTES, "text/plain", vec![b'x'; 2000])
+        mix.upload(SMALL_BYTES, "text/plain", vec![b'x'; 600])
+            .await
+            .status(),
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        mix.upload(SMALL_BYTES, "text/plain", vec![b'x'; 600])
             .await
             .headers()["mediagate-reject"],
         "quota_bytes"
     );
 
-    proxy.wait_recorded(18);
+    proxy.wait_recorded(19);
     let requests = |labels: &[(&str, &str)]| proxy.metric("mediagate_requests_total", labels);
     assert_eq!(
         requests(&[
@@ -363,7 +370,7 @@ async fn a_scripted_mix_shows_in_every_family_and_in_the_access_log() {
         Some(0.0)
     );
     // Upstream time for every request that reached the origin (hits did not): 2 uploads + 1
-    // metadata + 1 content + 1 unknown on MAIN, 1 on ONE_A_MINUTE.
+    // metadata + 1 content + 1 unknown on MAIN, 1 on ONE_A_MINUTE, 1 on SMALL_BYTES.
     let upstream: f64 = ["upload", "metadata", "content"]
         .iter()
         .map(|route| {
@@ -375,13 +382,13 @@ async fn a_scripted_mix_shows_in_every_family_and_in_the_access_log() {
                 .unwrap_or(0.0)
         })
         .sum();
-    assert_eq!(upstream, 6.0);
+    assert_eq!(upstream, 7.0);
     assert_eq!(
         proxy.metric(
             "mediagate_request_duration_seconds_count",
             &[("route", "upload")]
         ),
-        Some(12.0)
+        Some(13.0)
     );
     // Every family of the contract is exported.
     let text = proxy.metrics_text();
@@ -408,7 +415,7 @@ async fn a_scripted_mix_shows_in_every_family_and_in_the_access_log() {
     }
 
     // The access log: one JSON line per request, ids unique, no secret anywhere.
-    let total = 18;
+    let total = 19;
     let log = proxy.access_log_lines(total);
     let entries: Vec<Value> = log
         .lines()
