@@ -916,3 +916,20 @@ async fn content_fills_held_by_slow_readers_leave_room_for_metadata() {
     );
     drop(readers);
 }
+
+#[tokio::test]
+async fn an_answer_whose_body_ends_with_the_connection_is_not_kept() {
+    // Without Content-Length or chunking, a connection cut short could not be told from the
+    // body's end: such an answer is served, never kept.
+    let upstream = ScriptedUpstream::start(vec![Script::Unframed, Script::Unframed]);
+    let proxy = Proxy::start(ProxyConfig::to(&upstream.url));
+    let path = format!("/v1/Services/{}/Media/{SCRIPTED_MEDIA_SID}", new_service());
+    for read in 1..=2 {
+        let response = client().get(proxy.url(&path)).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "read {read}");
+        assert_eq!(response.headers()["mediagate-cache"], "miss", "read {read}");
+        let json: Value = response.json().await.unwrap();
+        assert_eq!(json["sid"], SCRIPTED_MEDIA_SID);
+    }
+    assert_eq!(upstream.uploads(), 2, "both reads went upstream");
+}

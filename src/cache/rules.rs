@@ -65,8 +65,11 @@ impl CachePolicy {
             404 if !self.negative_ttl.is_zero() => self.negative_ttl,
             _ => return Err(NotKept::Status),
         };
-        if content_length(&response.headers).is_some_and(|len| len as u64 > self.max_object) {
-            return Err(NotKept::TooLarge);
+        match content_length(&response.headers) {
+            Some(len) if len as u64 > self.max_object => return Err(NotKept::TooLarge),
+            Some(_) => {}
+            None if !is_chunked(&response.headers) => return Err(NotKept::Unframed),
+            None => {}
         }
         let ttl = ttl.min(upstream_max_age(response).unwrap_or(Duration::MAX));
         if ttl.is_zero() {
@@ -93,6 +96,17 @@ fn shareable(response: &ResponseHeader) -> bool {
     !encoded && !varies && !headers.contains_key(http::header::SET_COOKIE)
 }
 
+/// Whether the body is chunked: its end is marked, unlike a body that runs to the connection's
+/// close, where a connection cut short cannot be told from the end.
+fn is_chunked(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(http::header::TRANSFER_ENCODING)
+        .iter()
+        .next_back()
+        .and_then(|v| v.as_bytes().rsplit(|b| *b == b',').next())
+        .is_some_and(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+}
+
 /// Why an answer is not kept.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NotKept {
@@ -104,6 +118,9 @@ pub enum NotKept {
     Status,
     /// Larger than `cache.max_object`.
     TooLarge,
+    /// Neither `Content-Length` nor chunked: its body ends with the connection, so one cut
+    /// short would be kept as whole.
+    Unframed,
 }
 
 /// The upstream's `s-maxage` or `max-age`: an upper bound on our TTL.
@@ -184,9 +201,16 @@ mod tests {
         }
     }
 
+    /// An answer with `headers`; framed by a `Content-Length` unless they frame it themselves.
     fn response(status: u16, headers: &[(&str, &str)]) -> ResponseHeader {
         let mut r = ResponseHeader::build(status, None).unwrap();
-        for (name, value) in headers {
+        if !headers
+            .iter()
+            .any(|(name, _)| ["content-length", "transfer-encoding", "unframed"].contains(name))
+        {
+            r.insert_header("content-length", "10").unwrap();
+        }
+        for (name, value) in headers.iter().filter(|(name, _)| *name != "unframed") {
             r.insert_header(name.to_string(), *value).unwrap();
         }
         r
@@ -233,6 +257,14 @@ mod tests {
         );
         let big = response(200, &[("content-length", "1001")]);
         assert_eq!(p.ttl(Kind::Content, &big), Err(NotKept::TooLarge));
+        let until_close = response(200, &[("unframed", "")]);
+        assert_eq!(p.ttl(Kind::Content, &until_close), Err(NotKept::Unframed));
+        for coding in ["chunked", "gzip, chunked"] {
+            let chunked = response(200, &[("transfer-encoding", coding)]);
+            assert!(p.ttl(Kind::Content, &chunked).is_ok(), "{coding}");
+        }
+        let chunked_first = response(200, &[("transfer-encoding", "chunked, gzip")]);
+        assert_eq!(p.ttl(Kind::Content, &chunked_first), Err(NotKept::Unframed));
         let negative = CachePolicy {
             negative_ttl: Duration::from_secs(3),
             ..policy()

@@ -1041,7 +1041,7 @@ impl ProxyHttp for Gateway {
                 RespCacheable::Cacheable(CacheMeta::new(now + ttl, now, 0, 0, kept.into()))
             }
             Err(NotKept::TooLarge) => RespCacheable::Uncacheable(NoCacheReason::ResponseTooLarge),
-            Err(NotKept::Forbidden | NotKept::Status | NotKept::Personal) => {
+            Err(NotKept::Forbidden | NotKept::Status | NotKept::Personal | NotKept::Unframed) => {
                 RespCacheable::Uncacheable(NoCacheReason::OriginNotCache)
             }
         })

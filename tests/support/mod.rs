@@ -300,13 +300,16 @@ pub enum Script {
     Empty,
     /// Reads nothing and answers nothing: the connection stays open until the test ends.
     Silent,
+    /// Reads it whole, answers `200` with the Media JSON and no `Content-Length` (nor chunking):
+    /// the body ends where the connection does.
+    Unframed,
 }
 
 /// The Media SID a `ScriptedUpstream` answers with.
 pub const SCRIPTED_MEDIA_SID: &str = "ME00000000000000000000000000000001";
 
-/// An HTTP/1.1 upstream on a port of its own that treats each connection's upload as the next
-/// of its scripts says, and every one after them as `Answer(201)`. It runs on a thread until
+/// An HTTP/1.1 upstream on a port of its own that treats each connection's request (an upload,
+/// or a read: a request without a body) as the next of its scripts says, and every one after them as `Answer(201)`. It runs on a thread until
 /// the test process ends.
 pub struct ScriptedUpstream {
     pub url: String,
@@ -401,6 +404,11 @@ fn scripted_answer(script: Script) -> String {
             head(201, json.len()) + &json
         }
         Script::Empty => head(201, 0),
+        Script::Unframed => {
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n"
+                .to_string()
+                + &json
+        }
         Script::Silent => String::new(),
     }
 }
