@@ -644,3 +644,24 @@ async fn busy_polling_spends_its_window_after_requests_then_sleeps() {
     let exit = wait_exit(&mut polling.child, Duration::from_secs(15)).expect("the proxy exits");
     assert!(exit.success(), "{exit}");
 }
+
+#[test]
+fn a_read_with_a_body_is_refused_before_the_upstream() {
+    let service = new_service();
+    let metadata = unknown_media_path(&service);
+    let content = format!("{metadata}/Content");
+    for path in [&metadata, &content] {
+        let (status, body) =
+            mediagate::process::http_request(proxy().listen, "GET", path, &[], b"hello").unwrap();
+        assert_eq!(status, 400, "{path}");
+        let error: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(error["code"], 91400, "{path}");
+    }
+    assert!(origin().requests_for(&service).is_empty());
+    // The same reads without a body (Content-Length: 0) go upstream: that media is unknown.
+    for path in [&metadata, &content] {
+        let (status, _) =
+            mediagate::process::http_request(proxy().listen, "GET", path, &[], b"").unwrap();
+        assert_eq!(status, 404, "{path}");
+    }
+}

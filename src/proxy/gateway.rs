@@ -754,6 +754,7 @@ impl ProxyHttp for Gateway {
         // Known from here on, refused or not: the metrics label by it.
         let service = *route.service();
         let is_upload = route.kind() == RouteKind::Upload;
+        let is_read = matches!(route.kind(), RouteKind::Metadata | RouteKind::Content);
         ctx.route = Some(route);
         if let Err(why) = check_framing(session) {
             return refuse(
@@ -770,6 +771,12 @@ impl ProxyHttp for Gateway {
             .map(|v| v.as_bytes());
         if let Err(rejection) = ctx.settings.access.check(authorization, &service) {
             return refuse(session, ctx, rejection).await;
+        }
+        if is_read && carries_body(session) {
+            // A read's answer may be cached and served to every reader, and a content read is
+            // sent on to the media host: nothing of one client's may ride along.
+            let error = ApiError::bad_request("a read (GET or HEAD) carries no body");
+            return refuse(session, ctx, Rejection::plain(error)).await;
         }
         if !is_upload && is_chunked(session) {
             // Its first chunk size is read (and checked) before anything goes upstream. Boxed
@@ -1266,6 +1273,15 @@ fn check_framing(session: &Session) -> Result<(), &'static str> {
         .then(|| session.as_http1().map(|h1| h1.get_headers_raw_bytes()))
         .flatten();
     super::framing::check(headers, raw_head.as_deref())
+}
+
+/// Whether the request has a body: chunked, or a `Content-Length` above 0.
+fn carries_body(session: &Session) -> bool {
+    let headers = &session.req_header().headers;
+    headers.contains_key(http::header::TRANSFER_ENCODING)
+        || headers
+            .get(http::header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes().iter().any(|b| *b != b'0'))
 }
 
 /// Whether the request's body is chunked.
