@@ -933,3 +933,24 @@ async fn an_answer_whose_body_ends_with_the_connection_is_not_kept() {
     }
     assert_eq!(upstream.uploads(), 2, "both reads went upstream");
 }
+
+#[tokio::test]
+async fn with_the_cache_off_content_redirects_are_still_followed() {
+    // `cache.memory: 0` turns caching off, not `follow_content_redirects`: a client that can
+    // reach the media host only through the sidecar still gets the bytes.
+    let origin = Origin::start();
+    let proxy = start(&origin, "cache:\n  memory: 0\n");
+    let service = new_service();
+    let bytes = png_bytes(3000);
+    let media = stored(&origin, &service, &bytes, "image/png").await;
+    let (_, content) = paths(&service, &media);
+    for _ in 0..2 {
+        let read = get(&proxy, &content, &[]).await;
+        assert_eq!(read.status, StatusCode::OK);
+        assert!(!read.headers.contains_key("location"));
+        assert_eq!(read.body, bytes);
+        assert_eq!(read.cache.as_deref(), Some("bypass"));
+    }
+    // Each read asked the API for the redirect: nothing was kept.
+    assert_eq!(origin_gets(&origin, &content).len(), 2);
+}

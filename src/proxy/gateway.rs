@@ -222,6 +222,8 @@ struct CacheUse {
     kind: Kind,
     /// False when the cache was bypassed (off, or content redirects not followed).
     consulted: bool,
+    /// A content read whose redirect the sidecar follows itself, cached or not.
+    follows: bool,
 }
 
 /// What the gateway keeps for the life of the process, whatever reloads bring.
@@ -846,7 +848,12 @@ impl ProxyHttp for Gateway {
                 .cache
                 .set_max_file_size_bytes(usize::try_from(policy.max_object).unwrap_or(usize::MAX));
         }
-        ctx.cache = Some(CacheUse { kind, consulted });
+        let follows = kind == Kind::Content && policy.follow_content_redirects;
+        ctx.cache = Some(CacheUse {
+            kind,
+            consulted,
+            follows,
+        });
         Ok(())
     }
 
@@ -906,10 +913,7 @@ impl ProxyHttp for Gateway {
             return upstream.media_peer(&signed.endpoint).await;
         }
         let api = upstream.peer().await?;
-        if !ctx
-            .cache
-            .is_some_and(|u| u.kind == Kind::Content && u.consulted)
-        {
+        if !ctx.cache.is_some_and(|u| u.follows) {
             return Ok(api);
         }
         // The redirect's round trip is part of the upstream's time to answer.
