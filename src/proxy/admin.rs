@@ -132,10 +132,34 @@ impl ServeHttp for AdminApp {
                 }
             },
             _ if path.starts_with("/cache/") => {
+                let peer = session
+                    .client_addr()
+                    .and_then(|a| a.as_inet())
+                    .map(SocketAddr::ip);
+                if !purge_allowed_from(peer) {
+                    return json(
+                        StatusCode::FORBIDDEN,
+                        r#"{"status":"forbidden","reason":"purges are taken from loopback only"}"#
+                            .into(),
+                    );
+                }
                 self.purge(&session.req_header().method.clone(), &path)
             }
             _ => json(StatusCode::NOT_FOUND, r#"{"status":"not_found"}"#.into()),
         }
+    }
+}
+
+/// A purge changes what the sidecar does: it is taken only from the sidecar's own host (or pod:
+/// `kubectl exec`), while `/metrics` and the probes may be exposed more widely (the shipped
+/// Kubernetes manifest listens on every address for Prometheus and the kubelet).
+fn purge_allowed_from(peer: Option<IpAddr>) -> bool {
+    match peer {
+        Some(IpAddr::V4(ip)) => ip.is_loopback(),
+        Some(IpAddr::V6(ip)) => {
+            ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+        None => false,
     }
 }
 
@@ -154,4 +178,23 @@ fn answer(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec
         .headers_mut()
         .insert(header::CONTENT_LENGTH, len.into());
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn purges_are_taken_from_loopback_only() {
+        for allowed in ["127.0.0.1", "127.8.9.10", "::1", "::ffff:127.0.0.1"] {
+            let ip: IpAddr = allowed.parse().unwrap();
+            assert!(purge_allowed_from(Some(ip)), "{allowed}");
+        }
+        for refused in ["10.0.0.7", "192.168.1.1", "::ffff:10.0.0.7", "fd00::1"] {
+            let ip: IpAddr = refused.parse().unwrap();
+            assert!(!purge_allowed_from(Some(ip)), "{refused}");
+        }
+        // A Unix socket or an unknown peer: no.
+        assert!(!purge_allowed_from(None));
+    }
 }
