@@ -603,23 +603,16 @@ async fn empty_filenames_are_null() {
     let media = create(origin, url, &multipart_type(&boundary), body).await;
     assert_eq!(media["filename"], Value::Null);
 
-    // Every source empty: still null.
-    let (boundary, body) = multipart(&[
-        ("file", Some(""), Some("image/png"), &png_bytes(10)),
-        ("FileName", None, None, b""),
-    ]);
-    let url = format!("{}?Filename=", media_url(origin, &service));
-    let media = create(origin, url, &multipart_type(&boundary), body).await;
-    assert_eq!(media["filename"], Value::Null);
-
-    // An empty one gives way to the next source.
-    let (boundary, body) = multipart(&[
-        ("file", Some(""), Some("image/png"), &png_bytes(10)),
-        ("FileName", None, None, b""),
-    ]);
-    let url = format!("{}?Filename=q.png", media_url(origin, &service));
-    let media = create(origin, url, &multipart_type(&boundary), body).await;
-    assert_eq!(media["filename"], "q.png");
+    // Every source empty: still null. An empty one gives way to the next source.
+    for (query, expected) in [("", Value::Null), ("q.png", Value::from("q.png"))] {
+        let (boundary, body) = multipart(&[
+            ("file", Some(""), Some("image/png"), &png_bytes(10)),
+            ("FileName", None, None, b""),
+        ]);
+        let url = format!("{}?Filename={query}", media_url(origin, &service));
+        let media = create(origin, url, &multipart_type(&boundary), body).await;
+        assert_eq!(media["filename"], expected, "?Filename={query}");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
