@@ -25,6 +25,14 @@ RUN apt-get update \
  && useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin mediagate
 COPY --from=build /src/target/pgo/mediagate /usr/local/bin/mediagate
 COPY config/mediagate.yaml /etc/mediagate/mediagate.yaml
+# The reference configuration listens on loopback; in a container the ports are reached from
+# outside it (docker run -p 8080:8080 -p 9108:9108): every address. The build fails if the lines
+# to change are not there. Cache purges stay loopback-only whatever the address.
+RUN sed -i -e 's/^  listen: 127\.0\.0\.1:8080/  listen: 0.0.0.0:8080/' \
+      -e 's/^  metrics_listen: 127\.0\.0\.1:9108/  metrics_listen: 0.0.0.0:9108/' \
+      /etc/mediagate/mediagate.yaml \
+ && grep -q '^  listen: 0\.0\.0\.0:8080' /etc/mediagate/mediagate.yaml \
+ && grep -q '^  metrics_listen: 0\.0\.0\.0:9108' /etc/mediagate/mediagate.yaml
 USER 10001:10001
 # 8080: the sidecar (server.listen); 9108: /metrics, /healthz, /readyz (server.metrics_listen).
 EXPOSE 8080 9108

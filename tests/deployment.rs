@@ -221,6 +221,17 @@ fn the_dockerfile_follows_its_conventions() {
         .lines()
         .any(|l| l.starts_with("USER ") && !l.contains("root")));
     assert!(dockerfile.contains("EXPOSE 8080 9108"));
+    // The image's configuration listens where EXPOSE says: its build rewrites these lines of the
+    // reference configuration.
+    let reference = read("config/mediagate.yaml");
+    for line in [
+        "  listen: 127.0.0.1:8080",
+        "  metrics_listen: 127.0.0.1:9108",
+    ] {
+        assert!(reference.lines().any(|l| l.starts_with(line)), "{line}");
+        let pattern = format!("s/^{}/", line.replace('.', "\\."));
+        assert!(dockerfile.contains(&pattern), "{pattern}");
+    }
     assert!(dockerfile.contains("HEALTHCHECK") && dockerfile.contains("/healthz"));
     // The image ships the build the load comparison measures.
     assert!(dockerfile.contains("RUN scripts/build-production"));

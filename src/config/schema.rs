@@ -192,6 +192,15 @@ impl UpstreamUrl {
             .host()
             .trim_start_matches('[')
             .trim_end_matches(']');
+        // `http::Uri` keeps a port it cannot read as a number (`:84430`, `:8o90`) and
+        // `port_u16` then says none: the default port would be used, silently.
+        let port_text = authority.as_str()[authority.host().len()..].strip_prefix(':');
+        if port_text.is_some_and(|p| p.parse::<u16>().map_or(true, |port| port == 0)) {
+            return Err(format!(
+                "the port must be a number from 1 to 65535, got \"{}\"",
+                redact_url_password(text)
+            ));
+        }
         Ok(UpstreamUrl {
             tls,
             host: host.to_string(),
@@ -263,13 +272,29 @@ impl Credentials {
             (None, None) => Err(ConfigError(format!(
                 "{key}: expected password or password_file"
             ))),
-            (Some(_), None) => Ok(()),
+            (Some(password), None) => check_password(password, &format!("{key}.password")),
             (None, Some(file)) => {
                 self.password = Some(read_password_file(file, key)?);
                 Ok(())
             }
         }
     }
+}
+
+/// A password given in the file: not empty (an unset variable in docker compose) and without
+/// blank space around it (a newline from a secret made from a file): the upstream would refuse
+/// every request, and nothing would say why.
+fn check_password(password: &Secret, key: &str) -> Result<(), ConfigError> {
+    let value = password.expose();
+    if value.is_empty() {
+        return Err(ConfigError(format!("{key}: must not be empty")));
+    }
+    if value.trim() != value {
+        return Err(ConfigError(format!(
+            "{key}: has blank space (a newline?) before or after it"
+        )));
+    }
+    Ok(())
 }
 
 /// The first line of the file, trimmed.
@@ -468,7 +493,7 @@ impl Quotas {
     }
 }
 
-/// `memory`, or a `redis://` / `rediss://` URL shared by a fleet of sidecars.
+/// `memory`, or a `redis://` URL shared by a fleet of sidecars.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum QuotaBackend {
     Memory,
@@ -503,7 +528,18 @@ impl<'de> Deserialize<'de> for QuotaBackend {
         let text = String::deserialize(deserializer)?;
         if text == "memory" {
             Ok(QuotaBackend::Memory)
-        } else if text.starts_with("redis://") || text.starts_with("rediss://") {
+        } else if text.starts_with("rediss://") {
+            Err(serde::de::Error::custom(
+                "rediss:// (Redis over TLS) is not built in: give redis://, through a TLS tunnel \
+                 if the network needs one",
+            ))
+        } else if text.starts_with("redis://") {
+            if redis::Client::open(text.as_str()).is_err() {
+                return Err(serde::de::Error::custom(format!(
+                    r#"expected a URL like "redis://[:password@]host[:port][/db]", got "{}""#,
+                    redact_url_password(&text)
+                )));
+            }
             Ok(QuotaBackend::Redis(text))
         } else {
             Err(serde::de::Error::custom(format!(
@@ -603,9 +639,11 @@ impl Config {
                 "server.busy_poll: must be at most 10ms (it is a wait for a near event)".into(),
             ));
         }
-        if self.server.listen == self.server.metrics_listen {
+        if listeners_collide(self.server.listen, self.server.metrics_listen) {
             return Err(ConfigError(
-                "server.metrics_listen: must differ from server.listen".into(),
+                "server.metrics_listen: must not take server.listen's port (the same port on \
+                 the same address, or with either on every address)"
+                    .into(),
             ));
         }
         if self.cache.negative_ttl.get() > Cache::MAX_NEGATIVE_TTL {
@@ -725,6 +763,12 @@ impl Config {
             None => self.quotas.clone(),
         }
     }
+}
+
+/// Whether two listeners would need the same socket: one port, on one address or with either on
+/// every address (`0.0.0.0`, `::`).
+fn listeners_collide(a: std::net::SocketAddr, b: std::net::SocketAddr) -> bool {
+    a.port() == b.port() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
 /// A CA file must hold at least one PEM certificate; say so at start, not at the first request.

@@ -336,3 +336,50 @@ fn tokens_a_client_could_never_send_are_refused() {
     );
     assert!(parse(&tokens("    - token: abc\n    - token: abd\n")).is_ok());
 }
+
+#[test]
+fn mistakes_that_would_only_show_at_the_first_request_are_refused() {
+    const CREDS: &str = "credentials:\n  username: AC0123456789abcdef0123456789abcdef\n";
+    // A port that is not a number would have become the default one.
+    for port in ["84430", "8o90", "0x50"] {
+        let e = error(&format!(
+            "{MINIMAL}upstream:\n  url: https://api.example:{port}\n"
+        ));
+        assert!(e.starts_with("upstream.url:"), "{port}: {e}");
+    }
+    for (url, port) in [
+        ("https://[::1]:8443", 8443),
+        ("http://api.example:8080/", 8080),
+    ] {
+        let config = parse(&format!("{MINIMAL}upstream:\n  url: {url}\n")).unwrap();
+        assert_eq!(config.upstream.url.port, port, "{url}");
+    }
+    let e = error(&format!("{MINIMAL}upstream:\n  url: https://[::1]:99999\n"));
+    assert!(e.starts_with("upstream.url:"), "{e}");
+    // A password the upstream would refuse every time.
+    for password in ["\"\"", "\"hunter2\\n\"", "\" hunter2\""] {
+        let e = error(&format!("{CREDS}  password: {password}\n"));
+        assert!(e.starts_with("credentials.password:"), "{password}: {e}");
+        assert!(!e.contains("hunter2"), "{e}");
+    }
+    // Redis URLs the client library would refuse at start.
+    let e = error(&format!(
+        "{MINIMAL}quotas:\n  backend: rediss://:pw@cache:6380/0\n"
+    ));
+    assert!(e.starts_with("quotas.backend:"), "{e}");
+    assert!(!e.contains("pw"), "{e}");
+    let e = error(&format!(
+        "{MINIMAL}quotas:\n  backend: redis://:pw@cache/notadb\n"
+    ));
+    assert!(e.starts_with("quotas.backend:"), "{e}");
+    assert!(!e.contains(":pw@"), "{e}");
+    // Two listeners on one port, where one is on every address.
+    let e = error(&format!(
+        "{MINIMAL}server:\n  listen: 0.0.0.0:8080\n  metrics_listen: 127.0.0.1:8080\n"
+    ));
+    assert!(e.starts_with("server.metrics_listen:"), "{e}");
+    assert!(parse(&format!(
+        "{MINIMAL}server:\n  listen: 0.0.0.0:8080\n  metrics_listen: 127.0.0.1:9108\n"
+    ))
+    .is_ok());
+}
