@@ -113,6 +113,10 @@ fn sweep(dir: &Path) -> io::Result<usize> {
             Ok(()) => removed += 1,
             // Its owner removed it meanwhile.
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            // Another user's, in a shared directory with the sticky bit: theirs to remove.
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                log::warn!("spool: cannot remove {}: {e}", entry.path().display());
+            }
             Err(e) => return Err(e),
         }
     }

@@ -953,4 +953,11 @@ async fn with_the_cache_off_content_redirects_are_still_followed() {
     }
     // Each read asked the API for the redirect: nothing was kept.
     assert_eq!(origin_gets(&origin, &content).len(), 2);
+    // The client's range and validators reach the media host, which answers them.
+    let part = get(&proxy, &content, &[("Range", "bytes=10-109")]).await;
+    assert_eq!(part.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(part.body, &bytes[10..110]);
+    let etag = part.headers["etag"].to_str().unwrap().to_string();
+    let unchanged = get(&proxy, &content, &[("If-None-Match", &etag)]).await;
+    assert_eq!(unchanged.status, StatusCode::NOT_MODIFIED);
 }

@@ -83,9 +83,33 @@ impl SignedUrl {
 /// The validators of a revalidation (`If-None-Match`, `If-Modified-Since`), from the request
 /// pingora-cache prepared to the proxy's own request for the same bytes.
 pub fn carry_validators(prepared: &RequestHeader, own: &mut RequestHeader) -> Result<()> {
-    for name in [header::IF_NONE_MATCH, header::IF_MODIFIED_SINCE] {
-        if let Some(value) = prepared.headers.get(&name) {
-            own.insert_header(name, value.clone())?;
+    carry(
+        prepared,
+        own,
+        &[header::IF_NONE_MATCH, header::IF_MODIFIED_SINCE],
+    )
+}
+
+/// With the cache off, the client's own range and validators: the media host answers them
+/// (206, 304), as it would have had the client followed the redirect itself. Nothing else of
+/// the client's goes.
+pub fn carry_client_conditions(client: &RequestHeader, own: &mut RequestHeader) -> Result<()> {
+    carry(
+        client,
+        own,
+        &[
+            header::RANGE,
+            header::IF_RANGE,
+            header::IF_NONE_MATCH,
+            header::IF_MODIFIED_SINCE,
+        ],
+    )
+}
+
+fn carry(from: &RequestHeader, to: &mut RequestHeader, names: &[header::HeaderName]) -> Result<()> {
+    for name in names {
+        if let Some(value) = from.headers.get(name) {
+            to.insert_header(name.clone(), value.clone())?;
         }
     }
     Ok(())

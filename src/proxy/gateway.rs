@@ -774,7 +774,7 @@ impl ProxyHttp for Gateway {
         if let Err(rejection) = ctx.settings.access.check(authorization, &service) {
             return refuse(session, ctx, rejection).await;
         }
-        if is_read && carries_body(session) {
+        if is_read && !session.is_body_empty() {
             // A read's answer may be cached and served to every reader, and a content read is
             // sent on to the media host: nothing of one client's may ride along.
             let error = ApiError::bad_request("a read (GET or HEAD) carries no body");
@@ -801,13 +801,15 @@ impl ProxyHttp for Gateway {
     /// the request, which cuts the upstream's body short: the upstream stores nothing.
     async fn request_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         body: &mut Option<Bytes>,
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         ctx.body_forwarded = true;
-        if end_of_stream {
+        // (pingora calls this once, at the end, for a request without a body too: a content
+        // miss's clock, which counts the API's redirect, must not restart there.)
+        if end_of_stream && !session.is_body_empty() {
             // The upstream waits on the client until the body's last byte: its own time starts
             // here (a slow client's upload is not the upstream's latency).
             if let Some(sent) = &mut ctx.upstream_sent {
@@ -950,6 +952,9 @@ impl ProxyHttp for Gateway {
                 // Except pingora-cache's validators for a stale entry (it took the client's
                 // own out): an unchanged media is then renewed by a 304, not fetched whole.
                 content::carry_validators(request, &mut own)?;
+            } else {
+                // Uncached, the client's range and validators are the media host's to answer.
+                content::carry_client_conditions(session.req_header(), &mut own)?;
             }
             *request = own;
             ctx.upstream_sent.get_or_insert_with(Instant::now);
@@ -1279,15 +1284,6 @@ fn check_framing(session: &Session) -> Result<(), &'static str> {
     super::framing::check(headers, raw_head.as_deref())
 }
 
-/// Whether the request has a body: chunked, or a `Content-Length` above 0.
-fn carries_body(session: &Session) -> bool {
-    let headers = &session.req_header().headers;
-    headers.contains_key(http::header::TRANSFER_ENCODING)
-        || headers
-            .get(http::header::CONTENT_LENGTH)
-            .is_some_and(|v| v.as_bytes().iter().any(|b| *b != b'0'))
-}
-
 /// Whether the request's body is chunked.
 fn is_chunked(session: &Session) -> bool {
     session
@@ -1454,9 +1450,11 @@ async fn answer_replay(
 /// `Host`, the request id, and no second `Expect` once the client had its 100.
 fn api_head(request: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
     // pingora keeps an absolute-form target's bytes beside the parsed path: compare with those.
-    if let Some(target) = request.uri.path_and_query().cloned() {
-        if request.raw_path() != target.as_str().as_bytes() {
-            request.set_uri(http::Uri::from(target));
+    // A target that is not UTF-8 is left as it came: its URI is a lossy rendering.
+    if let Some(target) = request.uri.path_and_query() {
+        if request.raw_path() != target.as_str().as_bytes() && request.raw_path_is_utf8() {
+            let target = http::Uri::from(target.clone());
+            request.set_uri(target);
         }
     }
     let Some(route) = &ctx.route else {

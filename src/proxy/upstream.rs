@@ -145,7 +145,7 @@ fn redirect_allowed(
     if api.tls && !target.tls {
         return Err("the content redirect leaves HTTPS");
     }
-    if is_internal(target_ip) && target_ip != api_ip {
+    if is_internal(target_ip) && (target_ip, target.port) != (api_ip, api.port) {
         return Err("the content redirect points inside the network");
     }
     Ok(())
@@ -158,7 +158,7 @@ fn is_internal(ip: IpAddr) -> bool {
             v4.is_loopback()
                 || v4.is_private()
                 || v4.is_link_local()
-                || v4.is_unspecified()
+                || a == 0 // 0.0.0.0/8, "this network"
                 || v4.is_broadcast()
                 || v4.is_multicast()
                 || (a == 100 && (b & 0xc0) == 64) // 100.64.0.0/10, carrier-grade NAT
@@ -183,7 +183,8 @@ fn is_internal(ip: IpAddr) -> bool {
 
 /// The IPv4 address an IPv6 one reaches: IPv4-mapped (`::ffff:a.b.c.d`), IPv4-compatible
 /// (`::a.b.c.d`), NAT64 (`64:ff9b::/96`, where a gateway forwards to the IPv4 address) and 6to4
-/// (`2002:ab:cd::/16`).
+/// (`2002:ab:cd::/16`). A local-use NAT64 address (`64:ff9b:1::/48`) counts as `0.0.0.0`:
+/// internal, wherever it leads.
 fn embedded_ipv4(v6: std::net::Ipv6Addr) -> Option<std::net::Ipv4Addr> {
     let s = v6.segments();
     let low = |hi: u16, lo: u16| std::net::Ipv4Addr::from(((hi as u32) << 16) | lo as u32);
@@ -195,6 +196,8 @@ fn embedded_ipv4(v6: std::net::Ipv6Addr) -> Option<std::net::Ipv4Addr> {
             Some(low(hi, lo))
         }
         [0x64, 0xff9b, 0, 0, 0, 0, hi, lo] => Some(low(hi, lo)),
+        // Local-use NAT64 (RFC 8215): the prefix length varies, the gateway is inside.
+        [0x64, 0xff9b, 1, ..] => Some(std::net::Ipv4Addr::UNSPECIFIED),
         [0x2002, hi, lo, ..] => Some(low(hi, lo)),
         _ => None,
     }
@@ -239,6 +242,8 @@ mod tests {
             "224.0.0.1",
             "ff02::1",
             "fec0::1",
+            "0.1.2.3",
+            "64:ff9b:1::a00:5",
         ] {
             let ip: IpAddr = internal.parse().unwrap();
             assert!(
@@ -257,6 +262,12 @@ mod tests {
                 "{elsewhere}"
             );
         }
+        // Nor to another port of its host (the metrics listener, another service).
+        let other_port = Endpoint {
+            port: 9108,
+            ..endpoint(false)
+        };
+        assert!(redirect_allowed(&http, loopback, &other_port, loopback).is_err());
         // Public addresses inside the special blocks' neighbours stay public.
         for outside in [
             "64:ff9b::808:808",
