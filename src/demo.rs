@@ -222,7 +222,7 @@ fn upload_sample(proxy: SocketAddr, sample: &Path) -> Result<Media, String> {
 fn print_instructions(options: &DemoOptions, files: &DemoFiles, media: &Media) {
     let proxy = format!("http://{}", options.listen);
     let media_path = format!("/v1/Services/{DEMO_SERVICE}/Media/{}", media.sid);
-    let sample = files.sample.display();
+    let sample = shell_word(&format!("@{}", files.sample.display()));
     say(&format!(
         "mediagate demo is running
   proxy:   {proxy}  (metrics: http://{metrics}/metrics)
@@ -230,7 +230,7 @@ fn print_instructions(options: &DemoOptions, files: &DemoFiles, media: &Media) {
   sample media {sid} is uploaded already.
 
 Try (the proxy adds the credentials):
-  curl -sS -X POST -H 'Content-Type: image/png' --data-binary @{sample} {proxy}/v1/Services/{DEMO_SERVICE}/Media
+  curl -sS -X POST -H 'Content-Type: image/png' --data-binary {sample} {proxy}/v1/Services/{DEMO_SERVICE}/Media
   curl -sS {proxy}{media_path}
   curl -sS -o copy.png {proxy}{media_path}/Content
 
@@ -240,6 +240,19 @@ Press Ctrl-C to stop.",
         store = files.store.display(),
         sid = media.sid,
     ));
+}
+
+/// `word` as the shell reads it back: as it is when it holds only characters a shell leaves
+/// alone, else in single quotes (a `--data` directory with a space in it).
+fn shell_word(word: &str) -> String {
+    let plain = word
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"@%+,-./:=_".contains(&b));
+    if plain {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
 }
 
 /// Prints a line; a closed standard output (the reader went away) is not the demo's failure.
@@ -270,5 +283,23 @@ async fn wait_for_stop_signal(servers: &mut Servers) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shell_word;
+
+    #[test]
+    fn printed_paths_survive_the_shell() {
+        assert_eq!(
+            shell_word("@/tmp/mediagate-demo/sample.png"),
+            "@/tmp/mediagate-demo/sample.png"
+        );
+        assert_eq!(
+            shell_word("@/tmp/my demo/sample.png"),
+            "'@/tmp/my demo/sample.png'"
+        );
+        assert_eq!(shell_word("@/tmp/it's/a.png"), r"'@/tmp/it'\''s/a.png'");
     }
 }
