@@ -96,6 +96,9 @@ fn main() -> ExitCode {
         }
         Command::Check { config } => match Config::load(&config) {
             Ok(config) => {
+                for warning in config.warnings() {
+                    eprintln!("warning: {warning}");
+                }
                 print!("{}", config.to_redacted_yaml());
                 Ok(())
             }

@@ -672,7 +672,7 @@ fn a_slow_clients_upload_time_is_not_counted_as_the_upstreams() {
     assert!(wait_for(Duration::from_secs(10), || !origin
         .requests_for(&service)
         .is_empty()));
-    std::thread::sleep(Duration::from_millis(1500));
+    std::thread::sleep(Duration::from_secs(2));
     std::io::Write::write_all(&mut stream, &body[50_000..]).unwrap();
     assert_eq!(read_answer(&mut stream).0, 201);
     proxy.wait_recorded(1);
@@ -683,9 +683,10 @@ fn a_slow_clients_upload_time_is_not_counted_as_the_upstreams() {
     let upstream = proxy
         .metric("mediagate_upstream_duration_seconds_sum", &route)
         .unwrap();
-    assert!(request >= 1.5, "the request took {request} s");
+    // What the upstream did after the last byte (storing it, however slow the disk) is in both
+    // figures; the pause before it is in the request's alone.
     assert!(
-        upstream < 1.0,
+        request - upstream >= 1.9,
         "the upstream's time was {upstream} s of {request} s"
     );
 }

@@ -58,6 +58,20 @@ impl Config {
             .map_err(|ConfigError(e)| ConfigError(expanded.hide(e)))
     }
 
+    /// What is allowed but likely a mistake, one line each: said by `check` and at start.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if !self.server.listen.ip().is_loopback() && self.access.tokens.is_empty() {
+            warnings.push(format!(
+                "server.listen: {} is not a loopback address and access.tokens is empty: whoever \
+                 reaches it uploads and reads with the account's credentials (add tokens, or \
+                 publish the port on loopback only, e.g. docker run -p 127.0.0.1:8080:8080)",
+                self.server.listen
+            ));
+        }
+        warnings
+    }
+
     /// The effective configuration as YAML, every secret shown as `***`.
     pub fn to_redacted_yaml(&self) -> String {
         serde_yaml::to_string(self).unwrap_or_else(|e| format!("# cannot print: {e}\n"))

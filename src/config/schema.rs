@@ -265,6 +265,11 @@ impl Credentials {
         if self.username.trim().is_empty() {
             return Err(ConfigError(format!("{key}.username: must not be empty")));
         }
+        if self.username.trim() != self.username {
+            return Err(ConfigError(format!(
+                "{key}.username: has blank space (a newline?) before or after it"
+            )));
+        }
         match (&self.password, &self.password_file) {
             (Some(_), Some(_)) => Err(ConfigError(format!(
                 "{key}: give password or password_file, not both"
@@ -768,7 +773,11 @@ impl Config {
 /// Whether two listeners would need the same socket: one port, on one address or with either on
 /// every address (`0.0.0.0`, `::`).
 fn listeners_collide(a: std::net::SocketAddr, b: std::net::SocketAddr) -> bool {
-    a.port() == b.port() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+    // `0.0.0.0` takes every IPv4 address; `::` every address (IPv4 too, as Linux binds it).
+    let covers = |wide: std::net::SocketAddr, other: std::net::SocketAddr| {
+        wide.ip().is_unspecified() && (wide.is_ipv6() || other.is_ipv4())
+    };
+    a.port() == b.port() && (a.ip() == b.ip() || covers(a, b) || covers(b, a))
 }
 
 /// A CA file must hold at least one PEM certificate; say so at start, not at the first request.

@@ -362,6 +362,11 @@ fn mistakes_that_would_only_show_at_the_first_request_are_refused() {
         assert!(e.starts_with("credentials.password:"), "{password}: {e}");
         assert!(!e.contains("hunter2"), "{e}");
     }
+    let e = error("credentials:\n  username: \"AC0123456789abcdef0123456789abcdef\\n\"\n  password: hunter2\n");
+    assert!(
+        e.starts_with("credentials.username: has blank space"),
+        "{e}"
+    );
     // Redis URLs the client library would refuse at start.
     let e = error(&format!(
         "{MINIMAL}quotas:\n  backend: rediss://:pw@cache:6380/0\n"
@@ -382,4 +387,34 @@ fn mistakes_that_would_only_show_at_the_first_request_are_refused() {
         "{MINIMAL}server:\n  listen: 0.0.0.0:8080\n  metrics_listen: 127.0.0.1:9108\n"
     ))
     .is_ok());
+}
+
+#[test]
+fn an_open_listener_without_tokens_is_warned_about() {
+    let open = parse(&format!("{MINIMAL}server:\n  listen: 0.0.0.0:8080\n")).unwrap();
+    let warnings = open.warnings();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].starts_with("server.listen: 0.0.0.0:8080 is not a loopback address"));
+    let with_tokens = parse(&format!(
+        "{MINIMAL}server:\n  listen: 0.0.0.0:8080\naccess:\n  tokens:\n    - token: t0k3n\n"
+    ))
+    .unwrap();
+    assert!(with_tokens.warnings().is_empty());
+    assert!(parse(MINIMAL).unwrap().warnings().is_empty());
+}
+
+#[test]
+fn listeners_on_other_families_do_not_collide() {
+    for (listen, metrics) in [
+        ("0.0.0.0:8080", "[::1]:8080"),
+        ("127.0.0.1:8080", "[::1]:8080"),
+    ] {
+        let yaml =
+            format!("{MINIMAL}server:\n  listen: {listen}\n  metrics_listen: \"{metrics}\"\n");
+        assert!(parse(&yaml).is_ok(), "{listen} {metrics}");
+    }
+    let e = error(&format!(
+        "{MINIMAL}server:\n  listen: \"[::]:8080\"\n  metrics_listen: 127.0.0.1:8080\n"
+    ));
+    assert!(e.starts_with("server.metrics_listen:"), "{e}");
 }

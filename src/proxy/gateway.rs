@@ -1449,13 +1449,10 @@ async fn answer_replay(
 /// one named a host of its choosing), the client's credentials out, the service's in, the API's
 /// `Host`, the request id, and no second `Expect` once the client had its 100.
 fn api_head(request: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
-    // pingora keeps an absolute-form target's bytes beside the parsed path: compare with those.
-    // A target that is not UTF-8 is left as it came: its URI is a lossy rendering.
-    if let Some(target) = request.uri.path_and_query() {
-        if request.raw_path() != target.as_str().as_bytes() && request.raw_path_is_utf8() {
-            let target = http::Uri::from(target.clone());
-            request.set_uri(target);
-        }
+    // From the raw bytes, which pingora keeps for an absolute-form target (and which are the
+    // target itself when it is not UTF-8, where the URI is a lossy rendering).
+    if let Some(target) = origin_form(request.raw_path()).map(<[u8]>::to_vec) {
+        request.set_raw_path(&target)?;
     }
     let Some(route) = &ctx.route else {
         // request_filter answers every request it does not route: this cannot be reached.
@@ -1473,6 +1470,17 @@ fn api_head(request: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
         ctx.settings.upstream.host_header().clone(),
     )?;
     request.insert_header(REQUEST_ID, ctx.request_id.clone())
+}
+
+/// An absolute-form target's origin form (`http://host/p?q` is `/p?q`); `None` for a target in
+/// origin form already. A routed target always has a path.
+fn origin_form(raw: &[u8]) -> Option<&[u8]> {
+    if raw.first() == Some(&b'/') {
+        return None;
+    }
+    let authority = raw.windows(3).position(|w| w == b"://")? + 3;
+    let path = raw[authority..].iter().position(|&b| b == b'/')?;
+    Some(&raw[authority + path..])
 }
 
 /// Turns a range answer into `416 Range Not Satisfiable` for a body of `len` bytes.
@@ -1620,4 +1628,23 @@ fn upstream_error_kind(e: &Error) -> Option<&'static str> {
         HTTPStatus(code) if *code >= 500 => "status_5xx",
         _ => "connect",
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::origin_form;
+
+    #[test]
+    fn absolute_targets_are_brought_to_origin_form_byte_for_byte() {
+        assert_eq!(origin_form(b"/v1/Services/IS1/Media?x=1"), None);
+        assert_eq!(
+            origin_form(b"http://elsewhere.example/v1/Services/IS1/Media?x=1"),
+            Some(&b"/v1/Services/IS1/Media?x=1"[..])
+        );
+        assert_eq!(
+            origin_form(b"https://h:8443/v1/M?q=\xff"),
+            Some(&b"/v1/M?q=\xff"[..])
+        );
+        assert_eq!(origin_form(b"http://host-only"), None);
+    }
 }

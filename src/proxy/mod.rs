@@ -59,6 +59,9 @@ pub fn run(config: Config, path: &Path, upgrade: bool) -> Result<(), String> {
         ensure_can_listen(config.server.listen, "server.listen")?;
         ensure_can_listen(config.server.metrics_listen, "server.metrics_listen")?;
     }
+    for warning in config.warnings() {
+        log::warn!("{warning}");
+    }
     exit_when_a_listener_cannot_bind();
     keep_freed_buffers_in_the_heap();
     let quota = crate::quota::backend(&config)?;
