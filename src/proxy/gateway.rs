@@ -488,17 +488,17 @@ impl Gateway {
         if !retriable || attempts == 0 || ctx.spool.is_none() || final_status(session).is_some() {
             return Retried::No;
         }
-        if let Err(refusal) = spool_unforwarded(session, ctx).await {
-            let Some(rejection) = refusal else {
-                return Retried::No;
-            };
-            return Retried::Answered(refuse_after_failure(session, ctx, rejection).await);
-        }
-        if let Err(refusal) = finish_spooling(session, ctx).await {
-            let Some(rejection) = refusal else {
-                return Retried::No;
-            };
-            return Retried::Answered(refuse_after_failure(session, ctx, rejection).await);
+        let spooled = match spool_unforwarded(session, ctx).await {
+            Ok(()) => finish_spooling(session, ctx).await,
+            failed => failed,
+        };
+        match spooled {
+            Ok(()) => {}
+            // The client left, or the spool could not take the rest: no replay.
+            Err(None) => return Retried::No,
+            Err(Some(rejection)) => {
+                return Retried::Answered(refuse_after_failure(session, ctx, rejection).await)
+            }
         }
         let mut backoff = ctx.settings.retry_backoff;
         log::info!(
