@@ -1260,7 +1260,8 @@ enum Retried {
     Failed(Box<Error>),
 }
 
-/// Refuses an upload whose rest could not be spooled after the upstream failed it.
+/// Refuses an upload whose rest the upload checks refused while it was being spooled, after the
+/// upstream failed it.
 async fn refuse_after_failure(
     session: &mut Session,
     ctx: &mut RequestCtx,
