@@ -1,15 +1,16 @@
 //! The ledger of one sidecar: a map of keys, bounded in size. Waiters are woken when the upload
-//! they wait for completes or is abandoned.
+//! they wait for completes or is abandoned; a key whose claim was dropped unsettled is free
+//! again at the next claim on it (its waiters look again within `WAIT_SLICE`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use tokio::sync::Notify;
 
-use super::{Answer, Claim, Claimed, IdempotencyKey, Ledger};
+use super::{Answer, Claim, Claimed, IdempotencyKey, Lease, Ledger};
 use crate::api::ServiceSid;
 
 /// The most keys kept; past it, completed keys are dropped oldest first. At about 1 KiB each,
@@ -19,8 +20,23 @@ const MAX_KEYS: usize = 100_000;
 const WAIT_SLICE: Duration = Duration::from_secs(1);
 
 enum Slot {
-    Running { token: u64, done: Arc<Notify> },
-    Done { answer: Answer, at: Instant },
+    Running {
+        token: u64,
+        done: Arc<Notify>,
+        /// The other end of the claim's `Lease::Local`: gone when the claim was dropped.
+        claim: Weak<()>,
+    },
+    Done {
+        answer: Answer,
+        at: Instant,
+    },
+}
+
+impl Slot {
+    /// Whether an upload holds this key now.
+    fn is_running(&self) -> bool {
+        matches!(self, Slot::Running { claim, .. } if claim.strong_count() > 0)
+    }
 }
 
 pub struct MemoryLedger {
@@ -49,7 +65,7 @@ impl MemoryLedger {
         }
         slots.retain(|_, slot| match slot {
             Slot::Done { at, .. } => at.elapsed() < self.ttl,
-            Slot::Running { .. } => true,
+            Slot::Running { .. } => slot.is_running(),
         });
         if slots.len() < MAX_KEYS {
             return;
@@ -73,7 +89,7 @@ impl MemoryLedger {
         let mut slots = self.slots();
         let id = (claim.service, claim.key.clone());
         let done = match slots.get(&id) {
-            Some(Slot::Running { token, done }) if *token == claim.token => done.clone(),
+            Some(Slot::Running { token, done, .. }) if *token == claim.token => done.clone(),
             _ => return None,
         };
         match next {
@@ -93,39 +109,47 @@ impl Ledger for MemoryLedger {
             Some(Slot::Done { answer, at }) if at.elapsed() < self.ttl => {
                 return Ok(Claimed::Done(answer.clone()))
             }
-            Some(Slot::Running { .. }) => return Ok(Claimed::Running),
+            Some(slot) if slot.is_running() => return Ok(Claimed::Running),
+            Some(Slot::Running { .. }) => {
+                log::warn!(
+                    "an upload under an Idempotency-Key of {service} ended unsettled; the key is free again"
+                );
+            }
             _ => {}
         }
         self.make_room(&mut slots);
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        let lease = Arc::new(());
         slots.insert(
             id,
             Slot::Running {
                 token,
                 done: Arc::new(Notify::new()),
+                claim: Arc::downgrade(&lease),
             },
         );
         Ok(Claimed::First(Claim {
             service: *service,
             key: key.clone(),
             token,
-            lease: None,
+            lease: Lease::Local(lease),
         }))
     }
 
     async fn wait(&self, service: &ServiceSid, key: &IdempotencyKey) {
         let done = match self.slots().get(&(*service, key.clone())) {
-            Some(Slot::Running { done, .. }) => done.clone(),
+            Some(slot @ Slot::Running { done, .. }) if slot.is_running() => done.clone(),
             _ => return,
         };
         let notified = done.notified();
         tokio::pin!(notified);
         // Registered before looking again, so a completion in between is not missed.
         notified.as_mut().enable();
-        if !matches!(
-            self.slots().get(&(*service, key.clone())),
-            Some(Slot::Running { .. })
-        ) {
+        if !self
+            .slots()
+            .get(&(*service, key.clone()))
+            .is_some_and(Slot::is_running)
+        {
             return;
         }
         let _ = tokio::time::timeout(WAIT_SLICE, notified).await;
@@ -186,6 +210,35 @@ mod tests {
         assert!(matches!(
             ledger.claim(&other, &key).await.unwrap(),
             Claimed::First(_)
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_claim_dropped_unsettled_frees_its_key() {
+        let ledger = MemoryLedger::new(Duration::from_secs(60));
+        let service = ServiceSid::parse("IS00000000000000000000000000000001").unwrap();
+        let key = IdempotencyKey::parse(b"k3").unwrap();
+        let Claimed::First(claim) = ledger.claim(&service, &key).await.unwrap() else {
+            panic!("first claim")
+        };
+        assert!(matches!(
+            ledger.claim(&service, &key).await.unwrap(),
+            Claimed::Running
+        ));
+        // As when a request's context is dropped without `logging` (a panic in a hook).
+        drop(claim);
+        // A waiter does not wait on it, and the next claim runs.
+        tokio::time::timeout(Duration::from_millis(100), ledger.wait(&service, &key))
+            .await
+            .expect("no wait on a dropped claim");
+        let Claimed::First(claim) = ledger.claim(&service, &key).await.unwrap() else {
+            panic!("free after its claim was dropped")
+        };
+        // Settling the new claim works as ever.
+        ledger.complete(claim, answer()).await.unwrap();
+        assert!(matches!(
+            ledger.claim(&service, &key).await.unwrap(),
+            Claimed::Done(_)
         ));
     }
 

@@ -72,9 +72,19 @@ pub struct Claim {
     pub key: IdempotencyKey,
     /// Tells this claim from a later one on the same key (after an abandon).
     pub token: u64,
-    /// In Redis, the key's hold on the fleet, renewed until the claim is completed, abandoned or
-    /// dropped.
-    pub lease: Option<Held>,
+    /// What holds the key while the upload runs. Dropped with the claim on whatever path drops
+    /// it (a request that ends without reaching `logging`, say), so that no key stays held by
+    /// an upload that is gone: its repeats would be told 409 until the sidecar restarts.
+    pub lease: Lease,
+}
+
+/// A running claim's hold on its key.
+#[derive(Debug)]
+pub enum Lease {
+    /// In this sidecar's ledger: the key's slot holds the other end, and sees the claim gone.
+    Local(Arc<()>),
+    /// In Redis: renewed until dropped, then the key is freed one `quotas.slot_lease` later.
+    Fleet(Held),
 }
 
 #[async_trait]

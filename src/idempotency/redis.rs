@@ -12,7 +12,7 @@ use bytes::Bytes;
 use redis::aio::ConnectionManager;
 use redis::{Script, Value};
 
-use super::{Answer, Claim, Claimed, IdempotencyKey, Ledger};
+use super::{Answer, Claim, Claimed, IdempotencyKey, Lease, Ledger};
 use crate::api::ServiceSid;
 use crate::redis_link::{bounded, millis, Leases, RedisLink};
 
@@ -81,7 +81,7 @@ impl Ledger for RedisLedger {
             service: *service,
             key: key.clone(),
             token,
-            lease: Some(self.running.hold(token.to_string(), hash)),
+            lease: Lease::Fleet(self.running.hold(token.to_string(), hash)),
         })
     }
 
