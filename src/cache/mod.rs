@@ -156,6 +156,7 @@ impl Cache {
         // Fills in progress get a bound of their own, as large as the cache's: they are
         // outside the eviction manager's count until they finish.
         let storage: &'static MemoryStore = Box::leak(Box::new(MemoryStore::new(limit)));
+        storage.counted_by(eviction);
         let lock: &'static FillLock = Box::leak(Box::new(FillLock::new(storage, lock_age)));
         Box::leak(Box::new(Cache {
             storage,
@@ -188,8 +189,9 @@ impl Cache {
         while self.lru.total_size() > limit && empty_in_a_row < shards {
             match self.lru.peek_lru(shard) {
                 Some(entry) => {
-                    self.lru.remove(CacheEntryKeyRef::from(&entry));
+                    // The store first: a hit in between would readmit the key to the manager.
                     self.storage.remove(entry.key(), true);
+                    self.lru.remove(CacheEntryKeyRef::from(&entry));
                     empty_in_a_row = 0;
                 }
                 None => empty_in_a_row += 1,
@@ -205,8 +207,10 @@ impl Cache {
             .into_iter()
             .filter(|&kind| {
                 let compact = key(service, media, kind).to_compact();
+                // The store first: a hit in between would readmit the key to the manager.
+                let removed = self.storage.remove(&compact, false);
                 self.eviction.remove(CacheEntryKeyRef::KeyOnly(&compact));
-                self.storage.remove(&compact, false)
+                removed
             })
             .count()
     }

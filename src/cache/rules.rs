@@ -14,7 +14,7 @@ use crate::config::Config;
 /// never receives a URL it cannot use.
 pub const TEMPORARY_URL_MARGIN: Duration = Duration::from_secs(30);
 
-/// The cache settings a request is served with (reloadable; the memory bound is not).
+/// The cache settings a request is served with (reloadable, as is the memory bound: `Cache::resize`).
 #[derive(Clone, Debug)]
 pub struct CachePolicy {
     pub enabled: bool,

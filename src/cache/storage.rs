@@ -12,16 +12,22 @@
 //! `has_fill_room` with the answer's head first, so that an answer known to be too large is
 //! never taken for the cache at all.
 //!
+//! pingora purges what its eviction manager evicts in a task of its own, some time after the
+//! manager chose it, by key: by then the key may be back (filled again, or hit again, which
+//! readmits it). Such a purge is skipped, or it would drop a fresh entry the manager counts (its
+//! weight held for nothing, the cache kept below its bound until the key aged out).
+//!
 //! pingora's own `MemCache` is documented as test-only: it has no bound and no eviction.
 
 use std::any::Any;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
+use pingora::cache::eviction::{CacheEntryKey, CacheEntryKeyRef, EvictionManager};
 use pingora::cache::key::{CacheHashKey, CompactCacheKey, HashBinary};
 use pingora::cache::storage::{
     HandleHit, HandleMiss, HitHandler, MissFinishType, MissHandler, PurgeOutcome, PurgeTarget,
@@ -67,6 +73,8 @@ type Shard = RwLock<HashMap<HashBinary, Arc<Entry>>>;
 
 pub struct MemoryStore {
     shards: Vec<Shard>,
+    /// The eviction manager that counts this store's entries (`Cache::leak`).
+    eviction: OnceLock<&'static (dyn EvictionManager + Sync)>,
     bytes: [IntGauge; 2],
     evictions: [IntCounter; 2],
     fills: FillBudget,
@@ -80,6 +88,7 @@ impl MemoryStore {
         let by_kind = |kind: Kind| kind.label();
         MemoryStore {
             shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            eviction: OnceLock::new(),
             bytes: Kind::ALL.map(|k| m.cache_bytes.with_label_values(&[by_kind(k)])),
             evictions: Kind::ALL.map(|k| m.cache_evictions.with_label_values(&[by_kind(k)])),
             fills: FillBudget {
@@ -90,6 +99,21 @@ impl MemoryStore {
             fills_skipped: Kind::ALL
                 .map(|k| m.cache_fills_skipped.with_label_values(&[by_kind(k)])),
         }
+    }
+
+    /// Ties the store to the eviction manager that counts its entries: entries this store
+    /// drops on its own (a revalidation that makes one uncacheable) leave its count too, and
+    /// eviction purges of keys it has readmitted are skipped.
+    pub fn counted_by(&self, eviction: &'static (dyn EvictionManager + Sync)) {
+        let _ = self.eviction.set(eviction);
+    }
+
+    /// Whether the eviction manager counts `key` now: after it chose the key for eviction, only
+    /// if the key came back (filled or hit again) before the purge ran.
+    fn counted(&self, key: &CompactCacheKey) -> bool {
+        self.eviction
+            .get()
+            .is_some_and(|eviction| eviction.peek(&CacheEntryKey::key_only(key.clone())))
     }
 
     /// A new bound for fills in progress (`cache.memory` reloaded). Fills already holding
@@ -283,7 +307,11 @@ impl Storage for MemoryStore {
         _trace: &SpanHandle,
     ) -> Result<PurgeOutcome> {
         let evicted = matches!(purge_type, PurgeType::Eviction);
-        Ok(if self.remove(target.key(), evicted) {
+        let key = target.key();
+        if evicted && self.counted(key) {
+            return Ok(PurgeOutcome::NotFound);
+        }
+        Ok(if self.remove(key, evicted) {
             PurgeOutcome::Purged(None)
         } else {
             PurgeOutcome::NotFound
@@ -317,6 +345,9 @@ impl Storage for MemoryStore {
             shard.remove(&hash);
             drop(shard);
             self.forget(&old, false);
+            if let Some(eviction) = self.eviction.get() {
+                eviction.remove(CacheEntryKeyRef::KeyOnly(&key.to_compact()));
+            }
             return Ok(false);
         };
         shard.insert(
@@ -537,6 +568,7 @@ fn header_weight(header: &ResponseHeader) -> usize {
 mod tests {
     use super::*;
     use crate::api::{MediaSid, ServiceSid};
+    use pingora::cache::eviction::lru::Manager as LruManager;
     use pingora::cache::trace::Span;
 
     fn key(n: u8, kind: Kind) -> CacheKey {
@@ -738,6 +770,62 @@ mod tests {
         assert!(store.has_fill_room(Kind::Metadata, 1000));
         let _metadata = miss(store, &key(33, Kind::Metadata), Some(1000)).await;
         assert_eq!(store.fill_bytes(), 16_000);
+    }
+
+    /// What pingora does at a fill's end: admit the entry, and purge what that evicts.
+    fn admit(lru: &LruManager<1>, key: &CacheKey, weight: usize) -> Vec<CacheEntryKey> {
+        let far = SystemTime::now() + std::time::Duration::from_secs(60);
+        lru.admit(CacheEntryKey::key_only(key.to_compact()), weight, far)
+    }
+
+    async fn purge_evicted(store: &'static MemoryStore, evicted: &[CacheEntryKey]) {
+        for entry in evicted {
+            let target = PurgeTarget::Exact(entry);
+            store
+                .purge(target, PurgeType::Eviction, &Span::inactive().handle())
+                .await
+                .unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn an_eviction_purge_spares_a_key_filled_again_since_it_was_chosen() {
+        let store: &'static MemoryStore = Box::leak(Box::new(MemoryStore::new(1 << 20)));
+        let lru: &'static LruManager<1> = Box::leak(Box::new(LruManager::with_capacity(10_000, 8)));
+        store.counted_by(lru);
+        let (one, two) = (key(1, Kind::Content), key(2, Kind::Content));
+        let weight = fill(store, &one, &[1; 6000]).await;
+        assert!(admit(lru, &one, weight).is_empty());
+        // A second entry pushes the first out of the manager; pingora purges it later, in a
+        // task of its own.
+        let weight_two = fill(store, &two, &[2; 6000]).await;
+        let evicted = admit(lru, &two, weight_two);
+        assert_eq!(evicted.len(), 1);
+        assert_eq!(evicted[0].key(), &one.to_compact());
+        // Before that purge runs, the first key is filled and admitted again (and the second
+        // goes, purged at once).
+        let weight = fill(store, &one, &[3; 6000]).await;
+        let evicted_two = admit(lru, &one, weight);
+        purge_evicted(store, &evicted_two).await;
+        // The late purge of the first key's old entry leaves the new one.
+        purge_evicted(store, &evicted).await;
+        assert_eq!(read(store, &one, Some((0, 1))).await, [3]);
+        assert!(store
+            .lookup(&two, &Span::inactive().handle())
+            .await
+            .unwrap()
+            .is_none());
+        // The manager counts what the store holds: the first key's new entry alone.
+        assert_eq!((lru.total_items(), lru.total_size()), (1, weight));
+        // A key nobody brought back is purged as before.
+        let evicted = admit(lru, &two, weight_two);
+        assert_eq!(evicted.len(), 1);
+        purge_evicted(store, &evicted).await;
+        assert!(store
+            .lookup(&one, &Span::inactive().handle())
+            .await
+            .unwrap()
+            .is_none());
     }
 
     #[tokio::test]
