@@ -1187,24 +1187,36 @@ impl ProxyHttp for Gateway {
         let status = final_status(session)
             .or_else(|| e.and_then(client_limits::status_written))
             .unwrap_or(0);
-        // Stored is the upstream's word: a client that vanishes after its body was sent must not
-        // get its upload refunded.
-        let stored =
-            ctx.rejected.is_none() && ctx.upstream_status.is_some_and(|s| (200..300).contains(&s));
+        let stored = upstream_stored(ctx);
         let sent = ctx.upload.as_deref().map(UploadGuard::received);
-        if let Some(permit) = ctx.permit.take() {
-            permit.settle(match sent {
-                Some(bytes) if stored => Outcome::Stored { bytes },
-                _ => Outcome::Failed,
-            });
-        }
-        ctx.in_flight = None;
+        settle_upload(ctx);
         if let Some(claim) = ctx.claim.take() {
             self.settle_claim(*claim, ctx, stored).await;
         }
         let uploaded = sent.filter(|_| stored);
         self.record(session, ctx, status, uploaded, duration);
     }
+}
+
+/// Whether the upstream stored the upload. The upstream's word: a client that vanishes after
+/// its body was sent must not get its upload refunded.
+fn upstream_stored(ctx: &RequestCtx) -> bool {
+    ctx.rejected.is_none() && ctx.upstream_status.is_some_and(|s| (200..300).contains(&s))
+}
+
+/// Settles an upload's quota reservation and ends its in-flight count, once: in `logging`, or
+/// earlier for an upload refused or failed, as soon as its client has the answer. Lingering
+/// over the rest of its body takes up to 2 s, and a client that corrects itself and retries at
+/// once must find its concurrency slot and its counts given back.
+fn settle_upload(ctx: &mut RequestCtx) {
+    if let Some(permit) = ctx.permit.take() {
+        let sent = ctx.upload.as_deref().map(UploadGuard::received);
+        permit.settle(match sent {
+            Some(bytes) if upstream_stored(ctx) => Outcome::Stored { bytes },
+            _ => Outcome::Failed,
+        });
+    }
+    ctx.in_flight = None;
 }
 
 /// Answers a refusal, logs it (never the body or a credential), and marks the request for the
@@ -1242,8 +1254,9 @@ async fn send_refusal(
 }
 
 /// Reads past the rest of a request body after answering early, unless the client still waits
-/// for its 100 Continue and so sends no body.
-async fn linger_unless_waiting(session: &mut Session, ctx: &RequestCtx) {
+/// for its 100 Continue and so sends no body. The upload's reservation is settled first.
+async fn linger_unless_waiting(session: &mut Session, ctx: &mut RequestCtx) {
+    settle_upload(ctx);
     if ctx.continued || !expects_continue(session) {
         reject::linger(session).await;
     }
