@@ -253,12 +253,17 @@ pub struct Credentials {
     pub password: Option<Secret>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_file: Option<PathBuf>,
+    /// The password read from `password_file` during validation. Kept apart from `password`,
+    /// so that the configuration printed by `check` names the file, as the file given did, and
+    /// loads back.
+    #[serde(skip)]
+    password_from_file: Option<Secret>,
 }
 
 impl Credentials {
-    /// The password, read from `password_file` during validation when that is how it was given.
+    /// The password: as given, or as read from `password_file` during validation.
     pub fn password(&self) -> Option<&Secret> {
-        self.password.as_ref()
+        self.password.as_ref().or(self.password_from_file.as_ref())
     }
 
     fn resolve(&mut self, key: &str) -> Result<(), ConfigError> {
@@ -279,7 +284,7 @@ impl Credentials {
             ))),
             (Some(password), None) => check_password(password, &format!("{key}.password")),
             (None, Some(file)) => {
-                self.password = Some(read_password_file(file, key)?);
+                self.password_from_file = Some(read_password_file(file, key)?);
                 Ok(())
             }
         }

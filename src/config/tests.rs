@@ -160,6 +160,15 @@ fn password_file_first_line_is_trimmed() {
         config.credentials.password().map(Secret::expose),
         Some("s3cret")
     );
+    // Printed, it names the file and no password, and loads back as it was given.
+    let shown = config.to_redacted_yaml();
+    assert!(shown.contains("password_file:"), "{shown}");
+    assert!(!shown.contains("password:"), "{shown}");
+    let again = parse(&shown).unwrap();
+    assert_eq!(
+        again.credentials.password().map(Secret::expose),
+        Some("s3cret")
+    );
 }
 
 #[test]
