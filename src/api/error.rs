@@ -46,7 +46,7 @@ pub enum ErrorCode {
     /// 91409: a repeated `Idempotency-Key` whose first upload is still running after long.
     IdempotencyPending,
     /// 91408: a request head that did not arrive within `server.head_timeout`, or a body slower
-    /// than `server.min_body_rate`.
+    /// than `server.min_body_rate` or silent for 60 s (pingora's limit on each read).
     HeadTimeout,
     /// 91432: a request head over `server.max_head_size` or `server.max_headers`.
     HeadTooLarge,

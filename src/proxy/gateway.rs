@@ -1618,9 +1618,11 @@ fn classify_failure(e: &Error) -> Option<ApiError> {
             "The Media API could not be reached",
         )),
         (ErrorSource::Downstream, ReadError | WriteError | ConnectionClosed) => None,
+        // pingora's own 60 s limit on each read from the client (with `min_body_rate: 0`, the
+        // only one on a body): the code of mediagate's own timeouts on the client.
         (ErrorSource::Downstream, ReadTimedout) => Some(ApiError::new(
             408,
-            ErrorCode::BadRequest,
+            ErrorCode::HeadTimeout,
             "The request was not received in time",
         )),
         (ErrorSource::Downstream, _) => {
@@ -1646,7 +1648,18 @@ fn upstream_error_kind(e: &Error) -> Option<&'static str> {
 
 #[cfg(test)]
 mod tests {
-    use super::origin_form;
+    use super::{classify_failure, origin_form};
+    use pingora::{Error, ErrorType};
+
+    #[test]
+    fn a_client_silent_past_pingoras_read_timeout_gets_the_timeout_code() {
+        // With `min_body_rate: 0`, pingora's 60 s per read is the only limit on a body.
+        let silent = Error::explain(ErrorType::ReadTimedout, "client").into_down();
+        let answer = classify_failure(&silent).expect("an answer");
+        assert_eq!((answer.status, answer.code), (408, 91408));
+        let gone = Error::explain(ErrorType::ConnectionClosed, "client").into_down();
+        assert!(classify_failure(&gone).is_none());
+    }
 
     #[test]
     fn absolute_targets_are_brought_to_origin_form_byte_for_byte() {
