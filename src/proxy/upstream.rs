@@ -88,7 +88,10 @@ impl UpstreamTarget {
         // Always the host, IP literals included: pingora skips certificate verification for a
         // peer with an empty SNI, and rustls verifies an IP against the certificate's IP SANs.
         let mut peer = HttpPeer::new(addr, endpoint.tls, endpoint.host.clone());
+        // pingora gives the TCP connect and then the TLS handshake each `connection_timeout`;
+        // the total bounds both together, as `upstream.connect_timeout` promises.
         peer.options.connection_timeout = Some(self.connect_timeout);
+        peer.options.total_connection_timeout = Some(self.connect_timeout);
         peer.options.read_timeout = Some(self.read_timeout);
         peer.options.write_timeout = Some(self.read_timeout);
         peer.options.idle_timeout = Some(POOL_IDLE);
