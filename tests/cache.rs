@@ -267,8 +267,8 @@ async fn the_read_that_fills_the_cache_gets_the_whole_answer_then_ranges_and_304
 
 #[tokio::test]
 async fn metadata_expires_before_its_temporary_url() {
-    // URLs valid 33 s: the metadata may be kept 3 s (33 − 30), though metadata_ttl is 60 s.
-    let origin = origin_with(&["--url-ttl", "33"]);
+    // URLs valid 193 s: the metadata may be kept 3 s (193 − 190), though metadata_ttl is 60 s.
+    let origin = origin_with(&["--url-ttl", "193"]);
     let proxy = start(&origin, "cache:\n  metadata_ttl: 60s\n");
     let service = new_service();
     let media = stored(&origin, &service, b"hello", "text/plain").await;
@@ -300,7 +300,7 @@ async fn metadata_expires_before_its_temporary_url() {
     assert!(expired < Duration::from_secs(20), "{expired:?}");
 
     // A URL with less than the margin left is never kept at all.
-    let short = origin_with(&["--url-ttl", "20"]);
+    let short = origin_with(&["--url-ttl", "180"]);
     let proxy = start(&short, "");
     let media = stored(&short, &service, b"hello", "text/plain").await;
     let (metadata, _) = paths(&service, &media);

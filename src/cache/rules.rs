@@ -10,9 +10,11 @@ use pingora::http::ResponseHeader;
 use super::Kind;
 use crate::config::Config;
 
-/// Metadata is dropped this long before the temporary URL inside it expires, so a client
-/// never receives a URL it cannot use.
-pub const TEMPORARY_URL_MARGIN: Duration = Duration::from_secs(30);
+/// Metadata is dropped this long before the temporary URL inside it expires, so a client never
+/// receives a URL it cannot use: Twilio's SDKs reuse a temporary URL for 180 s after they got
+/// it, and 10 s more allow for clocks and transit. With the real service's 300 s URLs, metadata
+/// may be kept up to 110 s (`cache.metadata_ttl` is 60 s by default).
+pub const TEMPORARY_URL_MARGIN: Duration = Duration::from_secs(190);
 
 /// The cache settings a request is served with (reloadable, as is the memory bound: `Cache::resize`).
 #[derive(Clone, Debug)]
@@ -293,14 +295,14 @@ mod tests {
     fn metadata_never_outlives_its_temporary_url() {
         let ok = response(200, &[]);
         let in_a_minute = SystemTime::now() + Duration::from_secs(60);
-        let expires = epoch_now() + 40;
+        let expires = epoch_now() + 200;
         let until = fresh_until_with_body(Kind::Metadata, &ok, in_a_minute, &media_json(expires));
         assert_eq!(
             until,
             Some(UNIX_EPOCH + Duration::from_secs(expires) - TEMPORARY_URL_MARGIN)
         );
         // A URL with less than the margin left: not stored at all.
-        let soon = epoch_now() + 20;
+        let soon = epoch_now() + 180;
         assert_eq!(
             fresh_until_with_body(Kind::Metadata, &ok, in_a_minute, &media_json(soon)),
             None
