@@ -663,21 +663,37 @@ async fn a_stale_content_entry_is_renewed_by_a_304_even_when_no_fill_has_room() 
 }
 
 #[tokio::test]
-async fn an_object_over_max_object_is_served_whole_and_not_cached() {
+async fn an_object_over_max_object_is_served_whole_and_not_cached_and_then_bypasses_the_cache() {
     let origin = Origin::start();
     let proxy = start(&origin, "cache:\n  max_object: 64KiB\n");
     let service = new_service();
     let bytes = png_bytes(200 * 1024);
     let media = stored(&origin, &service, &bytes, "image/png").await;
     let (_, content) = paths(&service, &media);
-    for _ in 0..2 {
+    // The media host's answers for the media (its temporary URL is journalled as `/{ME}`).
+    let fetched = |status: u64| {
+        origin
+            .journal()
+            .into_iter()
+            .filter(|e| e["path"] == format!("/{media}") && e["status"] == status)
+            .count()
+    };
+    // The first read finds out the size: fetched for the cache, not kept.
+    for outcome in ["miss", "bypass"] {
         let read = get(&proxy, &content, &[]).await;
         assert_eq!(read.status, StatusCode::OK);
-        assert_eq!(read.cache.as_deref(), Some("miss"));
+        assert_eq!(read.cache.as_deref(), Some(outcome));
         assert_eq!(sha256_hex(&read.body), sha256_hex(&bytes));
     }
     assert_eq!(origin_gets(&origin, &content).len(), 2);
-    proxy.wait_recorded(2);
+    // From then on a range read is the media host's to answer: only its range is fetched (each
+    // one used to fetch the whole media, the client waiting for all before its range).
+    let read = get(&proxy, &content, &[("range", "bytes=150000-150099")]).await;
+    assert_eq!(read.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(read.cache.as_deref(), Some("bypass"));
+    assert_eq!(read.body, &bytes[150_000..150_100]);
+    assert_eq!((fetched(200), fetched(206)), (2, 1));
+    proxy.wait_recorded(3);
     assert_eq!(
         proxy.metric("mediagate_cache_bytes", &[("kind", "content")]),
         Some(0.0)

@@ -7,6 +7,7 @@
 //! proxy injects the service's own), so one service's answer is never served to another.
 
 mod lock;
+mod predictor;
 pub mod rules;
 mod storage;
 
@@ -21,6 +22,7 @@ use pingora::cache::lock::CacheKeyLockImpl;
 use pingora::cache::{CacheKey, HttpCache};
 
 use lock::FillLock;
+use predictor::TooLarge;
 pub use rules::CachePolicy;
 pub use storage::MemoryStore;
 
@@ -142,6 +144,8 @@ pub struct Cache {
     pub lock: &'static CacheKeyLockImpl,
     /// The eviction manager as what it is, to change its bound on reload.
     lru: &'static LruManager<LRU_SHARDS>,
+    /// The keys whose answers were too large to keep: read past the cache from then on.
+    too_large: &'static TooLarge,
 }
 
 impl Cache {
@@ -163,6 +167,7 @@ impl Cache {
             eviction,
             lock,
             lru: eviction,
+            too_large: Box::leak(Box::new(TooLarge::new())),
         }))
     }
 
@@ -171,7 +176,7 @@ impl Cache {
         http_cache.enable(
             self.storage,
             Some(self.eviction),
-            None,
+            Some(self.too_large),
             Some(self.lock),
             None,
         );

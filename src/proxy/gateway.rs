@@ -1535,6 +1535,10 @@ fn cache_outcome(session: &Session, ctx: &RequestCtx) -> Option<(Kind, cache::Ou
             cache::Outcome::Hit
         }
         CachePhase::Stale | CachePhase::StaleUpdating => cache::Outcome::Stale,
+        CachePhase::Miss => cache::Outcome::Miss,
+        // A key known to be too large for the cache, read past it (`cache::predictor`); its
+        // phase has moved on to "disabled" once its answer was judged.
+        _ if session.cache.predicted_uncacheable_reason().is_some() => cache::Outcome::Bypass,
         _ => cache::Outcome::Miss,
     };
     Some((usage.kind, outcome))
