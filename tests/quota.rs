@@ -211,6 +211,35 @@ async fn redis_three_proxies_share_one_limit_exactly() {
 }
 
 #[tokio::test]
+async fn redis_counts_of_an_upload_cut_off_by_shutdown_go_back_to_the_fleet() {
+    let redis = RedisServer::start();
+    let origin = Origin::start();
+    let quotas = "  bytes_per_hour: 300000\n";
+    let mut config = redis_config(&origin, &redis, quotas);
+    config.grace_period = "1s";
+    let mut stopping = Proxy::start(config);
+    let other = Proxy::start(redis_config(&origin, &redis, quotas));
+    // An upload of 200,000 bytes still streaming when the sidecar stops (a rolling deploy): it
+    // outlasts the grace period and is cut off.
+    let _cut = open_upload(
+        stopping.listen,
+        &format!("/v1/Services/{SERVICE}/Media"),
+        &[("Content-Type", "text/plain"), ("Content-Length", "200000")],
+        &[b'q'; 1000],
+    );
+    assert!(wait_for(Duration::from_secs(10), || !origin
+        .requests_for(SERVICE)
+        .is_empty()));
+    signal(&stopping.child, nix::sys::signal::Signal::SIGTERM);
+    let exit = wait_exit(&mut stopping.child, Duration::from_secs(15)).expect("it stops");
+    assert!(exit.success(), "{exit}");
+    // Nothing was stored: the hour's 300,000 bytes are all there again, for the client's retry
+    // on another sidecar (it got 429 for an hour: the cut upload's bytes stayed counted).
+    let retry = upload(&other, 200_000).await;
+    assert_eq!(retry.status(), StatusCode::CREATED, "{:?}", retry.headers());
+}
+
+#[tokio::test]
 async fn redis_slots_of_a_killed_sidecar_come_back_after_their_lease() {
     let redis = RedisServer::start();
     let origin = Origin::start();

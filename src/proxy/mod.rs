@@ -117,7 +117,7 @@ pub fn run(config: Config, path: &Path, upgrade: bool) -> Result<(), String> {
         "mediagate admin".to_string(),
         HttpServer::new_app(admin::AdminApp::new(
             config.server.listen,
-            quota,
+            quota.clone(),
             settings.clone(),
             cache,
         )),
@@ -137,12 +137,17 @@ pub fn run(config: Config, path: &Path, upgrade: bool) -> Result<(), String> {
     // Returns once a signal has stopped every service (SIGTERM or SIGQUIT after their grace
     // period, SIGINT at once).
     server.run(RunArgs::default());
+    // The uploads pingora cut off when the grace period ran out were settled as failed as their
+    // requests were dropped: their counts go back to the fleet before this sidecar goes.
+    quota.finish(QUOTA_EXIT_WAIT);
     access_log.write_out_waiting(ACCESS_LOG_EXIT_WAIT);
     std::process::exit(0)
 }
 
 /// How long the last access log lines may wait for standard output at exit.
 const ACCESS_LOG_EXIT_WAIT: Duration = Duration::from_secs(2);
+/// How long the last quota settles may take at exit (a few Redis calls' timeouts).
+const QUOTA_EXIT_WAIT: Duration = Duration::from_secs(2);
 
 /// The spool directory, when `uploads.retry` is on: created, and swept of a crash's leftovers.
 fn spool_dir(config: &Config) -> Result<Option<Arc<crate::spool::SpoolDir>>, String> {

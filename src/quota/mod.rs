@@ -11,10 +11,12 @@
 
 mod memory;
 mod redis;
+mod settler;
 mod window;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -209,6 +211,10 @@ pub trait Quota: Send + Sync {
     async fn reachable(&self) -> bool {
         true
     }
+
+    /// At exit, once pingora has stopped: waits up to `within` for the settling of uploads
+    /// that ended (or were cut off by the end of the grace period) to reach the backend.
+    fn finish(&self, _within: Duration) {}
 }
 
 /// The backend `quotas.backend` names.

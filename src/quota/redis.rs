@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 use redis::Script;
 
+use super::settler::{Link, Settler};
 use super::window::BUCKETS;
 use super::{Limits, Outcome, OverQuota, Permit, Quota, Refused, HOUR_MS, MINUTE_MS};
 use crate::api::{RejectReason, ServiceSid};
@@ -24,7 +25,8 @@ pub struct RedisQuota {
 struct Shared {
     redis: Arc<RedisLink>,
     admit: Script,
-    settle: Script,
+    /// Settles reservations, on a runtime and a connection of its own (`settler`).
+    settler: Arc<Settler>,
     /// The slots this sidecar holds: slot id → its slots key.
     slots: Arc<Leases>,
     next_slot: AtomicU64,
@@ -36,12 +38,16 @@ impl RedisQuota {
     pub fn new(url: &str, lease: Duration) -> Result<RedisQuota, String> {
         let redis = Arc::new(RedisLink::open(url, "quotas.backend")?);
         let renew = Script::new(include_str!("renew.lua"));
+        let settler = Settler::start(Link {
+            redis: RedisLink::open(url, "quotas.backend")?,
+            script: Script::new(include_str!("settle.lua")),
+        })?;
         Ok(RedisQuota {
             shared: Arc::new(Shared {
                 slots: Leases::new(redis.clone(), renew, lease, "quota slots"),
                 redis,
                 admit: Script::new(include_str!("admit.lua")),
-                settle: Script::new(include_str!("settle.lua")),
+                settler: Arc::new(settler),
                 next_slot: AtomicU64::new(0),
                 instance: crate::api::MediaSid::generate().as_str()[2..14].to_string(),
             }),
@@ -58,35 +64,37 @@ impl Shared {
     async fn connection(&self) -> Result<ConnectionManager, String> {
         self.redis.connection().await
     }
+}
 
-    async fn settle(
-        &self,
-        service: &ServiceSid,
-        reservation: Reservation,
-        outcome: Outcome,
-    ) -> Result<(), String> {
-        let [uploads, bytes, slots] = keys(service);
-        let (stored, sent) = match outcome {
-            Outcome::Stored { bytes } => (1, bytes),
-            Outcome::Failed => (0, 0),
-        };
-        let mut connection = self.connection().await?;
-        bounded(
-            self.settle
-                .key(uploads)
-                .key(bytes)
-                .key(slots)
-                .arg(stored)
-                .arg(reservation.bytes)
-                .arg(sent)
-                .arg(reservation.upload_bucket)
-                .arg(reservation.bytes_bucket)
-                .arg(&reservation.slot)
-                .invoke_async::<i64>(&mut connection),
-        )
-        .await
-        .map(drop)
-    }
+/// Settles one reservation: its counts kept as sent or given back, its slot freed. On the
+/// settling thread (`settler`).
+pub(super) async fn settle(
+    link: &Link,
+    service: &ServiceSid,
+    reservation: Reservation,
+    outcome: Outcome,
+) -> Result<(), String> {
+    let [uploads, bytes, slots] = keys(service);
+    let (stored, sent) = match outcome {
+        Outcome::Stored { bytes } => (1, bytes),
+        Outcome::Failed => (0, 0),
+    };
+    let mut connection = link.redis.connection().await?;
+    bounded(
+        link.script
+            .key(uploads)
+            .key(bytes)
+            .key(slots)
+            .arg(stored)
+            .arg(reservation.bytes)
+            .arg(sent)
+            .arg(reservation.upload_bucket)
+            .arg(reservation.bytes_bucket)
+            .arg(&reservation.slot)
+            .invoke_async::<i64>(&mut connection),
+    )
+    .await
+    .map(drop)
 }
 
 fn release_slot_later(mut connection: ConnectionManager, key: String, slot: String) {
@@ -103,7 +111,7 @@ fn release_slot_later(mut connection: ConnectionManager, key: String, slot: Stri
 }
 
 /// What one admission took, to settle it later.
-struct Reservation {
+pub(super) struct Reservation {
     /// The slot's lease, renewed until the reservation is settled or dropped (held for its
     /// `Drop`).
     _lease: Option<Held>,
@@ -180,21 +188,19 @@ impl Quota for RedisQuota {
             upload_bucket,
             bytes_bucket,
         };
-        let shared = self.shared.clone();
+        let settler = shared.settler.clone();
         let service = *service;
+        // Settling must not hold up the request: it is queued. A failure is counted, and the
+        // slot's lease ends it anyway.
         Ok(Permit::new(Box::new(move |outcome| {
-            // Settling must not hold up the request; a failure is counted, and the slot's
-            // lease ends it anyway (as it does when no runtime is left to settle on).
-            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-                return;
-            };
-            runtime.spawn(async move {
-                if let Err(e) = shared.settle(&service, reservation, outcome).await {
-                    crate::metrics::metrics().quota_backend_errors.inc();
-                    log::warn!("quota: cannot settle an upload: {e}");
-                }
-            });
+            settler.settle(service, reservation, outcome)
         })))
+    }
+
+    fn finish(&self, within: Duration) {
+        if !self.shared.settler.flush(within) {
+            log::warn!("quota: uploads still settling after {within:?} at exit; their counts stay until their window passes");
+        }
     }
 
     async fn reachable(&self) -> bool {
