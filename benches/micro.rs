@@ -138,7 +138,7 @@ fn quota_admission(c: &mut Criterion) {
                 .admit(black_box(&service), limits, 4096)
                 .await
                 .unwrap();
-            permit.settle(Outcome::Stored { bytes: 4096 });
+            drop(permit.settle(Outcome::Stored { bytes: 4096 }));
         })
     });
 }

@@ -37,12 +37,15 @@ async fn run(per_task: usize) {
         concurrent_uploads: 1 << 20,
     };
     let service = ServiceSid::generate();
-    // Warm-up: the connection and the scripts' first load.
+    // Warm-up: the connections (admission's, and settling's of its own) and the scripts'
+    // first load.
     quota
         .admit(&service, limits, 1)
         .await
         .expect("admit")
-        .settle(Outcome::Failed);
+        .settle(Outcome::Failed)
+        .wait(Duration::from_secs(1))
+        .await;
 
     let started = Instant::now();
     let tasks = (0..TASKS).map(|_| {
@@ -53,7 +56,7 @@ async fn run(per_task: usize) {
                 let begun = Instant::now();
                 let permit = quota.admit(&service, limits, 4096).await.expect("admit");
                 latencies.push(begun.elapsed());
-                permit.settle(Outcome::Stored { bytes: 4096 });
+                drop(permit.settle(Outcome::Stored { bytes: 4096 }));
             }
             latencies
         })

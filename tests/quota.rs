@@ -151,24 +151,39 @@ async fn memory_concurrency_is_held_and_a_vanished_client_gives_its_slot_back() 
     assert_eq!(last, StatusCode::CREATED);
 }
 
+/// An upload refused while its client still has most of its body to send (the proxy reads past
+/// it for a while, so that the client gets its answer), then a corrected retry at once, on a
+/// service with one concurrency slot: the retry finds the slot free, the refused upload still
+/// open. Several rounds, since with Redis the slot is freed by a call of its own.
+async fn retry_right_after_a_refusal_finds_the_slot_free(proxy: &Proxy) {
+    for _ in 0..5 {
+        let mut refused = open_upload(
+            proxy.listen,
+            &format!("/v1/Services/{SERVICE}/Media"),
+            &[("Content-Type", "image/png"), ("Content-Length", "100000")],
+            &[b't'; 10_000],
+        );
+        let (status, body) = read_answer(&mut refused);
+        assert_eq!(status, 415, "{body}");
+        let retry = upload(proxy, 10).await;
+        assert_eq!(retry.status(), StatusCode::CREATED, "{:?}", retry.headers());
+        drop(refused);
+    }
+}
+
 #[tokio::test]
 async fn a_refused_upload_gives_its_slot_back_as_it_is_answered() {
     let origin = Origin::start();
     let proxy = Proxy::start(quota_config(&origin, "  concurrent_uploads: 1\n"));
-    // Declared a PNG, but its first bytes are text: refused, while the client still has most of
-    // its body to send (the proxy reads past it for a while, so the client gets its answer).
-    let mut refused = open_upload(
-        proxy.listen,
-        &format!("/v1/Services/{SERVICE}/Media"),
-        &[("Content-Type", "image/png"), ("Content-Length", "100000")],
-        &[b't'; 10_000],
-    );
-    let (status, body) = read_answer(&mut refused);
-    assert_eq!(status, 415, "{body}");
-    // The client corrects itself at once: its slot is free, the refused upload still open.
-    let retry = upload(&proxy, 10).await;
-    assert_eq!(retry.status(), StatusCode::CREATED, "{:?}", retry.headers());
-    drop(refused);
+    retry_right_after_a_refusal_finds_the_slot_free(&proxy).await;
+}
+
+#[tokio::test]
+async fn redis_a_refused_upload_gives_its_slot_back_as_it_is_answered() {
+    let redis = RedisServer::start();
+    let origin = Origin::start();
+    let proxy = Proxy::start(redis_config(&origin, &redis, "  concurrent_uploads: 1\n"));
+    retry_right_after_a_refusal_finds_the_slot_free(&proxy).await;
 }
 
 #[tokio::test]

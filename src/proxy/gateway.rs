@@ -38,7 +38,7 @@ use crate::config::{Config, OnBackendError};
 use crate::idempotency::{Answer, BodyHasher, Claim, Claimed, IdempotencyKey, Ledger};
 use crate::metrics::{metrics, InFlight, RequestMetrics, RequestRecord};
 use crate::policy::{self, UploadGuard, UploadPolicies};
-use crate::quota::{LimitBook, Limits, Outcome, Permit, Quota, Refused};
+use crate::quota::{LimitBook, Limits, Outcome, Permit, Quota, Refused, Settled};
 use crate::spool::{Spool, SpoolDir};
 
 pub struct Gateway {
@@ -1153,6 +1153,7 @@ impl ProxyHttp for Gateway {
         let error = classify_failure(e);
         let status = match &error {
             Some(error) if final_status(session).is_none() => {
+                settle_upload(ctx).wait(SETTLE_BEFORE_ANSWER).await;
                 let id = [(REQUEST_ID, ctx.request_id())];
                 if let Err(write_error) = reject::respond(session, error, &id).await {
                     log::debug!("cannot send the error answer: {write_error}");
@@ -1189,7 +1190,8 @@ impl ProxyHttp for Gateway {
             .unwrap_or(0);
         let stored = upstream_stored(ctx);
         let sent = ctx.upload.as_deref().map(UploadGuard::received);
-        settle_upload(ctx);
+        // Not waited for: nothing here depends on the backend having it.
+        drop(settle_upload(ctx));
         if let Some(claim) = ctx.claim.take() {
             self.settle_claim(*claim, ctx, stored).await;
         }
@@ -1205,19 +1207,24 @@ fn upstream_stored(ctx: &RequestCtx) -> bool {
 }
 
 /// Settles an upload's quota reservation and ends its in-flight count, once: in `logging`, or
-/// earlier for an upload refused or failed, as soon as its client has the answer. Lingering
-/// over the rest of its body takes up to 2 s, and a client that corrects itself and retries at
-/// once must find its concurrency slot and its counts given back.
-fn settle_upload(ctx: &mut RequestCtx) {
-    if let Some(permit) = ctx.permit.take() {
-        let sent = ctx.upload.as_deref().map(UploadGuard::received);
-        permit.settle(match sent {
-            Some(bytes) if upstream_stored(ctx) => Outcome::Stored { bytes },
-            _ => Outcome::Failed,
-        });
-    }
+/// earlier for an upload refused or failed, before its client has the answer. Lingering over
+/// the rest of its body takes up to 2 s after that, and a client that corrects itself and
+/// retries at once must find its concurrency slot and its counts given back, in Redis too.
+fn settle_upload(ctx: &mut RequestCtx) -> Settled {
     ctx.in_flight = None;
+    let Some(permit) = ctx.permit.take() else {
+        return Settled::done();
+    };
+    let sent = ctx.upload.as_deref().map(UploadGuard::received);
+    permit.settle(match sent {
+        Some(bytes) if upstream_stored(ctx) => Outcome::Stored { bytes },
+        _ => Outcome::Failed,
+    })
 }
+
+/// How long a refusal or an error answer waits for its upload's settle to reach the quota
+/// backend (a Redis call and, at worst, a connection: each bounded by 500 ms).
+const SETTLE_BEFORE_ANSWER: Duration = Duration::from_secs(1);
 
 /// Answers a refusal, logs it (never the body or a credential), and marks the request for the
 /// metrics. Returns pingora's "answered" for `request_filter`.
@@ -1248,15 +1255,15 @@ async fn send_refusal(
         rejection.error.status,
         rejection.reason.map_or("", RejectReason::label),
     );
+    settle_upload(ctx).wait(SETTLE_BEFORE_ANSWER).await;
     reject::send(session, &rejection, ctx.request_id()).await?;
     linger_unless_waiting(session, ctx).await;
     Ok(true)
 }
 
 /// Reads past the rest of a request body after answering early, unless the client still waits
-/// for its 100 Continue and so sends no body. The upload's reservation is settled first.
-async fn linger_unless_waiting(session: &mut Session, ctx: &mut RequestCtx) {
-    settle_upload(ctx);
+/// for its 100 Continue and so sends no body.
+async fn linger_unless_waiting(session: &mut Session, ctx: &RequestCtx) {
     if ctx.continued || !expects_continue(session) {
         reject::linger(session).await;
     }

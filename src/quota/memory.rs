@@ -10,7 +10,7 @@ use std::time::Instant;
 use async_trait::async_trait;
 
 use super::window::Window;
-use super::{Limits, Outcome, OverQuota, Permit, Quota, Refused, HOUR_MS, MINUTE_MS};
+use super::{Limits, Outcome, OverQuota, Permit, Quota, Refused, Settled, HOUR_MS, MINUTE_MS};
 use crate::api::{RejectReason, ServiceSid};
 
 const SHARDS: usize = 32;
@@ -164,6 +164,7 @@ impl Quota for MemoryQuota {
             if let Some(usage) = shard.get_mut(&service) {
                 usage.settle(now_ms, bytes, outcome);
             }
+            Settled::done()
         })))
     }
 }
@@ -204,7 +205,7 @@ mod tests {
             reason(quota.admit(&s, limits(3, 0, 0), 1).await),
             Some(RejectReason::QuotaUploads)
         );
-        permits.pop().unwrap().settle(Outcome::Failed);
+        drop(permits.pop().unwrap().settle(Outcome::Failed));
         assert!(quota.admit(&s, limits(3, 0, 0), 1).await.is_ok());
     }
 
@@ -213,11 +214,12 @@ mod tests {
         let quota = MemoryQuota::new();
         let s = sid();
         let l = limits(0, 100, 0);
-        quota
+        let settled = quota
             .admit(&s, l, 80)
             .await
             .unwrap()
             .settle(Outcome::Stored { bytes: 30 });
+        drop(settled);
         let _held = quota.admit(&s, l, 70).await.unwrap();
         assert_eq!(
             reason(quota.admit(&s, l, 1).await),

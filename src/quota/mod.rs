@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use tokio::sync::oneshot;
 
 pub use self::memory::MemoryQuota;
 pub use self::redis::RedisQuota;
@@ -139,7 +140,29 @@ pub enum Outcome {
     Failed,
 }
 
-type Settle = Box<dyn FnOnce(Outcome) + Send + Sync>;
+type Settle = Box<dyn FnOnce(Outcome) -> Settled + Send + Sync>;
+
+/// When a settle has reached the backend: done already in memory; with Redis, when its call
+/// has ended (answered or failed).
+#[must_use = "a settle may be awaited, or dropped to let it run on its own"]
+pub struct Settled(Option<oneshot::Receiver<()>>);
+
+impl Settled {
+    pub fn done() -> Settled {
+        Settled(None)
+    }
+
+    pub(crate) fn when(ended: oneshot::Receiver<()>) -> Settled {
+        Settled(Some(ended))
+    }
+
+    /// Waits until the settle has reached the backend, or `within` has passed.
+    pub async fn wait(self, within: Duration) {
+        if let Some(ended) = self.0 {
+            let _ = tokio::time::timeout(within, ended).await;
+        }
+    }
+}
 
 /// A reservation. Settle it once the upload's fate is known; dropping it counts as `Failed`.
 pub struct Permit {
@@ -158,9 +181,10 @@ impl Permit {
         }
     }
 
-    pub fn settle(mut self, outcome: Outcome) {
-        if let Some(settle) = self.settle.take() {
-            settle(outcome);
+    pub fn settle(mut self, outcome: Outcome) -> Settled {
+        match self.settle.take() {
+            Some(settle) => settle(outcome),
+            None => Settled::done(),
         }
     }
 }
@@ -168,7 +192,7 @@ impl Permit {
 impl Drop for Permit {
     fn drop(&mut self) {
         if let Some(settle) = self.settle.take() {
-            settle(Outcome::Failed);
+            drop(settle(Outcome::Failed));
         }
     }
 }
