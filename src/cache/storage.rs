@@ -15,7 +15,10 @@
 //! pingora purges what its eviction manager evicts in a task of its own, some time after the
 //! manager chose it, by key: by then the key may be back (filled again, or hit again, which
 //! readmits it). Such a purge is skipped, or it would drop a fresh entry the manager counts (its
-//! weight held for nothing, the cache kept below its bound until the key aged out).
+//! weight held for nothing, the cache kept below its bound until the key aged out). A narrow
+//! window stays: a purge that looks between a refill's insert and pingora's admission of it.
+//! Closing it needs entry generations (pingora's `CacheEntryId`); its cost is the same
+//! under-filling, never more than the bound.
 //!
 //! pingora's own `MemCache` is documented as test-only: it has no bound and no eviction.
 
