@@ -44,6 +44,8 @@ struct Case {
     framing: Framing,
     status: u16,
     reason: Option<&'static str>,
+    /// A refusal of a body the proxy has whole before going upstream: nothing may reach it.
+    judged_whole: bool,
 }
 
 fn case(
@@ -61,6 +63,7 @@ fn case(
         framing: Framing::Length,
         status,
         reason,
+        judged_whole: false,
     }
 }
 
@@ -79,6 +82,10 @@ impl Case {
     }
     fn framed(mut self, framing: Framing) -> Case {
         self.framing = framing;
+        self
+    }
+    fn judged_whole(mut self) -> Case {
+        self.judged_whole = true;
         self
     }
 }
@@ -595,7 +602,8 @@ fn cases() -> Vec<Case> {
             400,
             Some("size_mismatch"),
         )
-        .header("Content-Size", "2047"),
+        .header("Content-Size", "2047")
+        .judged_whole(),
         case("Content-Size matches", "image/png", png(43), 201, None)
             .header("Content-Size", "2048"),
         case(
@@ -658,6 +666,29 @@ fn cases() -> Vec<Case> {
             None,
         )
         .framed(Framing::Chunked(vec![4096, 60000])),
+        // No body at all, but a declared size: the head alone would go upstream as a whole,
+        // empty upload.
+        case(
+            "empty body declaring Content-Size",
+            "text/plain",
+            Vec::new(),
+            400,
+            Some("size_mismatch"),
+        )
+        .header("Content-Size", "100")
+        .framed(Framing::AsGiven)
+        .judged_whole(),
+        case(
+            "empty body declaring Content-Size, sniffing off",
+            "image/png",
+            Vec::new(),
+            400,
+            Some("size_mismatch"),
+        )
+        .on(NO_SNIFF)
+        .header("Content-Size", "100")
+        .framed(Framing::AsGiven)
+        .judged_whole(),
         case(
             "chunked, ends short of Content-Size",
             "image/png",
@@ -833,6 +864,10 @@ fn every_upload_rule_through_the_proxy() {
             }
             if seen.iter().any(|e| e["status"] == 201) {
                 problems.push("the origin created a media".into());
+            }
+            if case.judged_whole && !seen.is_empty() {
+                // The origin's own checks would refuse it too, and hide ours failing.
+                problems.push("its head went upstream, with all its body".into());
             }
         }
         if !settled {

@@ -197,21 +197,7 @@ impl UploadGuard {
     pub fn on_chunk(&mut self, bytes: &[u8], end: bool) -> Result<(), Refusal> {
         let before = self.received;
         self.received += bytes.len() as u64;
-        if self.received > self.max_size {
-            return Err(Refusal::too_large(self.max_size));
-        }
-        if let Some(size) = self.content_size {
-            if self.received > size || (end && self.received < size) {
-                return Err(Refusal::new(
-                    RejectReason::SizeMismatch,
-                    format!(
-                        "Content-Size says {size} bytes, the body {} {}",
-                        if end { "had" } else { "has at least" },
-                        self.received
-                    ),
-                ));
-            }
-        }
+        self.check_size(self.received, end)?;
         // Skip what `inspect_early` has seen already.
         let seen = usize::try_from(self.inspected.saturating_sub(before)).unwrap_or(usize::MAX);
         let fresh = bytes.get(seen..).unwrap_or(&[]);
@@ -220,6 +206,30 @@ impl UploadGuard {
             return Ok(());
         }
         self.inspect(fresh, end)
+    }
+
+    /// Judges the sizes of a body read whole before anything went upstream (`length` bytes),
+    /// without counting it: its bytes pass `on_chunk` later all the same. A body already whole
+    /// goes upstream complete, so a refusal when it streams would come too late to cut it short.
+    pub fn check_whole(&self, length: u64) -> Result<(), Refusal> {
+        self.check_size(length, true)
+    }
+
+    /// `received` bytes so far against `max_size` and `Content-Size`; `end`: all of them.
+    fn check_size(&self, received: u64, end: bool) -> Result<(), Refusal> {
+        if received > self.max_size {
+            return Err(Refusal::too_large(self.max_size));
+        }
+        match self.content_size {
+            Some(size) if received > size || (end && received < size) => Err(Refusal::new(
+                RejectReason::SizeMismatch,
+                format!(
+                    "Content-Size says {size} bytes, the body {} {received}",
+                    if end { "had" } else { "has at least" },
+                ),
+            )),
+            _ => Ok(()),
+        }
     }
 
     fn inspect(&mut self, bytes: &[u8], end: bool) -> Result<(), Refusal> {

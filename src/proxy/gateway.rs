@@ -326,11 +326,12 @@ impl Gateway {
             Err(rejection) => return Ok(Err(rejection)),
         }
         ctx.in_flight = Some(settings.metrics.upload_started(service));
-        if !guard.inspecting() && !is_chunked(session) {
+        // Nothing will stream: decide on the empty body now, or it would go up complete.
+        let empty = session.is_body_empty() || session.is_body_done();
+        if !guard.inspecting() && !is_chunked(session) && !empty {
             return Ok(Ok(guard));
         }
-        let (first, end) = if session.is_body_empty() || session.is_body_done() {
-            // Nothing will stream: decide on the empty body now, or it would go up complete.
+        let (first, end) = if empty {
             (None, true)
         } else {
             if expects_continue(session) {
@@ -350,11 +351,17 @@ impl Gateway {
                 Err(rejection) => return Ok(Err(rejection)),
             }
         };
+        let first = first.as_deref().unwrap_or_default();
+        if end {
+            if let Err(refusal) = guard.check_whole(first.len() as u64) {
+                return Ok(Err(refusal.into()));
+            }
+        }
         if !guard.inspecting() {
             return Ok(Ok(guard));
         }
         Ok(guard
-            .inspect_early(first.as_deref().unwrap_or_default(), end)
+            .inspect_early(first, end)
             .map(|()| guard)
             .map_err(Rejection::from))
     }
