@@ -94,6 +94,71 @@ fn a_head_that_takes_too_long_gets_408_even_when_it_trickles() {
 }
 
 #[test]
+fn empty_lines_before_a_head_are_part_of_it_for_its_clock_and_its_size() {
+    let origin = Origin::start();
+    let proxy = proxy_with(&origin, "  head_timeout: 1s\n  max_head_size: 8KiB\n");
+    // Empty lines (which the HTTP parser skips before a request line) every 300 ms: they used
+    // to count as a whole head each, so no clock ever ran.
+    let started = Instant::now();
+    let mut stream = connect(&proxy, b"\r\n");
+    let mut writer = stream.try_clone().unwrap();
+    let trickle = std::thread::spawn(move || {
+        for _ in 0..30 {
+            std::thread::sleep(Duration::from_millis(300));
+            if writer.write_all(b"\n\n").is_err() {
+                break;
+            }
+        }
+    });
+    let answer = read_all(&mut stream);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let _ = trickle.join();
+    // 16 KiB of them, then a request: over the 8 KiB a head may take.
+    let mut padded = "\r\n".repeat(8 * 1024).into_bytes();
+    padded.extend_from_slice(b"GET /v1/Services/IS0123456789abcdef0123456789abcdef/Media/ME0123456789abcdef0123456789abcdef HTTP/1.1\r\nHost: x\r\n\r\n");
+    let answer = read_all(&mut connect(&proxy, &padded));
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer:?}");
+    // A few, then the request: served.
+    let answer = read_all(&mut connect(&proxy, b"\r\n\r\nGET /v1/Services/IS0123456789abcdef0123456789abcdef/Media/ME0123456789abcdef0123456789abcdef HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"));
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer:?}");
+    assert_eq!(
+        origin.journal().len(),
+        1,
+        "only the last request reached the origin"
+    );
+}
+
+#[test]
+fn a_kept_alive_connection_idle_past_keepalive_timeout_is_closed() {
+    let origin = Origin::start();
+    let proxy = proxy_with(&origin, "  keepalive_timeout: 1s\n");
+    let request = b"GET /v1/Services/IS0123456789abcdef0123456789abcdef/Media/ME0123456789abcdef0123456789abcdef HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut stream = connect(&proxy, request);
+    // Requests half a second apart keep it open: the clock runs only while it is idle.
+    for _ in 0..3 {
+        let answer = read_response(&mut stream);
+        assert_eq!(answer.status, 404);
+        std::thread::sleep(Duration::from_millis(500));
+        stream.write_all(request).expect("still open");
+    }
+    assert_eq!(read_response(&mut stream).status, 404);
+    // Then idle: closed, without an answer, about a second later.
+    let idle = Instant::now();
+    assert_eq!(read_all(&mut stream), "");
+    assert!(
+        idle.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        idle.elapsed()
+    );
+    assert!(
+        idle.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        idle.elapsed()
+    );
+}
+
+#[test]
 fn heads_too_large_or_with_too_many_headers_get_431() {
     let origin = Origin::start();
     let proxy = proxy_with(&origin, "  max_head_size: 8KiB\n  max_headers: 20\n");

@@ -77,6 +77,17 @@ fn busy_poll_is_off_by_default_and_bounded() {
 }
 
 #[test]
+fn keepalive_timeout_is_a_minute_by_default_and_zero_turns_it_off() {
+    let config = parse(MINIMAL).unwrap();
+    assert_eq!(
+        config.server.keepalive_timeout.get(),
+        Duration::from_secs(60)
+    );
+    let config = parse(&format!("{MINIMAL}server:\n  keepalive_timeout: 0s\n")).unwrap();
+    assert!(config.server.keepalive_timeout.get().is_zero());
+}
+
+#[test]
 fn send_timeout_is_a_minute_by_default_and_zero_turns_it_off() {
     let config = parse(MINIMAL).unwrap();
     assert_eq!(config.server.send_timeout.get(), Duration::from_secs(60));

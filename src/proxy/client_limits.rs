@@ -54,6 +54,8 @@ pub struct ClientLimits {
     pub min_body_rate: u64,
     /// How long a write may wait for the client to take any of it; 0: for ever.
     pub send_timeout: Duration,
+    /// How long a connection may wait idle for its next request; 0: for ever.
+    pub keepalive_timeout: Duration,
 }
 
 impl ClientLimits {
@@ -65,6 +67,7 @@ impl ClientLimits {
             max_headers: server.max_headers,
             min_body_rate: server.min_body_rate.bytes(),
             send_timeout: server.send_timeout.get(),
+            keepalive_timeout: server.keepalive_timeout.get(),
         }
     }
 }
@@ -259,6 +262,11 @@ pub struct Watched {
     phase: Phase,
     /// The head read so far, when it comes in more than one read (kept for the next one).
     head: Vec<u8>,
+    /// The empty lines read before the head's first line (httparse skips them; they count
+    /// towards `max_head_size`, and are no head by themselves).
+    blank: usize,
+    /// The connection waited idle for its next request past `keepalive_timeout`: reads end.
+    idle: bool,
     /// Whether an answer was written since the last head: the next read starts a new head.
     answered: bool,
     /// The head's deadline, or when the body rate is next judged.
@@ -298,6 +306,8 @@ impl Watched {
             // The first head's clock runs from the connection's start.
             phase: Phase::Head { started: true },
             head: Vec::new(),
+            blank: 0,
+            idle: false,
             limits,
             answered: false,
             timer: Box::pin(tokio::time::sleep_until(deadline)),
@@ -370,11 +380,23 @@ impl Watched {
             return Ok(None);
         };
         let first_bytes = !std::mem::replace(started, true);
+        // Empty lines before the request line are skipped, as httparse skips them: a run of
+        // them is no head (else a client could send one now and then, with no clock running).
+        let mut skipped = 0;
+        if self.head.is_empty() {
+            skipped = bytes
+                .iter()
+                .take_while(|b| matches!(b, b'\r' | b'\n'))
+                .count();
+            self.blank += skipped;
+        }
+        let rest = &bytes[skipped..];
         // Most heads come whole in one read: judged where they lie, without a copy (and with
         // no deadline to set).
-        if self.head.is_empty() {
-            if let Some(end) = find_head_end(bytes) {
-                return judge_head(&bytes[..end], &self.limits).map(|framing| Some((end, framing)));
+        if self.head.is_empty() && self.blank <= self.limits.max_head_size {
+            if let Some(end) = find_head_end(rest) {
+                let framing = judge_head(&rest[..end], &self.limits)?;
+                return Ok(Some((skipped + end, framing)));
             }
         }
         if first_bytes {
@@ -382,26 +404,38 @@ impl Watched {
         }
         let (head, limits) = (&mut self.head, &self.limits);
         let before = head.len();
-        head.extend_from_slice(bytes);
+        head.extend_from_slice(rest);
         // The blank line may straddle two reads.
         let scan_from = before.saturating_sub(3);
         match find_head_end(&head[scan_from..]).map(|i| scan_from + i) {
-            Some(end) => {
+            Some(end) if self.blank + end <= limits.max_head_size => {
                 let framing = judge_head(&head[..end], limits)?;
                 head.clear();
-                Ok(Some((end - before, framing)))
+                Ok(Some((skipped + end - before, framing)))
             }
-            None if head.len() > limits.max_head_size => Err(Cutoff::HeadTooLarge),
-            None => Ok(None),
+            _ if self.blank + head.len() > limits.max_head_size => Err(Cutoff::HeadTooLarge),
+            _ => Ok(None),
         }
     }
 
+    /// The next request's head: none of it read yet, so the connection is idle until its first
+    /// byte (for `keepalive_timeout` at most: `wait_idle`).
     fn start_head(&mut self) {
         self.head.clear();
+        self.blank = 0;
         self.phase = Phase::Head { started: false };
         self.timer_on = false;
         self.answered = false;
         self.body_read = false;
+    }
+
+    /// A read found nothing: between requests, the idle clock starts. Only then, so that a
+    /// busy connection (its next request already there) sets no timer per request.
+    fn wait_idle(&mut self) {
+        let idle = matches!(self.phase, Phase::Head { started: false });
+        if idle && !self.timer_on && !self.limits.keepalive_timeout.is_zero() {
+            self.arm(self.limits.keepalive_timeout);
+        }
     }
 
     fn start_body(&mut self, framing: Framing) {
@@ -448,6 +482,13 @@ impl Watched {
     fn on_timer(&mut self) -> Result<(), Cutoff> {
         match self.phase {
             Phase::Head { started: true, .. } => Err(Cutoff::HeadTimeout),
+            Phase::Head { started: false } => {
+                // Idle past `keepalive_timeout`: the connection ends as if the client had
+                // closed it, without an answer (nginx closes it the same way).
+                self.idle = true;
+                self.timer_on = false;
+                Ok(())
+            }
             Phase::Body(_) => {
                 if let Some(since) = self.pending_since.replace(Instant::now()) {
                     self.waited += since.elapsed();
@@ -798,7 +839,7 @@ impl AsyncRead for Watched {
         if let Some(cutoff) = this.cut {
             return Poll::Ready(Err(cutoff.error()));
         }
-        if this.gone {
+        if this.gone || this.idle {
             return Poll::Ready(Ok(()));
         }
         if this.answered && matches!(this.phase, Phase::Between) {
@@ -817,6 +858,7 @@ impl AsyncRead for Watched {
                 Poll::Ready(Ok(()))
             }
             Poll::Pending => {
+                this.wait_idle();
                 // Time spent waiting counts only for a body's rate.
                 if this.pending_since.is_none() && this.judging_rate() {
                     this.pending_since = Some(Instant::now());
@@ -827,6 +869,10 @@ impl AsyncRead for Watched {
                     if let Err(cutoff) = this.on_timer() {
                         return Poll::Ready(Err(this.cut_off(cx, cutoff)));
                     }
+                }
+                if this.idle {
+                    log::debug!("a kept-alive connection idle past keepalive_timeout: closed");
+                    return Poll::Ready(Ok(()));
                 }
                 Poll::Pending
             }
@@ -964,6 +1010,7 @@ mod tests {
             max_headers: 3,
             min_body_rate: 0,
             send_timeout: Duration::from_secs(1),
+            keepalive_timeout: Duration::from_secs(1),
         };
         let framing = |head: &[u8]| judge_head(head, &limits);
         assert!(matches!(
