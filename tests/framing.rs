@@ -39,6 +39,9 @@ fn smuggling_patterns_are_refused_on_every_route() {
     let host = format!("Host: {}\r\n", proxy.listen);
     let body = r#"{"command":"get","list":[]}"#;
     let len = body.len();
+    // A large body (past what a head may take) that starts with empty lines, as JSON may.
+    let big = format!("\n\n{}{body}", " ".repeat(70_000));
+    let big_len = big.len();
     let upload = format!("/v1/Services/{service}/Media");
     let png = "\u{89}PNG\r\n\u{1a}\n";
     // Every one is refused (400) before anything reaches the origin: ambiguous lengths, broken
@@ -52,6 +55,7 @@ fn smuggling_patterns_are_refused_on_every_route() {
         format!("POST {set} HTTP/1.1\r\n{host}Content-Length: {len}\r\nContent-Length: {len}\r\n\r\n{body}"),
         format!("POST {set} HTTP/1.1\r\n{host}Content-Length: {len}\r\nContent-Length: 5\r\n\r\n{body}"),
         format!("POST {set} HTTP/1.1\r\n{host}Content-Length: {len}, {len}\r\n\r\n{body}"),
+        format!("POST {set} HTTP/1.1\r\n{host}Content-Length: {big_len}, {big_len}\r\n\r\n{big}"),
         format!("POST {set} HTTP/1.1\r\n{host}Content-Length: -{len}\r\n\r\n{body}"),
         format!("POST {set} HTTP/1.1\r\n{host}Content-Length: +{len}\r\n\r\n{body}"),
         format!("POST {set} HTTP/1.1\r\n{host}Content-Length: 0x{len:x}\r\n\r\n{body}"),
@@ -76,11 +80,13 @@ fn smuggling_patterns_are_refused_on_every_route() {
     let mut not_refused = Vec::new();
     for raw in &corpus {
         let status = exchange(&proxy, raw);
+        // The head and the start of the body are enough to tell which.
+        let shown: String = raw.chars().take(300).collect();
         if status != 400 {
-            not_refused.push(format!("{status}: {raw:?}"));
+            not_refused.push(format!("{status}: {shown:?}"));
         }
         if !origin.requests_for(&service).is_empty() {
-            not_refused.push(format!("reached the origin: {raw:?}"));
+            not_refused.push(format!("reached the origin: {shown:?}"));
         }
     }
     assert!(
