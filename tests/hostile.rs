@@ -159,6 +159,26 @@ fn a_kept_alive_connection_idle_past_keepalive_timeout_is_closed() {
 }
 
 #[test]
+fn the_metrics_listener_holds_its_clients_to_the_same_limits() {
+    let origin = Origin::start();
+    let proxy = proxy_with(&origin, "  head_timeout: 1s\n");
+    let started = Instant::now();
+    let mut stream = TcpStream::connect(proxy.metrics).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.1\r\n").unwrap();
+    // The head never ends: pingora alone would wait for it for ever, a minute per read.
+    let answer = read_all(&mut stream);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // And it serves as before.
+    let (status, _) =
+        mediagate::process::http_request(proxy.metrics, "GET", "/readyz", &[], &[]).unwrap();
+    assert_eq!(status, 200);
+}
+
+#[test]
 fn heads_too_large_or_with_too_many_headers_get_431() {
     let origin = Origin::start();
     let proxy = proxy_with(&origin, "  max_head_size: 8KiB\n  max_headers: 20\n");

@@ -70,7 +70,19 @@ impl ClientLimits {
             keepalive_timeout: server.keepalive_timeout.get(),
         }
     }
+
+    /// The metrics listener's: the same, for at most `ADMIN_MAX_CONNECTIONS` at once (scrapers
+    /// and probes hold a few).
+    pub fn for_admin(server: &Server) -> ClientLimits {
+        ClientLimits {
+            max_connections: ADMIN_MAX_CONNECTIONS,
+            ..ClientLimits::new(server)
+        }
+    }
 }
+
+/// Connections the metrics listener takes at once.
+pub const ADMIN_MAX_CONNECTIONS: usize = 64;
 
 /// Why a client was cut off: the `reason` label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -113,15 +113,18 @@ pub fn run(config: Config, path: &Path, upgrade: bool) -> Result<(), String> {
     let mut proxy = Service::new("mediagate proxy".to_string(), app);
     proxy.add_tcp(&config.server.listen.to_string());
 
-    let mut admin = Service::new(
-        "mediagate admin".to_string(),
+    // The same watch over its connections: the shipped Kubernetes manifest has it listen on
+    // every address, and pingora alone would let any peer there hold connections for ever.
+    let admin_app = client_limits::Limited::new(
         HttpServer::new_app(admin::AdminApp::new(
             config.server.listen,
             quota.clone(),
             settings.clone(),
             cache,
         )),
+        client_limits::ClientLimits::for_admin(&config.server),
     );
+    let mut admin = Service::new("mediagate admin".to_string(), admin_app);
     admin.add_tcp(&config.server.metrics_listen.to_string());
 
     let reloader = reload::Reloader::new(path.to_path_buf(), config.clone(), settings, cache);
