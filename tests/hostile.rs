@@ -58,6 +58,22 @@ fn hold_idle(proxy: &Proxy, n: usize) -> Vec<TcpStream> {
     held
 }
 
+/// Sets a socket's receive buffer, which also turns the kernel's autotuning of it off.
+fn small_receive_buffer(stream: &TcpStream, bytes: libc::c_int) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid socket and a c_int option value of the size given.
+    let set = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            std::ptr::from_ref(&bytes).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(set, 0, "SO_RCVBUF");
+}
+
 /// Reads until the peer closes (or the read times out): what came back.
 fn read_all(stream: &mut TcpStream) -> String {
     let mut out = Vec::new();
@@ -146,16 +162,85 @@ fn a_kept_alive_connection_idle_past_keepalive_timeout_is_closed() {
     // Then idle: closed, without an answer, about a second later.
     let idle = Instant::now();
     assert_eq!(read_all(&mut stream), "");
+    let idled = idle.elapsed();
+    assert!(idled >= Duration::from_millis(500), "{idled:?}");
+    assert!(idled < Duration::from_secs(10), "{idled:?}");
+    // HTTP/1.0 without `Connection: keep-alive` is not kept alive at all.
+    let old = b"GET /v1/Services/IS0123456789abcdef0123456789abcdef/Media/ME0123456789abcdef0123456789abcdef HTTP/1.0\r\nHost: x\r\n\r\n";
+    let started = Instant::now();
+    let answer = read_all(&mut connect(&proxy, old));
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer:?}");
     assert!(
-        idle.elapsed() >= Duration::from_millis(900),
+        started.elapsed() < Duration::from_millis(900),
         "{:?}",
-        idle.elapsed()
+        started.elapsed()
     );
+    // The metrics listener's connections too.
+    let mut scrape = TcpStream::connect(proxy.metrics).expect("connect");
+    scrape
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    scrape
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_response(&mut scrape).status, 200);
+    let scraped = Instant::now();
+    assert_eq!(read_all(&mut scrape), "");
     assert!(
-        idle.elapsed() < Duration::from_secs(10),
+        scraped.elapsed() < Duration::from_secs(10),
         "{:?}",
-        idle.elapsed()
+        scraped.elapsed()
     );
+}
+
+#[tokio::test]
+async fn an_answer_read_for_longer_than_keepalive_timeout_is_read_whole() {
+    let origin = Origin::start();
+    let mut config = ProxyConfig::to(&origin.url).with("cache:\n  max_object: 1MiB\n");
+    config.server_extra = "  keepalive_timeout: 1s\n".to_string();
+    let proxy = Proxy::start(config);
+    let service = new_service();
+    // More than the sockets between them buffer, streamed (over max_object), read slowly for
+    // about 5 s: the connection is not idle while its answer goes out.
+    let bytes = png_bytes(16 * 1024 * 1024);
+    let media = origin.upload(&service, &bytes, "image/png").await;
+    let sid = media["sid"].as_str().expect("a media SID").to_string();
+    let path = format!("/v1/Services/{service}/Media/{sid}/Content");
+    let listen = proxy.listen;
+    let (answer, took) = tokio::task::spawn_blocking(move || {
+        let mut stream = TcpStream::connect(listen).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        // A small receive buffer (no autotuning): the answer cannot all sit in the kernel.
+        small_receive_buffer(&stream, 256 * 1024);
+        let head = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+        stream.write_all(head.as_bytes()).unwrap();
+        let started = Instant::now();
+        let mut answer = Vec::new();
+        let mut chunk = vec![0; 384 * 1024];
+        // To the end of the stream: kept alive, the connection closes a second after the
+        // answer's end.
+        while let Ok(n @ 1..) = stream.read(&mut chunk) {
+            answer.extend_from_slice(&chunk[..n]);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        (answer, started.elapsed())
+    })
+    .await
+    .expect("the reader");
+    assert!(
+        took >= Duration::from_secs(2),
+        "read in {took:?}: too fast to tell"
+    );
+    assert!(answer.starts_with(b"HTTP/1.1 200"));
+    let body_at = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a head")
+        + 4;
+    assert_eq!(answer.len() - body_at, bytes.len(), "the whole body");
+    assert!(answer[body_at..] == bytes[..]);
 }
 
 #[test]

@@ -55,8 +55,8 @@ pub struct Server {
     /// The longest a client may leave its answer untaken (none of it read) before its
     /// connection closes; 0: no limit. nginx's `send_timeout`, with its default.
     pub send_timeout: HumanDuration,
-    /// How long a kept-alive connection may wait idle for its next request before it is closed
-    /// (quietly, as nginx's `keepalive_timeout`); 0: for ever.
+    /// How long a kept-alive connection may wait for its next request, from the end of its last
+    /// answer, before it is closed (quietly, as nginx's `keepalive_timeout`); 0: for ever.
     pub keepalive_timeout: HumanDuration,
     /// The Unix socket on which a new process started with `--upgrade` receives this one's
     /// listening sockets when this one gets SIGQUIT (pingora's hand-over). Both must agree on it.

@@ -54,8 +54,6 @@ pub struct ClientLimits {
     pub min_body_rate: u64,
     /// How long a write may wait for the client to take any of it; 0: for ever.
     pub send_timeout: Duration,
-    /// How long a connection may wait idle for its next request; 0: for ever.
-    pub keepalive_timeout: Duration,
 }
 
 impl ClientLimits {
@@ -67,7 +65,6 @@ impl ClientLimits {
             max_headers: server.max_headers,
             min_body_rate: server.min_body_rate.bytes(),
             send_timeout: server.send_timeout.get(),
-            keepalive_timeout: server.keepalive_timeout.get(),
         }
     }
 
@@ -83,6 +80,19 @@ impl ClientLimits {
 
 /// Connections the metrics listener takes at once.
 pub const ADMIN_MAX_CONNECTIONS: usize = 64;
+
+/// Gives a request's session `server.keepalive_timeout` (`secs`, rounded up: pingora counts
+/// whole seconds; 0: for ever), when the session is to be kept alive at all: not for HTTP/1.0
+/// without `Connection: keep-alive`, `Connection: close`, or a request pingora took the
+/// connection's reuse from. pingora keeps an HTTP/1.1 connection waiting for its next request
+/// for ever otherwise, and carries each request's setting to the next: set on every one. It
+/// times with it the wait for the next request, from the end of the last answer, and each read
+/// of that request's head.
+pub fn limit_keepalive(session: &mut pingora::protocols::http::ServerSession, secs: u64) {
+    if session.get_keepalive().is_some() {
+        session.set_keepalive(Some(secs));
+    }
+}
 
 /// Why a client was cut off: the `reason` label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -277,8 +287,6 @@ pub struct Watched {
     /// The empty lines read before the head's first line (httparse skips them; they count
     /// towards `max_head_size`, and are no head by themselves).
     blank: usize,
-    /// The connection waited idle for its next request past `keepalive_timeout`: reads end.
-    idle: bool,
     /// Whether an answer was written since the last head: the next read starts a new head.
     answered: bool,
     /// The head's deadline, or when the body rate is next judged.
@@ -319,7 +327,6 @@ impl Watched {
             phase: Phase::Head { started: true },
             head: Vec::new(),
             blank: 0,
-            idle: false,
             limits,
             answered: false,
             timer: Box::pin(tokio::time::sleep_until(deadline)),
@@ -405,8 +412,9 @@ impl Watched {
         let rest = &bytes[skipped..];
         // Most heads come whole in one read: judged where they lie, without a copy (and with
         // no deadline to set).
-        if self.head.is_empty() && self.blank <= self.limits.max_head_size {
-            if let Some(end) = find_head_end(rest) {
+        if self.head.is_empty() {
+            let fits = |end: &usize| self.blank + end <= self.limits.max_head_size;
+            if let Some(end) = find_head_end(rest).filter(fits) {
                 let framing = judge_head(&rest[..end], &self.limits)?;
                 return Ok(Some((skipped + end, framing)));
             }
@@ -430,8 +438,6 @@ impl Watched {
         }
     }
 
-    /// The next request's head: none of it read yet, so the connection is idle until its first
-    /// byte (for `keepalive_timeout` at most: `wait_idle`).
     fn start_head(&mut self) {
         self.head.clear();
         self.blank = 0;
@@ -439,15 +445,6 @@ impl Watched {
         self.timer_on = false;
         self.answered = false;
         self.body_read = false;
-    }
-
-    /// A read found nothing: between requests, the idle clock starts. Only then, so that a
-    /// busy connection (its next request already there) sets no timer per request.
-    fn wait_idle(&mut self) {
-        let idle = matches!(self.phase, Phase::Head { started: false });
-        if idle && !self.timer_on && !self.limits.keepalive_timeout.is_zero() {
-            self.arm(self.limits.keepalive_timeout);
-        }
     }
 
     fn start_body(&mut self, framing: Framing) {
@@ -494,13 +491,6 @@ impl Watched {
     fn on_timer(&mut self) -> Result<(), Cutoff> {
         match self.phase {
             Phase::Head { started: true, .. } => Err(Cutoff::HeadTimeout),
-            Phase::Head { started: false } => {
-                // Idle past `keepalive_timeout`: the connection ends as if the client had
-                // closed it, without an answer (nginx closes it the same way).
-                self.idle = true;
-                self.timer_on = false;
-                Ok(())
-            }
             Phase::Body(_) => {
                 if let Some(since) = self.pending_since.replace(Instant::now()) {
                     self.waited += since.elapsed();
@@ -835,10 +825,24 @@ fn header_framing(line: &[u8]) -> Option<Framing> {
         return chunked.then_some(Framing::Chunked);
     }
     if name.eq_ignore_ascii_case(b"content-length") {
-        let length = std::str::from_utf8(value).ok()?.parse::<u64>().ok()?;
+        let length = content_length(value)?;
         return (length > 0).then_some(Framing::Length(length));
     }
     None
+}
+
+/// A `Content-Length` as pingora reads it: one number, or a list of equal ones (RFC 9110). The
+/// proxy refuses such a list (`framing`), but reads past its body first, and this watcher must
+/// then see that body where pingora does.
+fn content_length(value: &[u8]) -> Option<u64> {
+    let mut lengths = value.split(|&b| b == b',').map(|one| {
+        std::str::from_utf8(one.trim_ascii())
+            .ok()?
+            .parse::<u64>()
+            .ok()
+    });
+    let first = lengths.next()??;
+    lengths.all(|other| other == Some(first)).then_some(first)
 }
 
 impl AsyncRead for Watched {
@@ -851,7 +855,7 @@ impl AsyncRead for Watched {
         if let Some(cutoff) = this.cut {
             return Poll::Ready(Err(cutoff.error()));
         }
-        if this.gone || this.idle {
+        if this.gone {
             return Poll::Ready(Ok(()));
         }
         if this.answered && matches!(this.phase, Phase::Between) {
@@ -870,7 +874,6 @@ impl AsyncRead for Watched {
                 Poll::Ready(Ok(()))
             }
             Poll::Pending => {
-                this.wait_idle();
                 // Time spent waiting counts only for a body's rate.
                 if this.pending_since.is_none() && this.judging_rate() {
                     this.pending_since = Some(Instant::now());
@@ -881,10 +884,6 @@ impl AsyncRead for Watched {
                     if let Err(cutoff) = this.on_timer() {
                         return Poll::Ready(Err(this.cut_off(cx, cutoff)));
                     }
-                }
-                if this.idle {
-                    log::debug!("a kept-alive connection idle past keepalive_timeout: closed");
-                    return Poll::Ready(Ok(()));
                 }
                 Poll::Pending
             }
@@ -1022,7 +1021,6 @@ mod tests {
             max_headers: 3,
             min_body_rate: 0,
             send_timeout: Duration::from_secs(1),
-            keepalive_timeout: Duration::from_secs(1),
         };
         let framing = |head: &[u8]| judge_head(head, &limits);
         assert!(matches!(
@@ -1041,6 +1039,15 @@ mod tests {
         ));
         assert!(matches!(
             framing(b"POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n"),
+            Ok(Framing::None)
+        ));
+        // A list of equal lengths is one length, as pingora reads it; unequal ones, none.
+        assert!(matches!(
+            framing(b"POST / HTTP/1.1\r\nContent-Length: 12, 12\r\n\r\n"),
+            Ok(Framing::Length(12))
+        ));
+        assert!(matches!(
+            framing(b"POST / HTTP/1.1\r\nContent-Length: 12, 13\r\n\r\n"),
             Ok(Framing::None)
         ));
         // Three headers pass, four do not; a head over the size neither.
