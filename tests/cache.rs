@@ -75,6 +75,16 @@ fn origin_gets(origin: &Origin, path: &str) -> Vec<Value> {
         .collect()
 }
 
+/// How many times the media host answered `status` for a media: the fetches of its temporary
+/// URL, journalled as `/{ME}`.
+fn media_host_fetches(origin: &Origin, media: &str, status: u64) -> usize {
+    origin
+        .journal()
+        .into_iter()
+        .filter(|e| e["path"] == format!("/{media}") && e["status"] == status)
+        .count()
+}
+
 fn start(origin: &Origin, cache: &str) -> Proxy {
     Proxy::start(ProxyConfig::to(&origin.url).with(cache))
 }
@@ -621,14 +631,7 @@ async fn a_stale_content_entry_is_renewed_by_a_304_even_when_no_fill_has_room() 
     let media = stored_pngs(&origin, &service, 3, 12 * MIB).await;
     let (sid, bytes) = &media[0];
     let path = paths(&service, sid).1;
-    // Its temporary URL's fetches (journalled as `/{ME}`), by status.
-    let fetched = |status: u64| {
-        origin
-            .journal()
-            .into_iter()
-            .filter(|e| e["path"] == format!("/{sid}") && e["status"] == status)
-            .count()
-    };
+    let fetched = |status: u64| media_host_fetches(&origin, sid, status);
     assert_eq!(get(&proxy, &path, &[]).await.cache.as_deref(), Some("miss"));
     assert_eq!(fetched(200), 1);
 
@@ -670,14 +673,7 @@ async fn an_object_over_max_object_is_served_whole_and_not_cached_and_then_bypas
     let bytes = png_bytes(200 * 1024);
     let media = stored(&origin, &service, &bytes, "image/png").await;
     let (_, content) = paths(&service, &media);
-    // The media host's answers for the media (its temporary URL is journalled as `/{ME}`).
-    let fetched = |status: u64| {
-        origin
-            .journal()
-            .into_iter()
-            .filter(|e| e["path"] == format!("/{media}") && e["status"] == status)
-            .count()
-    };
+    let fetched = |status: u64| media_host_fetches(&origin, &media, status);
     // The first read finds out the size: fetched for the cache, not kept.
     for outcome in ["miss", "bypass"] {
         let read = get(&proxy, &content, &[]).await;
