@@ -74,6 +74,25 @@ fn small_receive_buffer(stream: &TcpStream, bytes: libc::c_int) {
     assert_eq!(set, 0, "SO_RCVBUF");
 }
 
+/// Writes `bytes` on `stream` every `every`, `times` times, from a thread of its own, until the
+/// proxy stops taking them.
+fn trickle(
+    stream: &TcpStream,
+    bytes: &'static [u8],
+    every: Duration,
+    times: usize,
+) -> std::thread::JoinHandle<()> {
+    let mut writer = stream.try_clone().expect("a second handle");
+    std::thread::spawn(move || {
+        for _ in 0..times {
+            std::thread::sleep(every);
+            if writer.write_all(bytes).is_err() {
+                break;
+            }
+        }
+    })
+}
+
 /// Reads until the peer closes (or the read times out): what came back.
 fn read_all(stream: &mut TcpStream) -> String {
     let mut out = Vec::new();
@@ -88,15 +107,7 @@ fn a_head_that_takes_too_long_gets_408_even_when_it_trickles() {
     let started = Instant::now();
     let mut stream = connect(&proxy, b"GET /v1/Services/IS0123456789abcdef0123456789abcdef/Media/ME0123456789abcdef0123456789abcdef HTTP/1.1\r\nHost: x\r\n");
     // One header byte every 200 ms: never idle long, never done.
-    let mut writer = stream.try_clone().unwrap();
-    let trickle = std::thread::spawn(move || {
-        for _ in 0..50 {
-            if writer.write_all(b"X").is_err() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    });
+    let trickle = trickle(&stream, b"X", Duration::from_millis(200), 50);
     let answer = read_all(&mut stream);
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
     assert!(answer.contains("\"code\":91408"));
@@ -117,15 +128,7 @@ fn empty_lines_before_a_head_are_part_of_it_for_its_clock_and_its_size() {
     // to count as a whole head each, so no clock ever ran.
     let started = Instant::now();
     let mut stream = connect(&proxy, b"\r\n");
-    let mut writer = stream.try_clone().unwrap();
-    let trickle = std::thread::spawn(move || {
-        for _ in 0..30 {
-            std::thread::sleep(Duration::from_millis(300));
-            if writer.write_all(b"\n\n").is_err() {
-                break;
-            }
-        }
-    });
+    let trickle = trickle(&stream, b"\n\n", Duration::from_millis(300), 30);
     let answer = read_all(&mut stream);
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
     assert!(started.elapsed() < Duration::from_secs(5));

@@ -188,18 +188,24 @@ mod tests {
         }
     }
 
+    /// A first claim on `key`, and what a second claim then finds: that it runs.
+    async fn running(ledger: &MemoryLedger, service: &ServiceSid, key: &IdempotencyKey) -> Claim {
+        let Claimed::First(claim) = ledger.claim(service, key).await.unwrap() else {
+            panic!("first claim")
+        };
+        assert!(matches!(
+            ledger.claim(service, key).await.unwrap(),
+            Claimed::Running
+        ));
+        claim
+    }
+
     #[tokio::test]
     async fn first_claims_repeats_wait_then_get_the_answer() {
         let ledger = MemoryLedger::new(Duration::from_secs(60));
         let service = ServiceSid::parse("IS00000000000000000000000000000001").unwrap();
         let key = IdempotencyKey::parse(b"k1").unwrap();
-        let Claimed::First(claim) = ledger.claim(&service, &key).await.unwrap() else {
-            panic!("first claim")
-        };
-        assert!(matches!(
-            ledger.claim(&service, &key).await.unwrap(),
-            Claimed::Running
-        ));
+        let claim = running(&ledger, &service, &key).await;
         ledger.complete(claim, answer()).await.unwrap();
         match ledger.claim(&service, &key).await.unwrap() {
             Claimed::Done(a) => assert_eq!(a, answer()),
@@ -218,13 +224,7 @@ mod tests {
         let ledger = MemoryLedger::new(Duration::from_secs(60));
         let service = ServiceSid::parse("IS00000000000000000000000000000001").unwrap();
         let key = IdempotencyKey::parse(b"k3").unwrap();
-        let Claimed::First(claim) = ledger.claim(&service, &key).await.unwrap() else {
-            panic!("first claim")
-        };
-        assert!(matches!(
-            ledger.claim(&service, &key).await.unwrap(),
-            Claimed::Running
-        ));
+        let claim = running(&ledger, &service, &key).await;
         // As when a request's context is dropped without `logging` (a panic in a hook).
         drop(claim);
         // A waiter does not wait on it, and the next claim runs.
