@@ -27,8 +27,6 @@ pub struct AdminApp {
     quota: Arc<dyn Quota>,
     settings: Arc<ArcSwap<Settings>>,
     cache: &'static Cache,
-    /// `server.keepalive_timeout` in whole seconds (`client_limits::limit_keepalive`).
-    keepalive: u64,
 }
 
 const READY_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -39,14 +37,12 @@ impl AdminApp {
         quota: Arc<dyn Quota>,
         settings: Arc<ArcSwap<Settings>>,
         cache: &'static Cache,
-        keepalive: u64,
     ) -> AdminApp {
         AdminApp {
             proxy_listen,
             quota,
             settings,
             cache,
-            keepalive,
         }
     }
 
@@ -121,7 +117,6 @@ fn reachable(addr: SocketAddr) -> SocketAddr {
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        super::client_limits::limit_keepalive(session, self.keepalive);
         let path = session.req_header().uri.path().to_string();
         match path.as_str() {
             "/metrics" => {

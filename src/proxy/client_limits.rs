@@ -1,9 +1,10 @@
 //! Limits that hold off hostile and broken clients, applied to each client connection before
 //! pingora reads from it: at most `server.max_connections` connections at once; a request head
 //! must arrive within `server.head_timeout` (slowloris), within `server.max_head_size` bytes and
-//! `server.max_headers` header lines; a request body must keep up `server.min_body_rate`; and a
+//! `server.max_headers` header lines; a request body must keep up `server.min_body_rate`; a
 //! client must take some of its answer within `server.send_timeout` of the proxy having to wait
-//! for it.
+//! for it; and a kept-alive connection idle for `server.keepalive_timeout` after an answer is
+//! closed.
 //!
 //! pingora has none of these (it allows 1 MiB and 256 headers per head, and each read of a head
 //! may take 60 s), so the connection's stream is wrapped (`Watched`): it follows the bytes read
@@ -54,6 +55,8 @@ pub struct ClientLimits {
     pub min_body_rate: u64,
     /// How long a write may wait for the client to take any of it; 0: for ever.
     pub send_timeout: Duration,
+    /// How long a kept-alive connection may wait for its next request; 0: for ever.
+    pub keepalive_timeout: Duration,
 }
 
 impl ClientLimits {
@@ -65,6 +68,7 @@ impl ClientLimits {
             max_headers: server.max_headers,
             min_body_rate: server.min_body_rate.bytes(),
             send_timeout: server.send_timeout.get(),
+            keepalive_timeout: server.keepalive_timeout.get(),
         }
     }
 
@@ -80,19 +84,6 @@ impl ClientLimits {
 
 /// Connections the metrics listener takes at once.
 pub const ADMIN_MAX_CONNECTIONS: usize = 64;
-
-/// Gives a request's session `server.keepalive_timeout` (`secs`, rounded up: pingora counts
-/// whole seconds; 0: for ever), when the session is to be kept alive at all: not for HTTP/1.0
-/// without `Connection: keep-alive`, `Connection: close`, or a request pingora took the
-/// connection's reuse from. pingora keeps an HTTP/1.1 connection waiting for its next request
-/// for ever otherwise, and carries each request's setting to the next: set on every one. It
-/// times with it the wait for the next request, from the end of the last answer, and each read
-/// of that request's head.
-pub fn limit_keepalive(session: &mut pingora::protocols::http::ServerSession, secs: u64) {
-    if session.get_keepalive().is_some() {
-        session.set_keepalive(Some(secs));
-    }
-}
 
 /// Why a client was cut off: the `reason` label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -306,8 +297,13 @@ pub struct Watched {
     /// A body was read to its end since the last head: its request (an upload) awaits its
     /// answer.
     body_read: bool,
-    /// The client went away while its upload's answer was due: reads end, writes are dropped.
+    /// The client went away while its upload's answer was due, or the connection idled past
+    /// `keepalive_timeout`: reads end, writes are dropped.
     gone: bool,
+    /// The keep-alive clock: when the wait for the next request began (pingora's first read
+    /// of it that found nothing), and a timer that fires at or before that wait's deadline.
+    idle_since: Option<Instant>,
+    idle_timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl fmt::Debug for Watched {
@@ -339,6 +335,8 @@ impl Watched {
             send_waiting: false,
             body_read: false,
             gone: false,
+            idle_since: None,
+            idle_timer: None,
         }
     }
 
@@ -357,6 +355,41 @@ impl Watched {
         }
         self.gone |= gone;
         gone
+    }
+
+    /// Whether a read into `room` bytes is pingora waiting for a kept-alive connection's next
+    /// request: the connection is answered (no head begun) and the read is not the one-byte
+    /// probe pingora keeps reading while an answer still streams (to see a client leave), which
+    /// must not start the clock: a long download is not idle.
+    fn waits_for_next_request(&self, room: usize) -> bool {
+        !self.limits.keepalive_timeout.is_zero()
+            && room > 1
+            && matches!(self.phase, Phase::Head { started: false })
+    }
+
+    /// The keep-alive clock, for a wait for the next request that found nothing to read:
+    /// whether the connection has now waited `keepalive_timeout` since its wait began.
+    ///
+    /// pingora's own keep-alive timeout would arm and drop a timer for every request; this one
+    /// is armed once and moved only when it fires: it is allowed to fire early (a deadline of
+    /// an earlier wait), and then re-armed for the current one. A busy connection pays for one
+    /// timer per `keepalive_timeout`, not one per request.
+    fn idled_out(&mut self, cx: &mut Context<'_>) -> bool {
+        let since = *self.idle_since.get_or_insert_with(Instant::now);
+        let deadline = since + self.limits.keepalive_timeout;
+        let timer = self
+            .idle_timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if timer.is_elapsed() {
+            timer.as_mut().reset(deadline);
+        }
+        while timer.as_mut().poll(cx).is_ready() {
+            if Instant::now() >= deadline {
+                return true;
+            }
+            timer.as_mut().reset(deadline);
+        }
+        false
     }
 
     fn arm(&mut self, after: Duration) {
@@ -862,8 +895,10 @@ impl AsyncRead for Watched {
             this.start_head();
         }
         let filled = buf.filled().len();
+        let waits_for_next_request = this.waits_for_next_request(buf.remaining());
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
+                this.idle_since = None;
                 if let Some(since) = this.pending_since.take() {
                     this.waited += since.elapsed();
                 }
@@ -884,6 +919,11 @@ impl AsyncRead for Watched {
                     if let Err(cutoff) = this.on_timer() {
                         return Poll::Ready(Err(this.cut_off(cx, cutoff)));
                     }
+                }
+                if waits_for_next_request && this.idled_out(cx) {
+                    log::debug!("kept-alive client connection idle: closed");
+                    this.gone = true;
+                    return Poll::Ready(Ok(()));
                 }
                 Poll::Pending
             }
@@ -1021,6 +1061,7 @@ mod tests {
             max_headers: 3,
             min_body_rate: 0,
             send_timeout: Duration::from_secs(1),
+            keepalive_timeout: Duration::from_secs(1),
         };
         let framing = |head: &[u8]| judge_head(head, &limits);
         assert!(matches!(

@@ -58,8 +58,6 @@ pub struct Gateway {
     access_log: AccessLog,
     /// `server.busy_poll`, when on: told of each request event.
     busy_poll: Option<Arc<BusyPoll>>,
-    /// `server.keepalive_timeout` in whole seconds (`client_limits::limit_keepalive`).
-    keepalive: u64,
 }
 
 /// Everything a reload may change. A request keeps the settings it started with.
@@ -238,7 +236,6 @@ pub struct Lasting {
     pub replayer: Replayer,
     pub busy_poll: Option<Arc<BusyPoll>>,
     pub access_log: AccessLog,
-    pub keepalive: u64,
 }
 
 impl Gateway {
@@ -253,7 +250,6 @@ impl Gateway {
             replayer: lasting.replayer,
             busy_poll: lasting.busy_poll,
             access_log: lasting.access_log,
-            keepalive: lasting.keepalive,
         }
     }
 
@@ -758,7 +754,6 @@ impl ProxyHttp for Gateway {
     /// the upstream.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         self.keep_polling();
-        client_limits::limit_keepalive(session, self.keepalive);
         ctx.request_id = request_id(session);
         let head = session.req_header();
         let route = match Route::parse(&head.method, head.uri.path()) {

@@ -88,7 +88,6 @@ pub fn run(config: Config, path: &Path, upgrade: bool) -> Result<(), String> {
         replayer: replay::Replayer::new(&server.configuration),
         busy_poll: busy_poll::BusyPoll::new(config.server.busy_poll.get(), config.server.threads),
         access_log: access_log.clone(),
-        keepalive: config.server.keepalive_timeout.whole_secs_ceil(),
     };
     if upgrade {
         log::info!(
@@ -122,7 +121,6 @@ pub fn run(config: Config, path: &Path, upgrade: bool) -> Result<(), String> {
             quota.clone(),
             settings.clone(),
             cache,
-            config.server.keepalive_timeout.whole_secs_ceil(),
         )),
         client_limits::ClientLimits::for_admin(&config.server),
     );
