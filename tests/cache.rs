@@ -202,10 +202,18 @@ async fn content_is_fetched_once_through_the_redirect_and_served_with_ranges_and
     assert_eq!(sha256_hex(&hit.body), sha256_hex(&bytes));
     assert_eq!(hit.headers["content-length"], bytes.len().to_string());
     assert_eq!(hit.headers["etag"], etag.as_str());
+    // A hit read whole says it takes ranges, once (the cached head keeps the header).
+    let accepts = hit
+        .headers
+        .get_all("accept-ranges")
+        .iter()
+        .collect::<Vec<_>>();
+    assert_eq!(accepts, ["bytes"]);
 
     let range = get(&proxy, &content, &[("range", "bytes=1000-1999")]).await;
     assert_eq!(range.status, StatusCode::PARTIAL_CONTENT);
     assert_eq!(range.body, &bytes[1000..2000]);
+    assert!(range.headers.get("accept-ranges").is_none());
     assert_eq!(
         range.headers["content-range"],
         format!("bytes 1000-1999/{}", bytes.len()).as_str()

@@ -7,6 +7,7 @@
 # pingora's `process_new_http` (one request, from reading its head to logging it); not the kernel.
 #
 #   benches/load/instructions.sh          # N=2000 hits each, about a minute after the build
+#   KEEP=/tmp/cg benches/load/instructions.sh   # and keep callgrind's files for callgrind_annotate
 set -euo pipefail
 
 cd "$(dirname "$0")/../.."
@@ -65,6 +66,7 @@ count() { # name port command...
     wait "$pid" 2>/dev/null || true
     local total
     total=$(callgrind_annotate "$out" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
+    [ -n "${KEEP:-}" ] && mkdir -p "$KEEP" && cp "$out" "$KEEP/"
     # N hits and the read that filled the cache.
     echo "$name: $((total / (N + 1))) instructions per request ($total over $((N + 1)))"
 }

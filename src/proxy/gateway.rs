@@ -111,8 +111,11 @@ const IDENTITY: &str = "identity";
 const READ_WHOLE_UP_TO: u64 = 64 * 1024;
 /// The header that tells the client what the cache did.
 const CACHE_HEADER: &str = "mediagate-cache";
-/// Headers added to a cached head on each hit: `Age` and `Accept-Ranges` (pingora), the request
-/// id, and `Mediagate-Cache` when the kept one is not the answer's, with room to spare.
+/// The one range unit (`Accept-Ranges`).
+const BYTES: &str = "bytes";
+/// Headers added to a cached head on each hit: `Age` (pingora), the request id, and
+/// `Mediagate-Cache` or `Accept-Ranges` when the kept one is not the answer's, with room to
+/// spare.
 const HEADERS_ADDED_PER_HIT: usize = 6;
 
 /// What one request carries from phase to phase.
@@ -1058,6 +1061,12 @@ impl ProxyHttp for Gateway {
                         HeaderValue::from_static(cache::Outcome::Hit.label()),
                     );
                 }
+                // And with the `Accept-Ranges` pingora adds to every hit read whole (see
+                // `range_header_filter`).
+                if ranges_acceptable(kept.status, &kept.headers) {
+                    kept.headers
+                        .insert(http::header::ACCEPT_RANGES, HeaderValue::from_static(BYTES));
+                }
                 // A clone keeps its header map's table size: with room for the headers each
                 // hit adds, the first of them does not grow the table (a rehash per hit).
                 kept.headers.reserve(HEADERS_ADDED_PER_HIT);
@@ -1093,6 +1102,18 @@ impl ProxyHttp for Gateway {
         _ctx: &mut RequestCtx,
     ) -> RangeType {
         if filling_the_cache(session) {
+            return RangeType::None;
+        }
+        // No `Range`, and the cached head says `Accept-Ranges: bytes` already: all pingora's
+        // filter would do is insert that header again (a parse and an allocation per hit).
+        let accepted = response.headers.get(http::header::ACCEPT_RANGES);
+        if accepted.is_some_and(|value| value == BYTES)
+            && response.status == http::StatusCode::OK
+            && !session
+                .req_header()
+                .headers
+                .contains_key(http::header::RANGE)
+        {
             return RangeType::None;
         }
         // pingora refuses ranges once their count reaches the limit: 2 admits exactly one.
@@ -1556,6 +1577,16 @@ fn cache_outcome(session: &Session, ctx: &RequestCtx) -> Option<(Kind, cache::Ou
         _ => cache::Outcome::Miss,
     };
     Some((usage.kind, outcome))
+}
+
+/// Whether pingora's range filter would tell the readers of this answer that it takes ranges:
+/// a 200 with a `Content-Length` that is a number.
+fn ranges_acceptable(status: http::StatusCode, headers: &http::HeaderMap) -> bool {
+    let length = headers
+        .get(http::header::CONTENT_LENGTH)
+        .map(|v| v.to_str());
+    status == http::StatusCode::OK
+        && length.is_some_and(|v| v.is_ok_and(|v| v.trim().parse::<u64>().is_ok()))
 }
 
 /// Makes the answer's `Mediagate-Cache` say `outcome`, or removes it (`None`: not a cacheable
