@@ -22,9 +22,14 @@ fn refused(proxy: &Proxy, reason: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Connects and sends `bytes`, leaving the connection open.
+/// Connects to the proxy's port and sends `bytes`, leaving the connection open.
 fn connect(proxy: &Proxy, bytes: &[u8]) -> TcpStream {
-    let mut stream = TcpStream::connect(proxy.listen).expect("connect");
+    connect_to(proxy.listen, bytes)
+}
+
+/// Connects to `address` and sends `bytes`, leaving the connection open.
+fn connect_to(address: std::net::SocketAddr, bytes: &[u8]) -> TcpStream {
+    let mut stream = TcpStream::connect(address).expect("connect");
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
@@ -179,13 +184,7 @@ fn a_kept_alive_connection_idle_past_keepalive_timeout_is_closed() {
         started.elapsed()
     );
     // The metrics listener's connections too.
-    let mut scrape = TcpStream::connect(proxy.metrics).expect("connect");
-    scrape
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    scrape
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap();
+    let mut scrape = connect_to(proxy.metrics, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(read_response(&mut scrape).status, 200);
     let scraped = Instant::now();
     assert_eq!(read_all(&mut scrape), "");
@@ -193,6 +192,19 @@ fn a_kept_alive_connection_idle_past_keepalive_timeout_is_closed() {
         scraped.elapsed() < Duration::from_secs(10),
         "{:?}",
         scraped.elapsed()
+    );
+    // And HTTP/1.0 is not kept alive there either (pingora's server application alone keeps it
+    // for a minute).
+    let started = Instant::now();
+    let answer = read_all(&mut connect_to(
+        proxy.metrics,
+        b"GET /healthz HTTP/1.0\r\nHost: x\r\n\r\n",
+    ));
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
     );
 }
 
@@ -251,11 +263,7 @@ fn the_metrics_listener_holds_its_clients_to_the_same_limits() {
     let origin = Origin::start();
     let proxy = proxy_with(&origin, "  head_timeout: 1s\n");
     let started = Instant::now();
-    let mut stream = TcpStream::connect(proxy.metrics).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    stream.write_all(b"GET /metrics HTTP/1.1\r\n").unwrap();
+    let mut stream = connect_to(proxy.metrics, b"GET /metrics HTTP/1.1\r\n");
     // The head never ends: pingora alone would wait for it for ever, a minute per read.
     let answer = read_all(&mut stream);
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");

@@ -117,6 +117,7 @@ fn reachable(addr: SocketAddr) -> SocketAddr {
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        super::client_limits::keep_alive_as_asked(session);
         let path = session.req_header().uri.path().to_string();
         match path.as_str() {
             "/metrics" => {

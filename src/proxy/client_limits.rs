@@ -85,6 +85,22 @@ impl ClientLimits {
 /// Connections the metrics listener takes at once.
 pub const ADMIN_MAX_CONNECTIONS: usize = 64;
 
+/// Keeps the connection of a request to the metrics listener alive only as its client asked
+/// (HTTP/1.1 unless `Connection: close`, HTTP/1.0 with `Connection: keep-alive`), with no
+/// timer of pingora's: the connection's watcher times `server.keepalive_timeout`. pingora's
+/// HTTP server application keeps every one alive for 60 s otherwise, HTTP/1.0 included,
+/// whatever `keepalive_timeout` says. Not while the server shuts down: pingora has turned
+/// keep-alive off then. (The proxy's sessions keep alive as asked already.)
+pub fn keep_alive_as_asked(session: &mut pingora::protocols::http::ServerSession) {
+    use pingora::protocols::http::ServerSession;
+    if session.get_keepalive().is_none() {
+        return;
+    }
+    if let ServerSession::H1(h1) = session {
+        h1.respect_keepalive();
+    }
+}
+
 /// Why a client was cut off: the `reason` label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Cutoff {
