@@ -135,10 +135,14 @@ start_mediagate mgpass 0
 start_mediagate mgpoll 256MiB "busy_poll: 200us"
 
 # --- the reference (CPU 0): pingora and pingora-cache over mediagate's cache storage, no features
-# (and on a second port without the cache, for pass-through).
-BARE_PORT=$(free_port); BARE_PASS_PORT=$(free_port)
-record taskset -c 0 "$BARE" "127.0.0.1:$BARE_PORT" "127.0.0.1:$ORIGIN_PORT" "127.0.0.1:$BARE_PASS_PORT"
+# (and on a second port without the cache, for pass-through; on a third, pingora's floor).
+BARE_PORT=$(free_port); BARE_PASS_PORT=$(free_port); FLOOR_PORT=$(free_port)
+# Its floor answers every read with the metadata JSON as the origin gives it.
+curl -fsS -u "$ACCOUNT:$TOKEN" -o "$WORK/floor.json" "$ORIGIN$METADATA"
+record taskset -c 0 "$BARE" "127.0.0.1:$BARE_PORT" "127.0.0.1:$ORIGIN_PORT" "127.0.0.1:$BARE_PASS_PORT" \
+    "127.0.0.1:$FLOOR_PORT" "$WORK/floor.json"
 taskset -c 0 "$BARE" "127.0.0.1:$BARE_PORT" "127.0.0.1:$ORIGIN_PORT" "127.0.0.1:$BARE_PASS_PORT" \
+    "127.0.0.1:$FLOOR_PORT" "$WORK/floor.json" \
     <"$WORK/alive" >/dev/null 2>"$WORK/bare.err" &
 PIDS+=($!)
 # It injects no credentials: its first read (the one that fills its cache) brings them.
@@ -261,8 +265,8 @@ done
 
 BAREURL=http://127.0.0.1:$BARE_PORT
 say "1/5 metadata, cache hits"
-{ read -r META_MG; read -r META_NG; read -r META_BARE; } < <(
-    measure "$MG$METADATA" "$NG$METADATA" "$BAREURL$METADATA")
+{ read -r META_MG; read -r META_NG; read -r META_BARE; read -r META_FLOOR; } < <(
+    measure "$MG$METADATA" "$NG$METADATA" "$BAREURL$METADATA" "http://127.0.0.1:$FLOOR_PORT$METADATA")
 say "2/5 metadata, passed through"
 { read -r PASS_MG; read -r PASS_NG; read -r PASS_BARE; read -r PASS_DIRECT; } < <(
     measure "$MGPASS$METADATA" "$NGPASS$METADATA" \
@@ -302,7 +306,7 @@ def row(s):
     rps, p50, p99, busy, err = s.split(" ", 4)
     return float(rps), float(p50), float(p99), err, float(busy)
 MIB = 1024 * 1024
-meta_mg, meta_ng, meta_bare = row("$META_MG"), row("$META_NG"), row("$META_BARE")
+meta_mg, meta_ng, meta_bare, meta_floor = row("$META_MG"), row("$META_NG"), row("$META_BARE"), row("$META_FLOOR")
 pass_mg, pass_ng, pass_bare, pass_direct = row("$PASS_MG"), row("$PASS_NG"), row("$PASS_BARE"), row("$PASS_DIRECT")
 cont_mg, cont_ng = row("$CONT_MG"), row("$CONT_NG")
 up_mg, up_ng, up_ngt, up_bare, up_direct = row("$UP_MG"), row("$UP_NG"), row("$UP_NGT"), row("$UP_BARE"), row("$UP_DIRECT")
@@ -338,20 +342,24 @@ f"{cmd('$BIN --version') or 'mediagate'} (profile production with PGO, scripts/b
 "runs of one latency target, below). Each figure is the median of $RUNS runs",
 f"of $DURATION s, the servers of a scenario taking turns run by run; ratios are mediagate / nginx",
 "from this run. The reference is pingora alone (benches/load/bare_pingora.rs) on the same core,",
-"built without PGO: pingora's own cost, before mediagate's features and before PGO. Errors are",
+"built without PGO: pingora's own cost, before mediagate's features and before PGO. Its floor",
+"(the same process) answers each read with the metadata JSON from \`request_filter\`: pingora's",
+"HTTP/1 server and nothing else, no cache lookup. Errors are",
 "non-2xx answers and socket errors wrk counted (0 expected). The 4 KiB latency runs also",
 "measure a second mediagate, the same but with \`server.busy_poll: 200us\` (its workers poll",
 "for 200 µs after each request event instead of sleeping at once: README, Latency and busy polling).",
 "CPU times are CPU 0's busy time (user, system, interrupts and softirqs, from /proc/stat; only",
 "the server being measured is busy there) in the median run: where CPU 1 (wrk and the origin)",
 "sets the pace, as in pass-through and 1 MiB uploads, they tell what each server spends below",
-"that ceiling.",
+"that ceiling; on cache hits, where each server keeps CPU 0 busy, what a hit costs it.",
 "",
 "| scenario | mediagate | nginx | ratio | goal |",
 "| --- | --- | --- | --- | --- |",
 f"| metadata (~700 B JSON), cache hit, $CLIENTS connections: requests/s | {meta_mg[0]:,.0f} | {meta_ng[0]:,.0f} | {ratio(meta_mg[0], meta_ng[0])} | ≥ 1.2: {ok(meta_mg[0] >= 1.2*meta_ng[0])} |",
 f"| same, p99 latency (ms) | {meta_mg[2]:.2f} | {meta_ng[2]:.2f} | | |",
+f"| same, CPU 0 time per hit (µs; lower is cheaper); reference, floor: {cpu_per_request(meta_bare):.1f}, {cpu_per_request(meta_floor):.1f} | {cpu_per_request(meta_mg):.1f} | {cpu_per_request(meta_ng):.1f} | {ratio(cpu_per_request(meta_mg), cpu_per_request(meta_ng))} | |",
 f"| same, reference: pingora alone over the same cache storage, no mediagate features (requests/s; ratio to nginx) | {meta_bare[0]:,.0f} | | {ratio(meta_bare[0], meta_ng[0])} | mediagate / reference: {ratio(meta_mg[0], meta_bare[0])} |",
+f"| same, pingora's floor: the same JSON answered from \`request_filter\`, no cache, nothing else (requests/s; ratio to nginx) | {meta_floor[0]:,.0f} | | {ratio(meta_floor[0], meta_ng[0])} | mediagate / floor: {ratio(meta_mg[0], meta_floor[0])} |",
 f"| metadata passed through (no cache): requests/s | {pass_mg[0]:,.0f} | {pass_ng[0]:,.0f} | {ratio(pass_mg[0], pass_ng[0])} | ≥ 1.0: {ok(pass_mg[0] >= pass_ng[0])} |",
 f"| same, direct to the origin (ceiling): requests/s | | | {pass_direct[0]:,.0f} | |",
 f"| same, CPU 0 time per request (µs; lower is cheaper) | {cpu_per_request(pass_mg):.1f} | {cpu_per_request(pass_ng):.1f} | {ratio(cpu_per_request(pass_mg), cpu_per_request(pass_ng))} | |",
@@ -371,7 +379,7 @@ f"| same, mediagate with \`server.busy_poll: 200us\` (p50 / p99 {lat_poll[1]:.3f
 f"| same, reference (pingora alone, no policy): p50 added over direct; its own hop (µs) | {added(lat_bare):.0f}; {hop(lat_bare):.0f} | | | mediagate - reference: {(lat_mg[1]-lat_bare[1])*1000:.0f} µs |",
 f"| peak RSS during 64 concurrent 50 MiB uploads (MiB) | {peak_mib:.1f} | | | < 128: {ok(peak_mib < 128)} |",
 "",
-"Errors seen by wrk (non-2xx, socket): " + ", ".join(f"{n} {r[3]}" for n, r in [("meta mg", meta_mg), ("meta nginx", meta_ng), ("meta reference", meta_bare), ("pass mg", pass_mg), ("pass nginx", pass_ng), ("pass reference", pass_bare), ("pass direct", pass_direct), ("content mg", cont_mg), ("content nginx", cont_ng), ("upload mg", up_mg), ("upload nginx", up_ng), ("upload nginx tuned", up_ngt), ("upload reference", up_bare), ("upload direct", up_direct), ("4k mg", small_mg), ("4k nginx", small_ngt), ("4k reference", small_bare), ("4k direct", small_direct), ("4k mg, 1 conn", lat_mg), ("4k mg busy_poll, 1 conn", lat_poll), ("4k nginx, 1 conn", lat_ngt), ("4k reference, 1 conn", lat_bare), ("4k direct, 1 conn", lat_direct), ("4k direct, 1 conn, origin on CPU 0", far_direct), ("50 MiB mg", rss_load)]) + ".",
+"Errors seen by wrk (non-2xx, socket): " + ", ".join(f"{n} {r[3]}" for n, r in [("meta mg", meta_mg), ("meta nginx", meta_ng), ("meta reference", meta_bare), ("meta floor", meta_floor), ("pass mg", pass_mg), ("pass nginx", pass_ng), ("pass reference", pass_bare), ("pass direct", pass_direct), ("content mg", cont_mg), ("content nginx", cont_ng), ("upload mg", up_mg), ("upload nginx", up_ng), ("upload nginx tuned", up_ngt), ("upload reference", up_bare), ("upload direct", up_direct), ("4k mg", small_mg), ("4k nginx", small_ngt), ("4k reference", small_bare), ("4k direct", small_direct), ("4k mg, 1 conn", lat_mg), ("4k mg busy_poll, 1 conn", lat_poll), ("4k nginx, 1 conn", lat_ngt), ("4k reference, 1 conn", lat_bare), ("4k direct, 1 conn", lat_direct), ("4k direct, 1 conn, origin on CPU 0", far_direct), ("50 MiB mg", rss_load)]) + ".",
 "",
 "Rerun: \`benches/load/compare.sh\` (RUNS, DURATION, CLIENTS override the defaults). nginx's",
 "configuration is config/nginx/compare.conf and config/nginx/common.conf.",

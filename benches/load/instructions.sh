@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Instructions per metadata cache hit, counted by callgrind: mediagate (every feature on, as in
-# compare.sh) and the reference (benches/load/bare_pingora.rs: pingora and pingora-cache over the
-# same storage, nothing else). Unlike requests/s on a shared VM, the count hardly moves from run
+# compare.sh), the reference (benches/load/bare_pingora.rs: pingora and pingora-cache over the
+# same storage, nothing else) and pingora's floor (the same JSON answered from `request_filter`,
+# no cache at all). Unlike requests/s on a shared VM, the count hardly moves from run
 # to run (mediagate's takes one of two values about 950 apart: run it a few times), so it shows
 # what a change to the hit path does. Counted: user-space instructions inside
 # pingora's `process_new_http` (one request, from reading its head to logging it); not the kernel.
@@ -76,3 +77,8 @@ mediagate_config "$MG_PORT" "$(free_port)" 64MiB >"$WORK/mediagate.yaml"
 count mediagate "$MG_PORT" "$BIN" proxy --config "$WORK/mediagate.yaml" --exit-with-parent
 BARE_PORT=$(free_port)
 count reference "$BARE_PORT" "$BARE" "127.0.0.1:$BARE_PORT" "${ORIGIN#http://}"
+# pingora's floor (the reference's third service): the JSON answered from `request_filter`.
+curl -fsS -u "$ACCOUNT:$TOKEN" -o "$WORK/floor.json" "$ORIGIN$METADATA"
+FLOOR_PORT=$(free_port)
+count floor "$FLOOR_PORT" "$BARE" "127.0.0.1:$(free_port)" "${ORIGIN#http://}" \
+    "127.0.0.1:$(free_port)" "127.0.0.1:$FLOOR_PORT" "$WORK/floor.json"
