@@ -69,6 +69,8 @@ pub struct Metrics {
     pub cache_fill_bytes: IntGauge,
     /// `kind`: answers not kept because fills in progress held their whole bound.
     pub cache_fills_skipped: IntCounterVec,
+    /// `kind`: hits answered from the storage before pingora-cache (`proxy::fresh_hit`).
+    pub cache_early_hits: IntCounterVec,
     /// `kind`: `connect`, `timeout`, `reset`, `status_5xx`.
     pub upstream_errors: IntCounterVec,
     /// Failed calls to the quota backend.
@@ -181,6 +183,11 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "Answers served but not cached because cache fills in progress held cache.memory.",
             &["kind"],
         ),
+        cache_early_hits: counters(
+            "mediagate_cache_early_hits_total",
+            "Cache hits of plain GETs answered from memory before pingora-cache's hit path; also counted as hit in mediagate_cache_requests_total.",
+            &["kind"],
+        ),
         upstream_errors: counters(
             "mediagate_upstream_errors_total",
             "Failures talking to the upstream, by kind.",
@@ -232,6 +239,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         m.cache_bytes.with_label_values(&[kind]);
         m.cache_evictions.with_label_values(&[kind]);
         m.cache_fills_skipped.with_label_values(&[kind]);
+        m.cache_early_hits.with_label_values(&[kind]);
         for result in cache::Outcome::ALL.map(cache::Outcome::label) {
             m.cache_requests.with_label_values(&[kind, result]);
         }

@@ -145,6 +145,55 @@ async fn a_second_read_is_a_hit_and_the_origin_saw_one_request() {
     assert_eq!(caches, ["\"hit\"", "\"miss\""]);
 }
 
+/// An answer's headers but those that belong to one request: its id and the entry's `Age`.
+fn lasting_headers(read: &Read) -> Vec<(String, String)> {
+    let mut headers: Vec<(String, String)> = read
+        .headers
+        .iter()
+        .filter(|(name, _)| !["x-request-id", "age"].contains(&name.as_str()))
+        .map(|(name, value)| (name.to_string(), value.to_str().unwrap().to_string()))
+        .collect();
+    headers.sort();
+    headers
+}
+
+#[tokio::test]
+async fn a_plain_hit_answered_before_pingora_cache_matches_its_hit_path() {
+    let origin = Origin::start();
+    let proxy = start(&origin, "");
+    let service = new_service();
+    let media = stored(&origin, &service, &png_bytes(3000), "image/png").await;
+    let (metadata, content) = paths(&service, &media);
+    for (kind, path) in [("metadata", &metadata), ("content", &content)] {
+        let filled = get(&proxy, path, &[]).await;
+        assert_eq!(filled.cache.as_deref(), Some("miss"), "{kind}");
+        let early = get(&proxy, path, &[("x-request-id", "early")]).await;
+        // A condition that does not hold takes the read through pingora-cache's hit path, and
+        // still gets the whole answer.
+        let condition = ("if-none-match", "\"not-this-entry\"");
+        let through = get(&proxy, path, &[("x-request-id", "through"), condition]).await;
+        for read in [&early, &through] {
+            assert_eq!(read.status, StatusCode::OK, "{kind}");
+            assert_eq!(read.cache.as_deref(), Some("hit"), "{kind}");
+            assert_eq!(read.body, filled.body, "{kind}");
+            let age: u64 = read.headers["age"].to_str().unwrap().parse().unwrap();
+            assert!(age < 60, "{kind}: age {age}");
+        }
+        assert_eq!(early.headers["x-request-id"], "early");
+        assert_eq!(through.headers["x-request-id"], "through");
+        assert_eq!(lasting_headers(&early), lasting_headers(&through), "{kind}");
+        assert_eq!(early.headers["accept-ranges"], "bytes", "{kind}");
+    }
+    assert_eq!(origin_gets(&origin, &metadata).len(), 1);
+
+    proxy.wait_recorded(6);
+    for kind in ["metadata", "content"] {
+        assert_eq!(cache_count(&proxy, kind, "hit"), 2.0, "{kind}");
+        let early = proxy.metric("mediagate_cache_early_hits_total", &[("kind", kind)]);
+        assert_eq!(early, Some(1.0), "{kind}");
+    }
+}
+
 #[tokio::test]
 async fn fifty_concurrent_first_reads_make_one_upstream_fetch() {
     let origin = Origin::start();
@@ -820,9 +869,15 @@ async fn the_response_header_can_be_turned_off() {
     let proxy = start(&origin, "cache:\n  response_header: false\n");
     let service = new_service();
     let media = stored(&origin, &service, b"hi", "text/plain").await;
-    let read = get(&proxy, &paths(&service, &media).0, &[]).await;
-    assert_eq!(read.status, StatusCode::OK);
-    assert_eq!(read.cache, None);
+    let path = paths(&service, &media).0;
+    // The second read is a hit, answered before pingora-cache (`proxy::fresh_hit`).
+    for _ in 0..2 {
+        let read = get(&proxy, &path, &[]).await;
+        assert_eq!(read.status, StatusCode::OK);
+        assert_eq!(read.cache, None);
+    }
+    proxy.wait_recorded(2);
+    assert_eq!(cache_count(&proxy, "metadata", "hit"), 1.0);
 }
 
 #[tokio::test]

@@ -24,7 +24,7 @@ use pingora::cache::{CacheKey, HttpCache};
 use lock::FillLock;
 use predictor::TooLarge;
 pub use rules::CachePolicy;
-pub use storage::MemoryStore;
+pub use storage::{FreshHit, MemoryStore};
 
 /// Why an answer is not cached when fills in progress hold the whole fill bound: its readers
 /// waiting on the key's lock are let go upstream at once (`FillLock::custom_lock_status`).

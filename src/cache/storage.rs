@@ -82,6 +82,7 @@ pub struct MemoryStore {
     evictions: [IntCounter; 2],
     fills: FillBudget,
     fills_skipped: [IntCounter; 2],
+    early_hits: [IntCounter; 2],
 }
 
 impl MemoryStore {
@@ -101,6 +102,7 @@ impl MemoryStore {
             },
             fills_skipped: Kind::ALL
                 .map(|k| m.cache_fills_skipped.with_label_values(&[by_kind(k)])),
+            early_hits: Kind::ALL.map(|k| m.cache_early_hits.with_label_values(&[by_kind(k)])),
         }
     }
 
@@ -192,6 +194,33 @@ impl MemoryStore {
         }
     }
 
+    /// The fresh entry under `key`, for a read answered before pingora-cache's lookup
+    /// (`proxy::fresh_hit`), when `servable` takes its head. The hit is counted with the
+    /// eviction manager as pingora-cache counts one, so the LRU order is the same whichever
+    /// path serves it. `None`: nothing fresh there, or a head `servable` leaves to pingora.
+    pub fn fresh_hit(
+        &self,
+        key: &CacheKey,
+        servable: impl FnOnce(&ResponseHeader) -> bool,
+    ) -> Option<FreshHit> {
+        let entry = self.get(&key.combined_bin())?;
+        // pingora-cache's test (`CacheMeta::is_fresh`), so both paths agree on the last second.
+        let now = SystemTime::now();
+        if entry.fresh_until < now || !servable(&entry.header) {
+            return None;
+        }
+        if let Some(eviction) = self.eviction.get() {
+            let counted = CacheEntryKey::key_only(key.to_compact());
+            eviction.access(&counted, entry.weight, entry.fresh_until);
+        }
+        self.early_hits[entry.kind.index()].inc();
+        Some(FreshHit {
+            header: entry.header.clone(),
+            body: entry.body.clone(),
+            age: now.duration_since(entry.created).unwrap_or_default(),
+        })
+    }
+
     /// Whether a fresh entry is held under `key`.
     pub fn holds_fresh(&self, key: &CacheKey) -> bool {
         self.get(&key.combined_bin())
@@ -202,6 +231,14 @@ impl MemoryStore {
     pub fn bytes(&self, kind: Kind) -> u64 {
         u64::try_from(self.bytes[kind.index()].get()).unwrap_or(0)
     }
+}
+
+/// A fresh entry as `MemoryStore::fresh_hit` hands it out: its own head and body (the body a
+/// reference count) and how long ago it was stored or last revalidated.
+pub struct FreshHit {
+    pub header: ResponseHeader,
+    pub body: Bytes,
+    pub age: std::time::Duration,
 }
 
 fn gauge_value(weight: usize) -> i64 {
@@ -829,6 +866,34 @@ mod tests {
             .await
             .unwrap()
             .is_none());
+    }
+
+    #[tokio::test]
+    async fn a_hit_served_before_pingora_cache_counts_with_the_eviction_manager() {
+        let store: &'static MemoryStore = Box::leak(Box::new(MemoryStore::new(1 << 20)));
+        let lru: &'static LruManager<1> = Box::leak(Box::new(LruManager::with_capacity(15_000, 8)));
+        store.counted_by(lru);
+        let (one, two, three) = (
+            key(41, Kind::Content),
+            key(42, Kind::Content),
+            key(43, Kind::Content),
+        );
+        for (n, key) in [(1, &one), (2, &two)] {
+            let weight = fill(store, key, &[n; 6000]).await;
+            assert!(admit(lru, key, weight).is_empty());
+        }
+        // A head the caller leaves to pingora-cache is not served, and not counted.
+        assert!(store.fresh_hit(&one, |_| false).is_none());
+        let hit = store.fresh_hit(&one, |_| true).expect("fresh");
+        assert_eq!(hit.body, Bytes::from(vec![1; 6000]));
+        assert_eq!(hit.header.status, 200);
+        assert!(hit.age < std::time::Duration::from_secs(60));
+        // The first key was used last: a third entry pushes out the second.
+        let weight = fill(store, &three, &[3; 6000]).await;
+        let evicted = admit(lru, &three, weight);
+        assert_eq!(evicted.len(), 1);
+        assert_eq!(evicted[0].key(), &two.to_compact());
+        assert!(store.fresh_hit(&key(44, Kind::Content), |_| true).is_none());
     }
 
     #[tokio::test]

@@ -26,6 +26,7 @@ use super::busy_poll::BusyPoll;
 use super::client_limits;
 use super::content::{self, ContentResolver, SignedUrl};
 use super::credentials::Injector;
+use super::fresh_hit::{self, BYTES};
 use super::idempotent::{self, IDEMPOTENCY_KEY};
 use super::reject::{self, Rejection};
 use super::replay::{self, Replayer};
@@ -111,8 +112,6 @@ const IDENTITY: &str = "identity";
 const READ_WHOLE_UP_TO: u64 = 64 * 1024;
 /// The header that tells the client what the cache did.
 const CACHE_HEADER: &str = "mediagate-cache";
-/// The one range unit (`Accept-Ranges`).
-const BYTES: &str = "bytes";
 /// Headers added to a cached head on each hit: `Age` (pingora), the request id, and
 /// `Mediagate-Cache` or `Accept-Ranges` when the kept one is not the answer's, with room to
 /// spare.
@@ -227,6 +226,20 @@ struct CacheUse {
     consulted: bool,
     /// A content read whose redirect the sidecar follows itself, cached or not.
     follows: bool,
+    /// Answered in `request_filter` from a fresh entry (`fresh_hit`), before pingora-cache.
+    answered_early: bool,
+}
+
+impl CacheUse {
+    /// How a read of `kind` uses the cache under `policy`.
+    fn of(kind: Kind, policy: &CachePolicy) -> CacheUse {
+        CacheUse {
+            kind,
+            consulted: policy.serves(kind),
+            follows: kind == Kind::Content && policy.follow_content_redirects,
+            answered_early: false,
+        }
+    }
 }
 
 /// What the gateway keeps for the life of the process, whatever reloads bring.
@@ -668,6 +681,38 @@ impl Gateway {
         });
     }
 
+    /// A plain read found fresh in the cache, answered here, before pingora-cache (see
+    /// `fresh_hit`). False: the read goes on to pingora-cache as before.
+    async fn answer_fresh_hit(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let Some(route) = ctx.route.as_ref() else {
+            return Ok(false);
+        };
+        let (Some(kind), Some(media)) = (Kind::of(route), route.media()) else {
+            return Ok(false);
+        };
+        let usage = CacheUse::of(kind, &ctx.settings.cache);
+        if !usage.consulted || !fresh_hit::asks_for_whole_answer(session.req_header()) {
+            return Ok(false);
+        }
+        let key = cache::key(route.service(), media, kind);
+        let Some(hit) = self
+            .cache
+            .storage
+            .fresh_hit(&key, fresh_hit::served_as_stored)
+        else {
+            return Ok(false);
+        };
+        let (mut head, body) = fresh_hit::answer(hit)?;
+        ctx.cache = Some(CacheUse {
+            answered_early: true,
+            ..usage
+        });
+        mark_answer(&mut head, Some(cache::Outcome::Hit), ctx)?;
+        session.write_response_header(Box::new(head), false).await?;
+        session.write_response_body(Some(body), true).await?;
+        Ok(true)
+    }
+
     /// Whether the cache has room to fill with this answer, judged by its `Content-Length`
     /// (an answer without one takes room as its body comes, or is skipped then). A 304
     /// renews an entry already held (pingora passes the entry's head merged with it) and
@@ -790,6 +835,9 @@ impl ProxyHttp for Gateway {
             let error = ApiError::bad_request("a read (GET or HEAD) carries no body");
             return refuse(session, ctx, Rejection::plain(error)).await;
         }
+        if is_read && self.answer_fresh_hit(session, ctx).await? {
+            return Ok(true);
+        }
         if !is_upload && is_chunked(session) {
             // Its first chunk size is read (and checked) before anything goes upstream. Boxed
             // for the reason `filter_upload` is.
@@ -852,20 +900,15 @@ impl ProxyHttp for Gateway {
             return Ok(());
         };
         let policy = &ctx.settings.cache;
-        let consulted = policy.serves(kind);
-        if consulted {
+        let usage = CacheUse::of(kind, policy);
+        if usage.consulted {
             self.cache.enable_on(&mut session.cache);
             // Bodies without a Content-Length that grow past the bound stream on, uncached.
             session
                 .cache
                 .set_max_file_size_bytes(usize::try_from(policy.max_object).unwrap_or(usize::MAX));
         }
-        let follows = kind == Kind::Content && policy.follow_content_redirects;
-        ctx.cache = Some(CacheUse {
-            kind,
-            consulted,
-            follows,
-        });
+        ctx.cache = Some(usage);
         Ok(())
     }
 
@@ -1135,11 +1178,8 @@ impl ProxyHttp for Gateway {
         response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let outcome = cache_outcome(session, ctx)
-            .filter(|_| ctx.settings.cache.response_header)
-            .map(|(_, outcome)| outcome.label());
-        set_cache_header(response, outcome)?;
-        response.insert_header(REQUEST_ID, ctx.request_id.clone())
+        let outcome = cache_outcome(session, ctx).map(|(_, outcome)| outcome);
+        mark_answer(response, outcome, ctx)
     }
 
     /// No answer from upstream: a refusal decided while streaming, or the error JSON (502,
@@ -1565,6 +1605,7 @@ fn cache_outcome(session: &Session, ctx: &RequestCtx) -> Option<(Kind, cache::Ou
     let usage = ctx.cache?;
     let outcome = match session.cache.phase() {
         _ if !usage.consulted => cache::Outcome::Bypass,
+        _ if usage.answered_early => cache::Outcome::Hit,
         // A stale entry the upstream confirmed (304): its bytes come from the cache.
         CachePhase::Hit | CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_) => {
             cache::Outcome::Hit
@@ -1587,6 +1628,20 @@ fn ranges_acceptable(status: http::StatusCode, headers: &http::HeaderMap) -> boo
         .map(|v| v.to_str());
     status == http::StatusCode::OK
         && length.is_some_and(|v| v.is_ok_and(|v| v.trim().parse::<u64>().is_ok()))
+}
+
+/// What every answer's head says on its way to the client: the request id and, for cacheable
+/// reads (`outcome`), `Mediagate-Cache` when `cache.response_header` is on.
+fn mark_answer(
+    response: &mut ResponseHeader,
+    outcome: Option<cache::Outcome>,
+    ctx: &RequestCtx,
+) -> Result<()> {
+    let label = outcome
+        .filter(|_| ctx.settings.cache.response_header)
+        .map(cache::Outcome::label);
+    set_cache_header(response, label)?;
+    response.insert_header(REQUEST_ID, ctx.request_id.clone())
 }
 
 /// Makes the answer's `Mediagate-Cache` say `outcome`, or removes it (`None`: not a cacheable

@@ -9,6 +9,7 @@ mod client_limits;
 mod content;
 mod credentials;
 mod framing;
+mod fresh_hit;
 mod gateway;
 mod idempotent;
 mod reject;
