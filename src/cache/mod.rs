@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use pingora::cache::eviction::lru::Manager as LruManager;
 use pingora::cache::eviction::{CacheEntryKeyRef, EvictionManager};
-use pingora::cache::key::HashBinary;
+use pingora::cache::key::{CompactCacheKey, HashBinary};
 use pingora::cache::lock::CacheKeyLockImpl;
 use pingora::cache::{CacheKey, HttpCache};
 
@@ -92,39 +92,79 @@ impl Outcome {
     }
 }
 
-/// The key of one cached answer. SIDs have a fixed alphabet, so `/` frames them unambiguously.
+/// The key of one cached answer.
 pub fn key(service: &ServiceSid, media: &MediaSid, kind: Kind) -> CacheKey {
+    let primary = Primary::of(service, media, kind);
     let label = kind.label();
-    let mut primary = String::with_capacity(service.as_str().len() + media.as_str().len() + 10);
-    primary.push_str(service.as_str());
-    primary.push('/');
-    primary.push_str(media.as_str());
-    primary.push('/');
-    primary.push_str(label);
-    let hash = key_hash(&primary);
-    let mut key = CacheKey::new(primary, label);
+    let mut key = CacheKey::new(primary.as_bytes(), label);
     // Otherwise pingora hashes the primary key (BLAKE2b) each time it is asked for it: the
     // storage's lookup, the eviction entry, the lock.
-    key.set_primary_bin_override(hash);
+    key.set_primary_bin_override(primary.hash());
     key
 }
 
-/// The 128-bit hash that files an entry: std's keyed SipHash (the HashDoS-resistant one, under
-/// keys drawn at start) twice, over two domains. Keyed, so no client can aim two keys at one
-/// entry; about a third of what BLAKE2b costs. Entries live in this process's memory
-/// only, so the hash never has to agree with another process's.
-fn key_hash(primary: &str) -> HashBinary {
-    static KEYS: LazyLock<RandomState> = LazyLock::new(RandomState::new);
-    let half = |domain: u8| {
-        let mut hasher = KEYS.build_hasher();
-        hasher.write_u8(domain);
-        hasher.write(primary.as_bytes());
-        hasher.finish().to_le_bytes()
-    };
-    let mut hash = [0; 16];
-    hash[..8].copy_from_slice(&half(0));
-    hash[8..].copy_from_slice(&half(1));
-    hash
+/// The same key in the form the eviction manager counts it, made without the strings a
+/// `CacheKey` owns: for a hit served before pingora-cache (`MemoryStore::fresh_hit`).
+pub fn compact_key(service: &ServiceSid, media: &MediaSid, kind: Kind) -> CompactCacheKey {
+    CompactCacheKey {
+        primary: Primary::of(service, media, kind).hash(),
+        variance: None,
+        user_tag: kind.label().into(),
+    }
+}
+
+/// The longest primary key: two SIDs of 34 bytes, two slashes and a kind's label.
+const PRIMARY_MAX: usize = 80;
+
+/// A key's primary part, `service/media/kind`, built on the stack. SIDs have a fixed alphabet,
+/// so `/` frames them unambiguously.
+struct Primary {
+    bytes: [u8; PRIMARY_MAX],
+    len: usize,
+}
+
+impl Primary {
+    fn of(service: &ServiceSid, media: &MediaSid, kind: Kind) -> Primary {
+        let mut primary = Primary {
+            bytes: [0; PRIMARY_MAX],
+            len: 0,
+        };
+        primary.push(service.as_str());
+        primary.push("/");
+        primary.push(media.as_str());
+        primary.push("/");
+        primary.push(kind.label());
+        primary
+    }
+
+    /// Parts have fixed lengths (SIDs are checked, labels are constants): they always fit.
+    fn push(&mut self, part: &str) {
+        let end = self.len + part.len();
+        self.bytes[self.len..end].copy_from_slice(part.as_bytes());
+        self.len = end;
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+
+    /// The 128-bit hash that files an entry: std's keyed SipHash (the HashDoS-resistant one,
+    /// under keys drawn at start) twice, over two domains. Keyed, so no client can aim two keys
+    /// at one entry; about a third of what BLAKE2b costs. Entries live in this process's
+    /// memory only, so the hash never has to agree with another process's.
+    fn hash(&self) -> HashBinary {
+        static KEYS: LazyLock<RandomState> = LazyLock::new(RandomState::new);
+        let half = |domain: u8| {
+            let mut hasher = KEYS.build_hasher();
+            hasher.write_u8(domain);
+            hasher.write(self.as_bytes());
+            hasher.finish().to_le_bytes()
+        };
+        let mut hash = [0; 16];
+        hash[..8].copy_from_slice(&half(0));
+        hash[8..].copy_from_slice(&half(1));
+        hash
+    }
 }
 
 fn bytes_limit(memory: u64) -> usize {
@@ -248,5 +288,17 @@ mod tests {
             key(&a, &m, Kind::Content).combined_bin()
         );
         assert_eq!(key(&a, &m, Kind::Content).user_tag, "content");
+    }
+
+    #[test]
+    fn the_compact_key_is_the_keys_compact_form() {
+        let service = ServiceSid::parse("IS00000000000000000000000000000001").unwrap();
+        let media = MediaSid::parse("ME00000000000000000000000000000002").unwrap();
+        for kind in Kind::ALL {
+            let full = key(&service, &media, kind);
+            let primary = format!("{}/{}/{}", service.as_str(), media.as_str(), kind.label());
+            assert_eq!(full.primary_key_str(), Some(primary.as_str()));
+            assert_eq!(compact_key(&service, &media, kind), full.to_compact());
+        }
     }
 }

@@ -200,7 +200,7 @@ impl MemoryStore {
     /// path serves it. `None`: nothing fresh there, or a head `servable` leaves to pingora.
     pub fn fresh_hit(
         &self,
-        key: &CacheKey,
+        key: CompactCacheKey,
         servable: impl FnOnce(&ResponseHeader) -> bool,
     ) -> Option<FreshHit> {
         let entry = self.get(&key.combined_bin())?;
@@ -210,7 +210,7 @@ impl MemoryStore {
             return None;
         }
         if let Some(eviction) = self.eviction.get() {
-            let counted = CacheEntryKey::key_only(key.to_compact());
+            let counted = CacheEntryKey::key_only(key);
             eviction.access(&counted, entry.weight, entry.fresh_until);
         }
         self.early_hits[entry.kind.index()].inc();
@@ -883,8 +883,8 @@ mod tests {
             assert!(admit(lru, key, weight).is_empty());
         }
         // A head the caller leaves to pingora-cache is not served, and not counted.
-        assert!(store.fresh_hit(&one, |_| false).is_none());
-        let hit = store.fresh_hit(&one, |_| true).expect("fresh");
+        assert!(store.fresh_hit(one.to_compact(), |_| false).is_none());
+        let hit = store.fresh_hit(one.to_compact(), |_| true).expect("fresh");
         assert_eq!(hit.body, Bytes::from(vec![1; 6000]));
         assert_eq!(hit.header.status, 200);
         assert!(hit.age < std::time::Duration::from_secs(60));
@@ -893,7 +893,8 @@ mod tests {
         let evicted = admit(lru, &three, weight);
         assert_eq!(evicted.len(), 1);
         assert_eq!(evicted[0].key(), &two.to_compact());
-        assert!(store.fresh_hit(&key(44, Kind::Content), |_| true).is_none());
+        let absent = key(44, Kind::Content).to_compact();
+        assert!(store.fresh_hit(absent, |_| true).is_none());
     }
 
     #[tokio::test]

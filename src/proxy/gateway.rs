@@ -694,11 +694,11 @@ impl Gateway {
         if !usage.consulted || !fresh_hit::asks_for_whole_answer(session.req_header()) {
             return Ok(false);
         }
-        let key = cache::key(route.service(), media, kind);
+        let key = cache::compact_key(route.service(), media, kind);
         let Some(hit) = self
             .cache
             .storage
-            .fresh_hit(&key, fresh_hit::served_as_stored)
+            .fresh_hit(key, fresh_hit::served_as_stored)
         else {
             return Ok(false);
         };
