@@ -155,6 +155,14 @@ fn cache_key(c: &mut Criterion) {
             mediagate::cache::Kind::Content,
         ));
     });
+    // The form a plain hit answered before pingora-cache looks its entry up by.
+    bench(c, "cache_compact_key_metadata", || {
+        black_box(mediagate::cache::compact_key(
+            black_box(&service),
+            black_box(&media),
+            mediagate::cache::Kind::Metadata,
+        ));
+    });
 }
 
 criterion_group!(

@@ -3,6 +3,7 @@
 
 mod support;
 
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
@@ -192,6 +193,55 @@ async fn a_plain_hit_answered_before_pingora_cache_matches_its_hit_path() {
         let early = proxy.metric("mediagate_cache_early_hits_total", &[("kind", kind)]);
         assert_eq!(early, Some(1.0), "{kind}");
     }
+}
+
+#[tokio::test]
+async fn on_the_wire_a_plain_hit_is_the_answer_of_pingora_caches_hit_path() {
+    let origin = Origin::start();
+    let proxy = start(&origin, "");
+    let service = new_service();
+    let media = stored(&origin, &service, b"a plain hit", "text/plain").await;
+    let (metadata, _) = paths(&service, &media);
+    assert_eq!(
+        get(&proxy, &metadata, &[]).await.cache.as_deref(),
+        Some("miss")
+    );
+    let listen = proxy.listen;
+    // Both on one keep-alive connection: the first answered early, the second (its condition
+    // does not hold) by pingora-cache's hit path.
+    let (early, through) = tokio::task::spawn_blocking(move || {
+        let mut stream = std::net::TcpStream::connect(listen).expect("connect");
+        let mut ask = |extra: &str| {
+            let head = format!("GET {metadata} HTTP/1.1\r\nHost: {listen}\r\n{extra}\r\n");
+            stream.write_all(head.as_bytes()).expect("send");
+            read_response(&mut stream)
+        };
+        (ask(""), ask("If-None-Match: \"not-this-entry\"\r\n"))
+    })
+    .await
+    .expect("raw reads");
+    // Byte for byte but for the request's own id and the entry's age: the same status line,
+    // the same header lines in the same order and case, the same body.
+    let lasting = |answer: &RawResponse| -> Vec<(String, String)> {
+        let per_request = ["x-request-id", "age"];
+        answer
+            .headers
+            .iter()
+            .filter(|(name, _)| !per_request.contains(&name.to_ascii_lowercase().as_str()))
+            .cloned()
+            .collect()
+    };
+    for answer in [&early, &through] {
+        assert_eq!((answer.version.as_str(), answer.status), ("HTTP/1.1", 200));
+        assert!(answer.header("age").is_some(), "{answer:?}");
+        assert_eq!(answer.header("mediagate-cache"), Some("hit"));
+    }
+    assert_eq!(lasting(&early), lasting(&through));
+    assert_eq!(early.body, through.body);
+    proxy.wait_recorded(3);
+    let early_hits = proxy.metric("mediagate_cache_early_hits_total", &[("kind", "metadata")]);
+    assert_eq!(early_hits, Some(1.0));
+    assert_eq!(cache_count(&proxy, "metadata", "hit"), 2.0);
 }
 
 #[tokio::test]
@@ -878,6 +928,8 @@ async fn the_response_header_can_be_turned_off() {
     }
     proxy.wait_recorded(2);
     assert_eq!(cache_count(&proxy, "metadata", "hit"), 1.0);
+    let early = proxy.metric("mediagate_cache_early_hits_total", &[("kind", "metadata")]);
+    assert_eq!(early, Some(1.0));
 }
 
 #[tokio::test]

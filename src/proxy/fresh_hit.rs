@@ -14,7 +14,7 @@
 //! the eviction manager as pingora-cache counts one. Everything else goes on to pingora-cache
 //! as before and is answered there: `HEAD`, `Range`, `If-None-Match`, `If-Modified-Since`,
 //! stale and missing entries (renewal, the cache lock), and stored heads its filters would
-//! change (anything but a `200` that says `Accept-Ranges: bytes`). The tests in
+//! change (anything but a `200` with a `Content-Length` that says `Accept-Ranges: bytes`). The tests in
 //! `tests/cache.rs` hold both paths to the same heads and bodies.
 
 use bytes::Bytes;
@@ -39,10 +39,12 @@ pub(super) fn asks_for_whole_answer(request: &RequestHeader) -> bool {
 }
 
 /// Whether pingora-cache's hit path would write this stored head unchanged but for `Age`: a
-/// `200` that already says `Accept-Ranges: bytes` (the gateway's `range_header_filter` leaves
-/// those alone; every `200` with a length is stored so).
+/// `200` with a `Content-Length` (without one, that path makes the answer chunked) that
+/// already says `Accept-Ranges: bytes` (the gateway's `range_header_filter` leaves those
+/// alone; every `200` with a length is stored so).
 pub(super) fn served_as_stored(head: &ResponseHeader) -> bool {
     head.status == StatusCode::OK
+        && head.headers.contains_key(header::CONTENT_LENGTH)
         && head
             .headers
             .get(header::ACCEPT_RANGES)
@@ -92,19 +94,25 @@ mod tests {
     }
 
     #[test]
-    fn only_a_200_that_takes_ranges_is_served_as_stored() {
-        let head = |status: u16, ranges: Option<&'static str>| {
+    fn only_a_200_with_a_length_that_takes_ranges_is_served_as_stored() {
+        let head = |status: u16, length: bool, ranges: Option<&'static str>| {
             let mut head = ResponseHeader::build(status, None).expect("head");
+            if length {
+                head.insert_header(header::CONTENT_LENGTH, "2")
+                    .expect("header");
+            }
             if let Some(ranges) = ranges {
                 head.insert_header(header::ACCEPT_RANGES, ranges)
                     .expect("header");
             }
             head
         };
-        assert!(served_as_stored(&head(200, Some("bytes"))));
-        assert!(!served_as_stored(&head(200, None)));
-        assert!(!served_as_stored(&head(200, Some("none"))));
-        assert!(!served_as_stored(&head(404, Some("bytes"))));
+        assert!(served_as_stored(&head(200, true, Some("bytes"))));
+        assert!(!served_as_stored(&head(200, true, None)));
+        assert!(!served_as_stored(&head(200, true, Some("none"))));
+        assert!(!served_as_stored(&head(404, true, Some("bytes"))));
+        // Chunked when stored: pingora's hit path would rewrite its framing.
+        assert!(!served_as_stored(&head(200, false, Some("bytes"))));
     }
 
     #[test]

@@ -708,8 +708,16 @@ impl Gateway {
             ..usage
         });
         mark_answer(&mut head, Some(cache::Outcome::Hit), ctx)?;
-        session.write_response_header(Box::new(head), false).await?;
-        session.write_response_body(Some(body), true).await?;
+        // A failed write is the client's connection failing, as on pingora-cache's hit path:
+        // nothing more is sent on it (`classify_failure`).
+        session
+            .write_response_header(Box::new(head), false)
+            .await
+            .map_err(|e| e.into_down())?;
+        session
+            .write_response_body(Some(body), true)
+            .await
+            .map_err(|e| e.into_down())?;
         Ok(true)
     }
 

@@ -741,6 +741,8 @@ pub fn open_upload(
 /// An answer read off a raw connection.
 #[derive(Debug)]
 pub struct RawResponse {
+    /// The status line's protocol, e.g. `HTTP/1.1`.
+    pub version: String,
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: String,
@@ -774,6 +776,11 @@ pub fn read_response(stream: &mut TcpStream) -> RawResponse {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+    let version = status_line
+        .split(' ')
+        .next()
+        .unwrap_or_default()
+        .to_string();
     let mut headers = Vec::new();
     loop {
         let mut line = String::new();
@@ -786,6 +793,7 @@ pub fn read_response(stream: &mut TcpStream) -> RawResponse {
         }
     }
     let response = RawResponse {
+        version,
         status,
         headers,
         body: String::new(),
