@@ -14,8 +14,8 @@
 //! the eviction manager as pingora-cache counts one. Everything else goes on to pingora-cache
 //! as before and is answered there: `HEAD`, `Range`, `If-None-Match`, `If-Modified-Since`,
 //! stale and missing entries (renewal, the cache lock), and stored heads its filters would
-//! change (anything but a `200` with a `Content-Length` that says `Accept-Ranges: bytes`). The tests in
-//! `tests/cache.rs` hold both paths to the same heads and bodies.
+//! change (anything but a `200` with a `Content-Length` that says `Accept-Ranges: bytes`).
+//! The tests in `tests/cache.rs` hold both paths to the same heads and bodies.
 
 use bytes::Bytes;
 use http::{header, Method, StatusCode, Version};
