@@ -982,9 +982,13 @@ impl ProxyHttp for Gateway {
         // The redirect's round trip is part of the upstream's time to answer.
         ctx.upstream_sent = Some(Instant::now());
         let request = self.api_request(session, ctx)?;
-        let resolved = self
-            .content
-            .resolve(&api, request, upstream.api(), upstream.host_header())
+        // Boxed: the redirect's own round trip is a large future, and inline it would make
+        // every call of this method that large, each a copy of it into async_trait's box.
+        let resolved =
+            Box::pin(
+                self.content
+                    .resolve(&api, request, upstream.api(), upstream.host_header()),
+            )
             .await?;
         match resolved {
             Some(signed) => {

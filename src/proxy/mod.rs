@@ -64,7 +64,6 @@ pub fn run(config: Config, path: &Path, upgrade: bool) -> Result<(), String> {
         log::warn!("{warning}");
     }
     exit_when_a_listener_cannot_bind();
-    keep_freed_buffers_in_the_heap();
     let quota = crate::quota::backend(&config)?;
     let settings = Arc::new(ArcSwap::from_pointee(gateway::Settings::new(&config)?));
     crate::metrics::init();
@@ -213,29 +212,6 @@ fn ensure_can_wait_for_sockets(upgrade_sock: &Path) -> Result<(), String> {
             upgrade_sock.display(),
             dir.display()
         ))
-    }
-}
-
-/// Body buffers (tens to hundreds of KiB) are allocated and freed for every chunk of every
-/// upload. glibc's defaults hand such blocks back to the kernel as they are freed (an `mmap` of
-/// their own, or a trim of the arena's top with `madvise`), so the next chunk page-faults its
-/// memory in again. Kept in the heap, the memory is reused: the proxy's CPU per uploaded byte
-/// fell by a quarter, and peak RSS under 64 concurrent 50 MiB uploads stayed the same
-/// (benches/RESULTS.md). What the heap holds once a peak has passed is not returned.
-fn keep_freed_buffers_in_the_heap() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        // 32 MiB: glibc's largest mmap threshold. 256 MiB: trim only after a large release.
-        const MMAP_THRESHOLD: libc::c_int = 32 << 20;
-        const TRIM_THRESHOLD: libc::c_int = 256 << 20;
-        // SAFETY: mallopt only sets allocator parameters; called before any worker starts.
-        let set = unsafe {
-            libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
-                && libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
-        };
-        if !set {
-            log::warn!("could not tune the allocator: body buffers go back to the kernel as freed");
-        }
     }
 }
 
