@@ -71,7 +71,7 @@ count() { # name port authorization command...
     local total
     total=$(callgrind_annotate "$out" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
     [ -n "${KEEP:-}" ] && mkdir -p "$KEEP" && cp "$out" "$KEEP/"
-    # N reads and the one that filled the cache.
+    # N reads and the one before them (which fills the cache, where there is one).
     echo "$name: $((total / (N + 1))) instructions per request ($total over $((N + 1)))"
 }
 
