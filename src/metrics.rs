@@ -87,6 +87,8 @@ pub struct Metrics {
     pub uploads_unspooled: IntCounter,
     /// `reason`: why a client connection was cut off (see `proxy::client_limits`).
     pub clients_refused: IntCounterVec,
+    /// Client connections open on `server.listen`.
+    pub client_connections: IntGauge,
     /// `result`: `ok`, `error`.
     pub config_reloads: IntCounterVec,
     pub build_info: IntGaugeVec,
@@ -221,6 +223,10 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         access_log_dropped: counter(
             "mediagate_access_log_dropped_total",
             "Access log lines dropped because the log writer fell behind.",
+        ),
+        client_connections: gauge(
+            "mediagate_client_connections",
+            "Client connections open on server.listen.",
         ),
         config_reloads: counters(
             "mediagate_config_reloads_total",

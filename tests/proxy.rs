@@ -582,6 +582,72 @@ async fn sigterm_lets_an_in_flight_upload_finish_then_exits_0() {
     assert!(exit.success(), "{exit}");
 }
 
+/// A shutdown waits for the request heads on their way before pingora drops the connections
+/// waiting for one: a connection accepted just before, its client still to send (or still
+/// sending) its request, gets its answer rather than none at all.
+#[test]
+fn sigterm_answers_connections_whose_first_request_was_still_on_its_way() {
+    use std::io::Write;
+    let origin = Origin::start();
+    let mut config = ProxyConfig::to(&origin.url);
+    config.grace_period = "5s";
+    config.server_extra = "  head_timeout: 5s\n".to_string();
+    config.log_level = "info";
+    let mut proxy = Proxy::start(config);
+    let service = new_service();
+    let (status, body) = mediagate::process::http_request(
+        proxy.listen,
+        "POST",
+        &upload_path(&service),
+        &[("Content-Type", "image/png")],
+        &png_bytes(2048),
+    )
+    .unwrap();
+    assert_eq!(status, 201);
+    let media: Value = serde_json::from_slice(&body).unwrap();
+    let read = format!(
+        "GET {}/{} HTTP/1.1\r\nHost: mediagate\r\n\r\n",
+        upload_path(&service),
+        media["sid"].as_str().unwrap()
+    );
+
+    // One connection has sent nothing yet, the other half of its head.
+    let mut silent = std::net::TcpStream::connect(proxy.listen).unwrap();
+    let mut halfway = std::net::TcpStream::connect(proxy.listen).unwrap();
+    let (first_half, second_half) = read.split_at(20);
+    halfway.write_all(first_half.as_bytes()).unwrap();
+    assert!(
+        wait_for(Duration::from_secs(10), || proxy
+            .metric("mediagate_client_connections", &[])
+            == Some(2.0)),
+        "the proxy did not accept both connections"
+    );
+
+    signal(&proxy.child, nix::sys::signal::Signal::SIGTERM);
+    assert!(
+        wait_for(Duration::from_secs(10), || proxy.log().contains(
+            "waiting up to 5s for 2 client connection(s) still sending a request head"
+        )),
+        "the shutdown did not wait for the heads; its log:\n{}",
+        proxy.log()
+    );
+    silent.write_all(read.as_bytes()).unwrap();
+    halfway.write_all(second_half.as_bytes()).unwrap();
+    for stream in [&mut silent, &mut halfway] {
+        let (status, answer) = read_answer(stream);
+        assert_eq!(status, 200, "{answer}");
+    }
+
+    let exit = wait_exit(&mut proxy.child, Duration::from_secs(20))
+        .expect("the proxy exits after its grace period");
+    assert!(exit.success(), "{exit}");
+    assert!(
+        !proxy.log().contains("sent no whole request head"),
+        "{}",
+        proxy.log()
+    );
+}
+
 /// CPU time the threads of process `pid` have used so far, from `/proc` (nanoseconds, the
 /// first field of each thread's `schedstat`).
 fn cpu_time(pid: u32) -> Duration {

@@ -12,6 +12,14 @@
 //! written on the socket, then its connection ends. Each refusal is counted in
 //! `mediagate_clients_refused_total{reason}`.
 //!
+//! On shutdown (SIGTERM, or SIGQUIT handing the listeners to an upgraded process) pingora
+//! drops every connection waiting for a request head as soon as it stops accepting: meant for
+//! idle kept-alive connections, it also drops a connection accepted a moment before whose
+//! client is still sending its first request, which then gets no answer at all. So the
+//! shutdown (`Limited::cleanup`) first waits, for at most `server.head_timeout` and within
+//! `server.grace_period`, until no connection is in the middle of a head: a fresh connection
+//! from its start, a kept-alive one from its next head's first byte.
+//!
 //! The same wrapper lets an upload's answer outlive its client: a client that goes away once it
 //! has sent its whole body (a reset, or a closed socket refusing the answer) reads as having
 //! closed, and what is written to it is dropped, so that pingora reads the upstream's answer to
@@ -35,7 +43,9 @@ use pingora::protocols::{
     TimingDigest, UniqueID, UniqueIDType, ALPN,
 };
 use pingora::server::ShutdownWatch;
+use pingora_prometheus::prometheus::IntGauge;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 
 use crate::api::{ApiError, ErrorCode};
@@ -57,6 +67,9 @@ pub struct ClientLimits {
     pub send_timeout: Duration,
     /// How long a kept-alive connection may wait for its next request; 0: for ever.
     pub keepalive_timeout: Duration,
+    /// On shutdown, how long heads on their way may take before pingora drops their
+    /// connections: `head_timeout`, within `grace_period` (after which the process exits).
+    pub shutdown_head_wait: Duration,
 }
 
 impl ClientLimits {
@@ -69,6 +82,7 @@ impl ClientLimits {
             min_body_rate: server.min_body_rate.bytes(),
             send_timeout: server.send_timeout.get(),
             keepalive_timeout: server.keepalive_timeout.get(),
+            shutdown_head_wait: server.head_timeout.get().min(server.grace_period.get()),
         }
     }
 
@@ -226,6 +240,9 @@ pub struct Limited<A> {
     app: Arc<A>,
     limits: Arc<ClientLimits>,
     open: Arc<AtomicUsize>,
+    /// The open connections, exported (the client listener's: `mediagate_client_connections`).
+    gauge: Option<IntGauge>,
+    heads: Arc<HeadsOnTheirWay>,
 }
 
 impl<A> Limited<A> {
@@ -234,16 +251,90 @@ impl<A> Limited<A> {
             app: Arc::new(app),
             limits: Arc::new(limits),
             open: Arc::new(AtomicUsize::new(0)),
+            gauge: None,
+            heads: Arc::default(),
         }
+    }
+
+    /// Exports the number of open connections in `gauge`.
+    pub fn counted_in(mut self, gauge: IntGauge) -> Limited<A> {
+        self.gauge = Some(gauge);
+        self
     }
 }
 
 /// One open connection, counted until it is dropped.
-struct Open(Arc<AtomicUsize>);
+struct Open {
+    count: Arc<AtomicUsize>,
+    gauge: Option<IntGauge>,
+}
+
+impl Open {
+    fn new(count: &Arc<AtomicUsize>, gauge: &Option<IntGauge>) -> (Open, usize) {
+        let before = count.fetch_add(1, Ordering::AcqRel);
+        if let Some(gauge) = gauge {
+            gauge.inc();
+        }
+        let open = Open {
+            count: count.clone(),
+            gauge: gauge.clone(),
+        };
+        (open, before)
+    }
+}
 
 impl Drop for Open {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.count.fetch_sub(1, Ordering::AcqRel);
+        if let Some(gauge) = &self.gauge {
+            gauge.dec();
+        }
+    }
+}
+
+/// The connections in the middle of a request head: a fresh one from its start, a kept-alive
+/// one from its next head's first byte, each until its head is whole or the connection ends.
+#[derive(Default)]
+struct HeadsOnTheirWay {
+    count: AtomicUsize,
+    none_left: Notify,
+}
+
+impl HeadsOnTheirWay {
+    /// Waits until no head is on its way, for at most `limit`: answers how many still are.
+    async fn wait_until_none(&self, limit: Duration) -> usize {
+        let deadline = Instant::now() + limit;
+        loop {
+            let none_left = self.none_left.notified();
+            tokio::pin!(none_left);
+            // Registered before the count is read: a last head ending in between still wakes it.
+            none_left.as_mut().enable();
+            let left = self.count.load(Ordering::Acquire);
+            if left == 0 {
+                return 0;
+            }
+            if tokio::time::timeout_at(deadline, none_left).await.is_err() {
+                return self.count.load(Ordering::Acquire);
+            }
+        }
+    }
+}
+
+/// One head on its way, counted until it is dropped.
+struct ReadingHead(Arc<HeadsOnTheirWay>);
+
+impl ReadingHead {
+    fn new(heads: &Arc<HeadsOnTheirWay>) -> ReadingHead {
+        heads.count.fetch_add(1, Ordering::AcqRel);
+        ReadingHead(heads.clone())
+    }
+}
+
+impl Drop for ReadingHead {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.none_left.notify_waiters();
+        }
     }
 }
 
@@ -254,8 +345,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Limited<A> {
         mut stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let open = self.open.fetch_add(1, Ordering::AcqRel);
-        let _open = Open(self.open.clone());
+        let (_open, open) = Open::new(&self.open, &self.gauge);
         if open >= self.limits.max_connections {
             Cutoff::MaxConnections.count();
             use tokio::io::AsyncWriteExt;
@@ -264,11 +354,33 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Limited<A> {
             let _ = stream.flush().await;
             return None;
         }
-        let watched: Stream = Box::new(Watched::new(stream, self.limits.clone()));
+        let watched: Stream = Box::new(Watched::new(
+            stream,
+            self.limits.clone(),
+            self.heads.clone(),
+        ));
         self.app.process_new(watched, shutdown).await
     }
 
+    /// Runs once the listener has stopped accepting, before pingora's own cleanup drops every
+    /// connection waiting for a head: first, the heads on their way are let in (see the
+    /// module's documentation).
     async fn cleanup(&self) {
+        let waiting = self.heads.count.load(Ordering::Acquire);
+        if waiting > 0 {
+            let limit = self.limits.shutdown_head_wait;
+            log::info!(
+                "shutting down: waiting up to {limit:?} for {waiting} client connection(s) \
+                 still sending a request head"
+            );
+            let left = self.heads.wait_until_none(limit).await;
+            if left > 0 {
+                log::warn!(
+                    "shutting down: {left} client connection(s) sent no whole request head \
+                     in time: closed"
+                );
+            }
+        }
         self.app.cleanup().await;
     }
 }
@@ -320,6 +432,9 @@ pub struct Watched {
     /// of it that found nothing), and a timer that fires at or before that wait's deadline.
     idle_since: Option<Instant>,
     idle_timer: Option<Pin<Box<Sleep>>>,
+    /// Counted while a head is on its way (a shutdown waits for it).
+    heads: Arc<HeadsOnTheirWay>,
+    reading_head: Option<ReadingHead>,
 }
 
 impl fmt::Debug for Watched {
@@ -331,7 +446,7 @@ impl fmt::Debug for Watched {
 }
 
 impl Watched {
-    fn new(inner: Stream, limits: Arc<ClientLimits>) -> Watched {
+    fn new(inner: Stream, limits: Arc<ClientLimits>, heads: Arc<HeadsOnTheirWay>) -> Watched {
         let deadline = Instant::now() + limits.head_timeout;
         Watched {
             inner,
@@ -353,6 +468,8 @@ impl Watched {
             gone: false,
             idle_since: None,
             idle_timer: None,
+            reading_head: Some(ReadingHead::new(&heads)),
+            heads,
         }
     }
 
@@ -422,6 +539,7 @@ impl Watched {
                 Phase::Head { .. } => match self.follow_head(bytes)? {
                     Some((used, framing)) => {
                         bytes = &bytes[used..];
+                        self.reading_head = None;
                         self.start_body(framing);
                     }
                     None => break,
@@ -470,6 +588,7 @@ impl Watched {
         }
         if first_bytes {
             self.arm(self.limits.head_timeout);
+            self.reading_head = Some(ReadingHead::new(&self.heads));
         }
         let (head, limits) = (&mut self.head, &self.limits);
         let before = head.len();
@@ -1078,6 +1197,7 @@ mod tests {
             min_body_rate: 0,
             send_timeout: Duration::from_secs(1),
             keepalive_timeout: Duration::from_secs(1),
+            shutdown_head_wait: Duration::from_secs(1),
         };
         let framing = |head: &[u8]| judge_head(head, &limits);
         assert!(matches!(
