@@ -366,6 +366,9 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Limited<A> {
     /// connection waiting for a head: first, the heads on their way are let in (see the
     /// module's documentation).
     async fn cleanup(&self) {
+        // A connection accepted last is handed to a task of its own, which counts its head
+        // when it first runs: let the tasks queued before this one run first.
+        tokio::task::yield_now().await;
         let waiting = self.heads.count.load(Ordering::Acquire);
         if waiting > 0 {
             let limit = self.limits.shutdown_head_wait;
