@@ -590,7 +590,8 @@ fn sigterm_answers_connections_whose_first_request_was_still_on_its_way() {
     use std::io::Write;
     let origin = Origin::start();
     let mut config = ProxyConfig::to(&origin.url);
-    config.grace_period = "5s";
+    // The wait: head_timeout, at most half the grace period (3 s).
+    config.grace_period = "6s";
     config.server_extra = "  head_timeout: 5s\n".to_string();
     config.log_level = "info";
     let mut proxy = Proxy::start(config);
@@ -611,22 +612,23 @@ fn sigterm_answers_connections_whose_first_request_was_still_on_its_way() {
         media["sid"].as_str().unwrap()
     );
 
+    // (The upload's connection is counted until the proxy has dropped it.)
+    let open = || proxy.metric("mediagate_client_connections", &[]);
+    assert!(wait_for(Duration::from_secs(10), || open() == Some(0.0)));
     // One connection has sent nothing yet, the other half of its head.
     let mut silent = std::net::TcpStream::connect(proxy.listen).unwrap();
     let mut halfway = std::net::TcpStream::connect(proxy.listen).unwrap();
     let (first_half, second_half) = read.split_at(20);
     halfway.write_all(first_half.as_bytes()).unwrap();
     assert!(
-        wait_for(Duration::from_secs(10), || proxy
-            .metric("mediagate_client_connections", &[])
-            == Some(2.0)),
+        wait_for(Duration::from_secs(10), || open() == Some(2.0)),
         "the proxy did not accept both connections"
     );
 
     signal(&proxy.child, nix::sys::signal::Signal::SIGTERM);
     assert!(
         wait_for(Duration::from_secs(10), || proxy.log().contains(
-            "waiting up to 5s for 2 client connection(s) still sending a request head"
+            "waiting up to 3s for 2 client connection(s) still sending a request head"
         )),
         "the shutdown did not wait for the heads; its log:\n{}",
         proxy.log()

@@ -12,13 +12,14 @@
 //! written on the socket, then its connection ends. Each refusal is counted in
 //! `mediagate_clients_refused_total{reason}`.
 //!
-//! On shutdown (SIGTERM, or SIGQUIT handing the listeners to an upgraded process) pingora
-//! drops every connection waiting for a request head as soon as it stops accepting: meant for
-//! idle kept-alive connections, it also drops a connection accepted a moment before whose
-//! client is still sending its first request, which then gets no answer at all. So the
-//! shutdown (`Limited::cleanup`) first waits, for at most `server.head_timeout` and within
-//! `server.grace_period`, until no connection is in the middle of a head: a fresh connection
-//! from its start, a kept-alive one from its next head's first byte.
+//! On shutdown (SIGTERM, or SIGQUIT handing the listeners to an upgraded process) pingora's
+//! proxy drops every connection waiting for a request head as soon as it stops accepting:
+//! meant for idle kept-alive connections, it also drops a connection accepted a moment before
+//! whose client is still sending its first request, which then gets no answer at all. So on the
+//! client listener the shutdown (`Limited::cleanup`) first waits, for at most
+//! `server.head_timeout` and half of `server.grace_period`, until no connection is in the
+//! middle of a head: a fresh connection from its start, a kept-alive one from its next head's
+//! first byte past any blank lines.
 //!
 //! The same wrapper lets an upload's answer outlive its client: a client that goes away once it
 //! has sent its whole body (a reset, or a closed socket refusing the answer) reads as having
@@ -29,7 +30,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -68,7 +69,8 @@ pub struct ClientLimits {
     /// How long a kept-alive connection may wait for its next request; 0: for ever.
     pub keepalive_timeout: Duration,
     /// On shutdown, how long heads on their way may take before pingora drops their
-    /// connections: `head_timeout`, within `grace_period` (after which the process exits).
+    /// connections: `head_timeout`, and at most half of `grace_period`, so that the requests
+    /// they carry (and those already running) have the other half to finish.
     pub shutdown_head_wait: Duration,
 }
 
@@ -82,7 +84,7 @@ impl ClientLimits {
             min_body_rate: server.min_body_rate.bytes(),
             send_timeout: server.send_timeout.get(),
             keepalive_timeout: server.keepalive_timeout.get(),
-            shutdown_head_wait: server.head_timeout.get().min(server.grace_period.get()),
+            shutdown_head_wait: server.head_timeout.get().min(server.grace_period.get() / 2),
         }
     }
 
@@ -242,7 +244,9 @@ pub struct Limited<A> {
     open: Arc<AtomicUsize>,
     /// The open connections, exported (the client listener's: `mediagate_client_connections`).
     gauge: Option<IntGauge>,
-    heads: Arc<HeadsOnTheirWay>,
+    /// The heads on their way, for an application that drops connections waiting for one on
+    /// shutdown (pingora's proxy; its HTTP server application leaves them be).
+    heads: Option<Arc<HeadsOnTheirWay>>,
 }
 
 impl<A> Limited<A> {
@@ -252,13 +256,19 @@ impl<A> Limited<A> {
             limits: Arc::new(limits),
             open: Arc::new(AtomicUsize::new(0)),
             gauge: None,
-            heads: Arc::default(),
+            heads: None,
         }
     }
 
     /// Exports the number of open connections in `gauge`.
     pub fn counted_in(mut self, gauge: IntGauge) -> Limited<A> {
         self.gauge = Some(gauge);
+        self
+    }
+
+    /// On shutdown, lets the heads on their way in before the application's cleanup.
+    pub fn letting_heads_in_on_shutdown(mut self) -> Limited<A> {
+        self.heads = Some(Arc::default());
         self
     }
 }
@@ -270,14 +280,14 @@ struct Open {
 }
 
 impl Open {
-    fn new(count: &Arc<AtomicUsize>, gauge: &Option<IntGauge>) -> (Open, usize) {
+    fn new(count: &Arc<AtomicUsize>, gauge: Option<&IntGauge>) -> (Open, usize) {
         let before = count.fetch_add(1, Ordering::AcqRel);
         if let Some(gauge) = gauge {
             gauge.inc();
         }
         let open = Open {
             count: count.clone(),
-            gauge: gauge.clone(),
+            gauge: gauge.cloned(),
         };
         (open, before)
     }
@@ -292,48 +302,54 @@ impl Drop for Open {
     }
 }
 
+/// How long the shutdown lets the connection tasks spawned just before it run before it counts
+/// their heads: each counts its head in its first poll, a matter of microseconds, but on a
+/// worker of its own (work stealing) it may not have run yet when the accept loop ends.
+const SETTLE: Duration = Duration::from_millis(20);
+
 /// The connections in the middle of a request head: a fresh one from its start, a kept-alive
 /// one from its next head's first byte, each until its head is whole or the connection ends.
 #[derive(Default)]
 struct HeadsOnTheirWay {
     count: AtomicUsize,
+    /// Set once the shutdown waits: only then does the last head to end wake it (the `Notify`
+    /// takes a lock, which every connection need not pay for).
+    draining: AtomicBool,
     none_left: Notify,
 }
 
 impl HeadsOnTheirWay {
+    fn add(&self) {
+        self.count.fetch_add(1, Ordering::SeqCst);
+    }
+
+    // SeqCst here and in `wait_until_none`: either the waiter sees this decrement or this sees
+    // `draining`, never neither.
+    fn remove(&self) {
+        if self.count.fetch_sub(1, Ordering::SeqCst) == 1 && self.draining.load(Ordering::SeqCst) {
+            self.none_left.notify_waiters();
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.count.load(Ordering::SeqCst)
+    }
+
     /// Waits until no head is on its way, for at most `limit`: answers how many still are.
     async fn wait_until_none(&self, limit: Duration) -> usize {
+        self.draining.store(true, Ordering::SeqCst);
         let deadline = Instant::now() + limit;
         loop {
             let none_left = self.none_left.notified();
             tokio::pin!(none_left);
             // Registered before the count is read: a last head ending in between still wakes it.
             none_left.as_mut().enable();
-            let left = self.count.load(Ordering::Acquire);
-            if left == 0 {
+            if self.count() == 0 {
                 return 0;
             }
             if tokio::time::timeout_at(deadline, none_left).await.is_err() {
-                return self.count.load(Ordering::Acquire);
+                return self.count();
             }
-        }
-    }
-}
-
-/// One head on its way, counted until it is dropped.
-struct ReadingHead(Arc<HeadsOnTheirWay>);
-
-impl ReadingHead {
-    fn new(heads: &Arc<HeadsOnTheirWay>) -> ReadingHead {
-        heads.count.fetch_add(1, Ordering::AcqRel);
-        ReadingHead(heads.clone())
-    }
-}
-
-impl Drop for ReadingHead {
-    fn drop(&mut self) {
-        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.none_left.notify_waiters();
         }
     }
 }
@@ -345,7 +361,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Limited<A> {
         mut stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let (_open, open) = Open::new(&self.open, &self.gauge);
+        let (_open, open) = Open::new(&self.open, self.gauge.as_ref());
         if open >= self.limits.max_connections {
             Cutoff::MaxConnections.count();
             use tokio::io::AsyncWriteExt;
@@ -366,22 +382,22 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Limited<A> {
     /// connection waiting for a head: first, the heads on their way are let in (see the
     /// module's documentation).
     async fn cleanup(&self) {
-        // A connection accepted last is handed to a task of its own, which counts its head
-        // when it first runs: let the tasks queued before this one run first.
-        tokio::task::yield_now().await;
-        let waiting = self.heads.count.load(Ordering::Acquire);
-        if waiting > 0 {
-            let limit = self.limits.shutdown_head_wait;
-            log::info!(
-                "shutting down: waiting up to {limit:?} for {waiting} client connection(s) \
-                 still sending a request head"
-            );
-            let left = self.heads.wait_until_none(limit).await;
-            if left > 0 {
-                log::warn!(
-                    "shutting down: {left} client connection(s) sent no whole request head \
-                     in time: closed"
+        if let Some(heads) = &self.heads {
+            tokio::time::sleep(SETTLE).await;
+            let waiting = heads.count();
+            if waiting > 0 {
+                let limit = self.limits.shutdown_head_wait;
+                log::info!(
+                    "shutting down: waiting up to {limit:?} for {waiting} client connection(s) \
+                     still sending a request head"
                 );
+                let left = heads.wait_until_none(limit).await;
+                if left > 0 {
+                    log::warn!(
+                        "shutting down: {left} client connection(s) sent no whole request \
+                         head in time: closed"
+                    );
+                }
             }
         }
         self.app.cleanup().await;
@@ -435,9 +451,10 @@ pub struct Watched {
     /// of it that found nothing), and a timer that fires at or before that wait's deadline.
     idle_since: Option<Instant>,
     idle_timer: Option<Pin<Box<Sleep>>>,
-    /// Counted while a head is on its way (a shutdown waits for it).
-    heads: Arc<HeadsOnTheirWay>,
-    reading_head: Option<ReadingHead>,
+    /// Where a head on its way is counted (a shutdown waits for it), and whether this
+    /// connection's is.
+    heads: Option<Arc<HeadsOnTheirWay>>,
+    head_counted: bool,
 }
 
 impl fmt::Debug for Watched {
@@ -448,8 +465,18 @@ impl fmt::Debug for Watched {
     }
 }
 
+impl Drop for Watched {
+    fn drop(&mut self) {
+        self.uncount_head();
+    }
+}
+
 impl Watched {
-    fn new(inner: Stream, limits: Arc<ClientLimits>, heads: Arc<HeadsOnTheirWay>) -> Watched {
+    fn new(
+        inner: Stream,
+        limits: Arc<ClientLimits>,
+        heads: Option<Arc<HeadsOnTheirWay>>,
+    ) -> Watched {
         let deadline = Instant::now() + limits.head_timeout;
         Watched {
             inner,
@@ -471,8 +498,32 @@ impl Watched {
             gone: false,
             idle_since: None,
             idle_timer: None,
-            reading_head: Some(ReadingHead::new(&heads)),
             heads,
+            head_counted: false,
+        }
+        .with_head_counted()
+    }
+
+    /// The first head is on its way from the connection's start.
+    fn with_head_counted(mut self) -> Watched {
+        self.count_head();
+        self
+    }
+
+    /// Counts this connection's head as on its way, once.
+    fn count_head(&mut self) {
+        if let Some(heads) = self.heads.as_ref().filter(|_| !self.head_counted) {
+            heads.add();
+            self.head_counted = true;
+        }
+    }
+
+    /// The head is whole, or the connection ends.
+    fn uncount_head(&mut self) {
+        if std::mem::take(&mut self.head_counted) {
+            if let Some(heads) = &self.heads {
+                heads.remove();
+            }
         }
     }
 
@@ -542,7 +593,7 @@ impl Watched {
                 Phase::Head { .. } => match self.follow_head(bytes)? {
                     Some((used, framing)) => {
                         bytes = &bytes[used..];
-                        self.reading_head = None;
+                        self.uncount_head();
                         self.start_body(framing);
                     }
                     None => break,
@@ -591,7 +642,10 @@ impl Watched {
         }
         if first_bytes {
             self.arm(self.limits.head_timeout);
-            self.reading_head = Some(ReadingHead::new(&self.heads));
+        }
+        // A request has begun to come: blank lines alone (a stray CRLF after a body) are none.
+        if !rest.is_empty() {
+            self.count_head();
         }
         let (head, limits) = (&mut self.head, &self.limits);
         let before = head.len();
@@ -1190,9 +1244,10 @@ impl Peek for Watched {
 mod tests {
     use super::*;
 
-    #[test]
-    fn framing_of_a_head() {
-        let limits = ClientLimits {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    fn limits() -> ClientLimits {
+        ClientLimits {
             max_connections: 1,
             head_timeout: Duration::from_secs(1),
             max_head_size: 1024,
@@ -1201,7 +1256,68 @@ mod tests {
             send_timeout: Duration::from_secs(1),
             keepalive_timeout: Duration::from_secs(1),
             shutdown_head_wait: Duration::from_secs(1),
-        };
+        }
+    }
+
+    /// A watched connection counting its heads in `heads`, and its client's end.
+    fn connection(heads: &Arc<HeadsOnTheirWay>) -> (Watched, DuplexStream) {
+        let (client, server) = tokio::io::duplex(4096);
+        let watched = Watched::new(Box::new(server), Arc::new(limits()), Some(heads.clone()));
+        (watched, client)
+    }
+
+    /// Sends `bytes` from the client and reads them on the watched end.
+    async fn deliver(watched: &mut Watched, client: &mut DuplexStream, bytes: &[u8]) {
+        client.write_all(bytes).await.unwrap();
+        let mut buf = vec![0; bytes.len()];
+        watched.read_exact(&mut buf).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_head_is_on_its_way_from_the_connection_or_its_first_byte_to_its_end() {
+        let heads = Arc::new(HeadsOnTheirWay::default());
+        let (mut watched, mut client) = connection(&heads);
+        // A fresh connection's first head: from the start.
+        assert_eq!(heads.count(), 1);
+        deliver(&mut watched, &mut client, b"GET /a HTTP/1.1\r\n").await;
+        assert_eq!(heads.count(), 1);
+        deliver(&mut watched, &mut client, b"Host: x\r\n\r\n").await;
+        assert_eq!(heads.count(), 0);
+        watched.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
+        // Kept alive: a stray blank line is no head; a next head from its first byte.
+        deliver(&mut watched, &mut client, b"\r\n").await;
+        assert_eq!(heads.count(), 0);
+        deliver(&mut watched, &mut client, b"GET /b HTTP/1.1\r\n").await;
+        assert_eq!(heads.count(), 1);
+        // Dropped halfway: no longer counted.
+        drop(watched);
+        assert_eq!(heads.count(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_shutdown_waits_for_the_heads_on_their_way_within_its_limit() {
+        let heads = Arc::new(HeadsOnTheirWay::default());
+        let (mut watched, mut client) = connection(&heads);
+        let waiting = tokio::spawn({
+            let heads = heads.clone();
+            async move { heads.wait_until_none(Duration::from_secs(30)).await }
+        });
+        // The waiter parks (this runtime has one thread), then the head's end wakes it.
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        deliver(&mut watched, &mut client, b"GET / HTTP/1.1\r\n\r\n").await;
+        let woken = tokio::time::timeout(Duration::from_secs(5), waiting).await;
+        assert_eq!(woken.expect("woken by the head's end").unwrap(), 0);
+
+        // A connection that never sends is waited for until the limit, then left to pingora.
+        let (_silent, _client) = connection(&heads);
+        let left = heads.wait_until_none(Duration::from_millis(50)).await;
+        assert_eq!(left, 1);
+    }
+
+    #[test]
+    fn framing_of_a_head() {
+        let limits = limits();
         let framing = |head: &[u8]| judge_head(head, &limits);
         assert!(matches!(
             framing(b"POST / HTTP/1.1\r\nContent-Length: 12\r\n\r\n"),

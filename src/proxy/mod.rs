@@ -110,7 +110,8 @@ pub fn run(config: Config, path: &Path, upgrade: bool) -> Result<(), String> {
         pingora::proxy::http_proxy(&server.configuration, gateway),
         client_limits::ClientLimits::new(&config.server),
     )
-    .counted_in(crate::metrics::metrics().client_connections.clone());
+    .counted_in(crate::metrics::metrics().client_connections.clone())
+    .letting_heads_in_on_shutdown();
     let mut proxy = Service::new("mediagate proxy".to_string(), app);
     proxy.add_tcp(&config.server.listen.to_string());
 
